@@ -1,0 +1,211 @@
+"""The one array type of dismax: a batch of periodic crystals as a JAX pytree.
+
+``frac``    (B, N, 3) fractional coordinates in [0, 1)
+``lattice`` (B, 3, 3) lattice vectors as rows, in Å (pymatgen/ASE convention; jax-md wants the transpose)
+``species`` (B, N) atomic numbers (int32)
+
+All structures of a batch have the same number of atoms N. Conversion from and to ASE ``Atoms`` and
+pymatgen ``Structure`` lives here; file reading with validation lives in :mod:`dismax.io`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dismax.errors import DismaxInputError
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class Crystals:
+    """A batch of B periodic structures with N atoms each (see module docstring for shapes/units)."""
+
+    frac: jax.Array
+    lattice: jax.Array
+    species: jax.Array
+
+    @property
+    def batch_size(self) -> int:
+        return self.frac.shape[0]
+
+    @property
+    def n_atoms(self) -> int:
+        return self.frac.shape[1]
+
+    @property
+    def cart(self) -> jax.Array:
+        """Cartesian positions (B, N, 3) in Å."""
+        return jnp.einsum("bni,bij->bnj", self.frac, self.lattice)
+
+    def __len__(self) -> int:
+        return self.batch_size
+
+    def __getitem__(self, index) -> "Crystals":
+        """Select structures along the batch axis; an integer keeps a batch axis of size 1."""
+        if isinstance(index, (int, np.integer)):
+            index = slice(int(index), int(index) + 1) if index != -1 else slice(-1, None)
+        return Crystals(self.frac[index], self.lattice[index], self.species[index])
+
+    def to_numpy(self) -> "Crystals":
+        return Crystals(np.asarray(self.frac), np.asarray(self.lattice), np.asarray(self.species))
+
+    @staticmethod
+    def concatenate(parts: Sequence["Crystals"]) -> "Crystals":
+        """Join batches with equal N along the batch axis."""
+        if not parts:
+            raise DismaxInputError("cannot concatenate an empty list of Crystals")
+        n = {p.n_atoms for p in parts}
+        if len(n) > 1:
+            raise DismaxInputError(f"cannot concatenate Crystals with different atom counts {sorted(n)}")
+        return Crystals(
+            np.concatenate([np.asarray(p.frac) for p in parts]),
+            np.concatenate([np.asarray(p.lattice) for p in parts]),
+            np.concatenate([np.asarray(p.species) for p in parts]),
+        )
+
+    # ------------------------------------------------------------------ conversion: ASE
+    @classmethod
+    def from_ase(cls, atoms_list) -> "Crystals":
+        """Build a batch from ASE ``Atoms`` (one object or a list); every structure must have N atoms."""
+        if not isinstance(atoms_list, (list, tuple)):
+            atoms_list = [atoms_list]
+        return cls._from_arrays(
+            [(np.asarray(a.cell.array, float), np.asarray(a.get_scaled_positions(wrap=False), float),
+              np.asarray(a.numbers, int)) for a in atoms_list]
+        )
+
+    def to_ase(self) -> list:
+        """One ASE ``Atoms`` per structure, periodic in all directions."""
+        from ase import Atoms
+
+        c = self.to_numpy()
+        return [
+            Atoms(numbers=c.species[b], scaled_positions=c.frac[b], cell=c.lattice[b], pbc=True)
+            for b in range(c.batch_size)
+        ]
+
+    # ------------------------------------------------------------------ conversion: pymatgen
+    @classmethod
+    def from_pymatgen(cls, structures) -> "Crystals":
+        """Build a batch from ordered pymatgen ``Structure`` objects (one or a list)."""
+        from pymatgen.core import Structure
+
+        if isinstance(structures, Structure):
+            structures = [structures]
+        arrays = []
+        for i, s in enumerate(structures):
+            if not s.is_ordered:
+                raise DismaxInputError(
+                    f"structure {i} has partial occupancies; a Crystals batch needs integer occupancy"
+                )
+            arrays.append(
+                (np.asarray(s.lattice.matrix, float), np.asarray(s.frac_coords, float),
+                 np.array([site.specie.Z for site in s], int))
+            )
+        return cls._from_arrays(arrays)
+
+    def to_pymatgen(self) -> list:
+        """One pymatgen ``Structure`` per structure."""
+        from pymatgen.core import Lattice, Structure
+
+        c = self.to_numpy()
+        return [
+            Structure(Lattice(c.lattice[b]), c.species[b].tolist(), c.frac[b], coords_are_cartesian=False)
+            for b in range(c.batch_size)
+        ]
+
+    @classmethod
+    def _from_arrays(cls, arrays) -> "Crystals":
+        if not arrays:
+            raise DismaxInputError("no structures given")
+        counts = {len(z) for _, _, z in arrays}
+        if len(counts) > 1:
+            raise DismaxInputError(f"structures have different atom counts {sorted(counts)}; pad or split them")
+        lattice = np.stack([a[0] for a in arrays])
+        frac = np.stack([a[1] for a in arrays]) % 1.0
+        frac = np.where(frac >= 1.0, 0.0, frac)  # x % 1.0 can round to exactly 1.0 for tiny negative x
+        species = np.stack([a[2] for a in arrays]).astype(np.int32)
+        return cls(frac, lattice, species)
+
+
+# ---------------------------------------------------------------------- species blocks
+@dataclass(frozen=True)
+class SpeciesBlocks:
+    """Contiguous per-element ordering of a fixed composition (what CryinGAN's pooling needs).
+
+    ``elements`` atomic numbers in block order; ``counts`` atoms per element; ``starts`` first index of
+    each block. A structure is in block order when ``species == np.repeat(elements, counts)``.
+    """
+
+    elements: tuple[int, ...]
+    counts: tuple[int, ...]
+
+    @property
+    def starts(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in np.concatenate([[0], np.cumsum(self.counts)[:-1]]))
+
+    @property
+    def n_atoms(self) -> int:
+        return int(sum(self.counts))
+
+    @property
+    def species(self) -> np.ndarray:
+        """(N,) atomic numbers in block order."""
+        return np.repeat(np.asarray(self.elements, np.int32), self.counts)
+
+    @property
+    def block_index(self) -> np.ndarray:
+        """(N,) index of the element block each atom belongs to."""
+        return np.repeat(np.arange(len(self.elements)), self.counts)
+
+
+def species_blocks(crystals: Crystals, element_order: Sequence[int] | None = None) -> SpeciesBlocks:
+    """The element order and counts shared by every structure of ``crystals``.
+
+    ``element_order`` defaults to the order of first appearance in structure 0 (the order a dataset's
+    extxyz files use). Raises ``DismaxInputError`` if the structures do not share one composition.
+    """
+    species = np.asarray(crystals.species)
+    first = species[0]
+    if element_order is None:
+        _, idx = np.unique(first, return_index=True)
+        element_order = [int(first[i]) for i in sorted(idx)]
+    element_order = [int(e) for e in element_order]
+    counts = [int((first == e).sum()) for e in element_order]
+    if sum(counts) != species.shape[1]:
+        missing = sorted(set(first.tolist()) - set(element_order))
+        raise DismaxInputError(f"element order {element_order} misses elements {missing} of structure 0")
+    for b in range(species.shape[0]):
+        got = [int((species[b] == e).sum()) for e in element_order]
+        if got != counts:
+            raise DismaxInputError(
+                f"structure {b} has composition {dict(zip(element_order, got))}, "
+                f"structure 0 has {dict(zip(element_order, counts))}; a fixed composition is required"
+            )
+    return SpeciesBlocks(tuple(element_order), tuple(counts))
+
+
+def sort_into_blocks(crystals: Crystals, blocks: SpeciesBlocks) -> tuple[Crystals, np.ndarray]:
+    """Reorder atoms of every structure into contiguous element blocks (stable within an element).
+
+    Returns the sorted batch and ``perm`` (B, N) with ``sorted.frac[b] == crystals.frac[b, perm[b]]``;
+    undo it with :func:`unsort_blocks`.
+    """
+    species = np.asarray(crystals.species)
+    rank = {e: i for i, e in enumerate(blocks.elements)}
+    keys = np.vectorize(rank.__getitem__)(species)
+    perm = np.argsort(keys, axis=1, kind="stable")
+    take = lambda x: np.take_along_axis(np.asarray(x), perm[..., None] if x.ndim == 3 else perm, axis=1)
+    return Crystals(take(crystals.frac), np.asarray(crystals.lattice), take(crystals.species)), perm
+
+
+def unsort_blocks(crystals: Crystals, perm: np.ndarray) -> Crystals:
+    """Inverse of :func:`sort_into_blocks`: restore each structure's original atom order."""
+    inverse = np.argsort(perm, axis=1)
+    take = lambda x: np.take_along_axis(np.asarray(x), inverse[..., None] if x.ndim == 3 else inverse, axis=1)
+    return Crystals(take(crystals.frac), np.asarray(crystals.lattice), take(crystals.species))
