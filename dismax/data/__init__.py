@@ -1,0 +1,8 @@
+"""Datasets: builders (alloy CE Monte Carlo, a-Si melt-quench, ...), the registry/cache and loaders.
+
+``BUILDERS`` maps a dataset name to ``"module:function"``; the function has the signature
+``build(size: str, seed: int, out_dir: Path) -> None`` and writes ``train.extxyz``, ``val.extxyz`` and
+``params.json`` into ``out_dir``. Modules are imported only when a dataset is built.
+"""
+
+BUILDERS: dict[str, str] = {}

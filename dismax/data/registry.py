@@ -1,0 +1,141 @@
+"""Named datasets and their on-disk cache.
+
+A dataset is a directory holding ``train.extxyz``, ``val.extxyz`` and ``params.json`` (generation
+parameters and per-structure properties). Built datasets live in the cache,
+``$DISMAX_CACHE/datasets/NAME/SIZE-seedSEED`` (default cache: ``~/.cache/dismax``); datasets a user
+registers from their own extxyz files (e.g. the original Dismai-Bench ones) are recorded in
+``$DISMAX_CACHE/registered.json``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from dismax.data import BUILDERS
+from dismax.errors import DismaxInputError
+from dismax.runs import atomic_write_text, log
+
+SIZES = ("small", "full")
+DATASET_FILES = ("train.extxyz", "val.extxyz", "params.json")
+
+
+def cache_root() -> Path:
+    """Root of dismax's cache: $DISMAX_CACHE, else $XDG_CACHE_HOME/dismax, else ~/.cache/dismax."""
+    if os.environ.get("DISMAX_CACHE"):
+        return Path(os.environ["DISMAX_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "dismax"
+
+
+def register_dataset(name: str, builder: str) -> None:
+    """Register a builder given as ``"module:function"`` (see :mod:`dismax.data`)."""
+    BUILDERS[name] = builder
+
+
+def available() -> list[str]:
+    """Names of all buildable and user-registered datasets."""
+    return sorted(set(BUILDERS) | set(_registered()))
+
+
+def dataset_dir(name: str, size: str = "small", seed: int = 0) -> Path:
+    """Where dataset ``name`` lives (built or registered); the directory may not exist yet."""
+    registered = _registered()
+    if name in registered:
+        return Path(registered[name]["dir"])
+    _check_buildable(name, size)
+    return cache_root() / "datasets" / name / f"{size}-seed{seed}"
+
+
+def is_complete(directory: Path) -> bool:
+    return all((Path(directory) / f).is_file() for f in ("train.extxyz", "val.extxyz"))
+
+
+def build_dataset(name: str, size: str = "small", seed: int = 0, out_dir: str | Path | None = None) -> Path:
+    """Build dataset ``name`` into ``out_dir`` (default: the cache) and return the directory.
+
+    The builder writes into a temporary sibling directory that is renamed when complete, so an
+    interrupted build never leaves a directory that looks finished.
+    """
+    _check_buildable(name, size)
+    target = Path(out_dir) if out_dir is not None else dataset_dir(name, size, seed)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        _builder(name)(size=size, seed=seed, out_dir=staging)
+        missing = [f for f in DATASET_FILES if not (staging / f).is_file()]
+        if missing:
+            raise RuntimeError(f"builder of '{name}' did not write {missing}")
+        if target.exists():
+            for f in DATASET_FILES:
+                if (target / f).exists():
+                    (target / f).unlink()
+            for f in staging.iterdir():
+                os.replace(f, target / f.name)
+            staging.rmdir()
+        else:
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return target
+
+
+def ensure_dataset(name: str, size: str = "small", seed: int = 0) -> Path:
+    """The directory of dataset ``name``, building (and caching) it first if needed."""
+    directory = dataset_dir(name, size, seed)
+    if is_complete(directory):
+        return directory
+    if name in _registered():
+        raise DismaxInputError(f"registered dataset '{name}' is missing its files in {directory}")
+    log.info("dataset '%s' (size %s, seed %d) not in the cache; building it into %s", name, size, seed, directory)
+    return build_dataset(name, size, seed)
+
+
+def register_files(name: str, train: str | Path, val: str | Path | None = None) -> Path:
+    """Register a user's extxyz files under ``name`` (validated by reading them); returns the dataset dir.
+
+    The files are copied into the cache so the dataset stays usable if the originals move.
+    """
+    from dismax.io import read_extxyz
+
+    if name in BUILDERS:
+        raise DismaxInputError(f"'{name}' is the name of a built-in dataset; choose another name")
+    train = Path(train)
+    val = Path(val) if val is not None else None
+    counts = {"train": len(read_extxyz(train, fixed_composition=False))}
+    if val is not None:
+        counts["val"] = len(read_extxyz(val, fixed_composition=False))
+    directory = cache_root() / "registered" / name
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(train, directory / "train.extxyz")
+    shutil.copyfile(val if val is not None else train, directory / "val.extxyz")
+    params = {"name": name, "source": {"train": str(train.resolve()),
+                                       "val": str(val.resolve()) if val is not None else None},
+              "n_structures": counts}
+    atomic_write_text(directory / "params.json", json.dumps(params, indent=2))
+    registry = _registered()
+    registry[name] = {"dir": str(directory)}
+    atomic_write_text(cache_root() / "registered.json", json.dumps(registry, indent=2))
+    return directory
+
+
+def _registered() -> dict:
+    path = cache_root() / "registered.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _check_buildable(name: str, size: str) -> None:
+    if name not in BUILDERS:
+        raise DismaxInputError(f"unknown dataset '{name}'; available: {', '.join(available()) or 'none'}")
+    if size not in SIZES:
+        raise DismaxInputError(f"unknown dataset size '{size}'; choose one of {', '.join(SIZES)}")
+
+
+def _builder(name: str):
+    module_name, function_name = BUILDERS[name].split(":")
+    return getattr(importlib.import_module(module_name), function_name)
