@@ -168,6 +168,11 @@ def _coerce(hint, value, key: str):
             raise DismaxConfigError(f"config key '{key}' must be true or false, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads '5e-5' (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise DismaxConfigError(f"config key '{key}' must be a number, got {value!r}")
         return float(value)
