@@ -20,6 +20,10 @@ import numpy as np
 from dismax.errors import DismaxInputError
 
 
+# Fractional coordinates within this distance below 1 are wrapped to 0 (a shift of < 1e-11 Å in real cells).
+WRAP_TOLERANCE = 1e-12
+
+
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class Crystals:
@@ -128,7 +132,8 @@ class Crystals:
             raise DismaxInputError(f"structures have different atom counts {sorted(counts)}; pad or split them")
         lattice = np.stack([a[0] for a in arrays])
         frac = np.stack([a[1] for a in arrays]) % 1.0
-        frac = np.where(frac >= 1.0, 0.0, frac)  # x % 1.0 can round to exactly 1.0 for tiny negative x
+        # round-off negatives (e.g. -1e-17 from a cell with 1e-15 off-diagonals) wrap to 0, not to 1 - 1e-17
+        frac = np.where(frac >= 1.0 - WRAP_TOLERANCE, 0.0, frac)
         species = np.stack([a[2] for a in arrays]).astype(np.int32)
         return cls(frac, lattice, species)
 
