@@ -69,7 +69,7 @@ def _check_cell_and_positions(lattice: np.ndarray, cart_or_frac: np.ndarray, wha
         )
     volume = abs(float(np.linalg.det(lattice)))
     scale = float(np.prod(np.linalg.norm(lattice, axis=1)))
-    if volume <= DEGENERATE_CELL_TOLERANCE * scale or scale == 0.0:
+    if volume <= DEGENERATE_CELL_TOLERANCE * scale:
         raise _Problem(f"cell has zero volume ({volume:.3g} Å³; lattice rows {lattice.tolist()})")
 
 
@@ -204,6 +204,8 @@ def _parse_frame(path: Path, index: int, start: int, comment: str, text: str):
     except Exception as err:  # ASE raises ValueError, XYZError, IndexError, ... for malformed frames
         raise _input_error(path, index, f"unparsable content in the frame at line {start}: "
                            f"{type(err).__name__}: {err}") from None
+    if len(atoms) == 0:
+        raise _input_error(path, index, f"the frame at line {start} has no atoms")
     lattice = np.asarray(atoms.cell.array, float)
     if not np.any(lattice) and "lattice=" not in comment.lower():
         raise _input_error(path, index, "missing cell: the header has no Lattice=\"...\"")
@@ -220,10 +222,12 @@ def _parse_frame(path: Path, index: int, start: int, comment: str, text: str):
 
 def _frame_info(atoms) -> dict:
     """The frame's info keys plus per-structure calculator results (energy, stress, ...)."""
+    from ase.io.extxyz import per_config_properties
+
     info = dict(atoms.info)
     if atoms.calc is not None:
         for key, value in atoms.calc.results.items():
-            if np.ndim(value) == 0 or np.shape(value)[0] != len(atoms):
+            if key in per_config_properties:
                 info.setdefault(key, value)
     return info
 
@@ -288,11 +292,18 @@ def _check_crystals(crystals: Crystals, target: Path) -> Crystals:
     return crystals
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write) -> None:
     """Call ``write(text_handle)`` on a temporary file next to ``path``, then rename it onto ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give the file ordinary permissions
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             write(handle)
             handle.flush()
@@ -378,7 +389,7 @@ def _precheck_cif_block(block_text: str) -> None:
     from pymatgen.core import Lattice
     from pymatgen.io.cif import CifBlock
 
-    data = CifBlock.from_str(block_text).data
+    data = {key.lower(): value for key, value in CifBlock.from_str(block_text).data.items()}  # tags ignore case
     missing = [key for key in _CELL_KEYS if key not in data]
     if missing:
         raise _Problem(f"missing cell: no {', '.join(missing)}")

@@ -1,6 +1,7 @@
 """dismax.io: validation of bad inputs, Dismai-Bench extxyz compatibility, atomic writes and round trips."""
 
-from pathlib import Path
+import os
+import stat
 
 import ase.io
 import numpy as np
@@ -67,6 +68,19 @@ def test_reads_dismai_bench_header_unchanged(tmp_path):
         assert cart_error(crystals.frac[b], atoms.get_scaled_positions(), atoms.cell.array) < 1e-9
 
 
+def test_relaxed_output_with_forces_gives_energy_and_stress_as_info(tmp_path):
+    header = (DISMAI_LATTICE + " Properties=species:S:1:pos:R:3:forces:R:3 energy=-20.25 "
+              'stress="0.1 0.0 0.0 0.0 0.1 0.0 0.0 0.0 0.1" pbc="T T T"')
+    lines = [f"{s} {x} {y} {z} 0.01 -0.02 0.03" for s, x, y, z in ATOM_LINES]
+    path = tmp_path / "gen_relaxed.extxyz"
+    path.write_text("\n".join([str(len(lines)), header] + lines) + "\n")
+    crystals, (info,) = dio.read_extxyz(path, with_info=True)
+    assert crystals.n_atoms == 5
+    assert info["energy"] == pytest.approx(-20.25)
+    assert np.shape(info["stress"]) in ((6,), (3, 3))
+    assert "forces" not in info
+
+
 def test_written_header_matches_dismai_bench_format(tmp_path):
     path = dio.write_extxyz(random_crystals(0, batch=2), tmp_path / "out.extxyz")
     lines = path.read_text().splitlines()
@@ -112,6 +126,7 @@ BAD_INPUTS = [
     ("unknown element", "xx.extxyz", frame() + frame().replace("Ni", "Xx"), {}, 1, "unknown chemical symbol"),
     ("malformed lattice", "lat.extxyz", frame('Lattice="1 2 3" Properties=species:S:1:pos:R:3'), {}, 0,
      "unparsable"),
+    ("frame without atoms", "zero_atoms.extxyz", frame(atoms=[]), {}, 0, "has no atoms"),
     ("binary", "bin.extxyz", b"\x00\xff\xfe\x81garbage", {}, 0, "unparsable"),
     ("atom counts differ", "counts.extxyz", frame() + frame(atoms=ATOM_LINES[:4]), {"fixed_composition": False},
      1, "atom count"),
@@ -227,6 +242,15 @@ def test_failed_write_keeps_previous_file_and_leaves_no_temp(tmp_path, monkeypat
         dio.write_extxyz(random_crystals(3), path)
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["keep.extxyz"]
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        path = dio.write_extxyz(random_crystals(2), tmp_path / "perm.extxyz")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 # ---------------------------------------------------------------------- round trips
