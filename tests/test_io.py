@@ -130,7 +130,7 @@ BAD_INPUTS = [
     ("binary", "bin.extxyz", b"\x00\xff\xfe\x81garbage", {}, 0, "unparsable"),
     ("atom counts differ", "counts.extxyz", frame() + frame(atoms=ATOM_LINES[:4]), {"fixed_composition": False},
      1, "atom count"),
-    ("composition differs", "comp.extxyz", frame() + frame().replace("Ni", "Fe"), {}, 2 - 1,
+    ("composition differs", "comp.extxyz", frame() + frame().replace("Ni", "Fe"), {}, 1,
      "fixed composition"),
     ("missing cell", "nocell.extxyz", frame("Properties=species:S:1:pos:R:3"), {}, 0, "missing cell"),
     ("non-periodic", "pbc.extxyz", frame() + frame(DISMAI_HEADER.replace("T T T", "T T F")), {}, 1,
