@@ -424,6 +424,10 @@ def _parse_cif_block(block_text: str):
             structures = CifParser.from_str(block_text).parse_structures(primitive=False, on_error="raise")
         except Exception as err:  # pymatgen raises ValueError/KeyError/... with the reason as last line
             reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            overfull = re.match(r"Occupancy ([\d.]+) exceeded tolerance", reason)
+            if overfull:
+                raise _Problem(f"overlapping atoms: occupancies on one site sum to {overfull.group(1)} (sites closer "
+                               "than 1e-4 in fractional coordinates are merged)") from None
             raise _Problem(f"unparsable content: {reason}") from None
     for warning in caught:
         message = str(warning.message)

@@ -152,6 +152,7 @@ BAD_INPUTS = [
     ("cif not a cif", "words.cif", "hello world\n", {}, 0, "unparsable"),
     ("cif truncated", "trunc.cif", CIF_OK[: CIF_OK.index("loop_\n _atom_site")], {}, 0, "no atom sites"),
     ("cif empty", "empty.cif", "", {}, None, "empty"),
+    ("cif overlapping atoms", "dup.cif", CIF_OK + " Cu Cu2 0.00001 0.0 0.0 1\n", {}, 0, "overlapping atoms"),
     ("cif compositions differ", "comp.cif", CIF_OK + CIF_OK.replace("data_test", "data_b").replace("Au Au1", "Cu Cu1"),
      {}, 1, "fixed composition"),
     ("unknown extension", "structures.pdb", frame(), {}, None, "unknown file type"),
