@@ -85,3 +85,46 @@ def test_metrics_csv_append_and_truncate(tmp_path):
     assert [row["epoch"] for row in run.read_metrics()] == [0, 1, 2]
     with pytest.raises(ValueError):
         run.append_metrics({"epoch": 3})
+
+
+# ---------------------------------------------------------------------- bad inputs through a CLI
+from tests.test_io import BAD_INPUTS  # noqa: E402  (the table of bad files shared with the io tests)
+
+
+@pytest.mark.parametrize("name, filename, content, kwargs, index, words", BAD_INPUTS,
+                         ids=[case[0] for case in BAD_INPUTS])
+def test_convert_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys, name, filename, content, kwargs, index,
+                                                     words):
+    from dismax.cli import main_wrapper
+    from dismax.data.__main__ import main
+
+    source = tmp_path / filename
+    if isinstance(content, bytes):
+        source.write_bytes(content)
+    elif content is not None:
+        source.write_text(content)
+    target = tmp_path / "out" / "converted.extxyz"
+    argv = ["convert", str(source), str(target)]
+    if kwargs.get("fixed_composition") is False:
+        argv.append("--mixed-composition")
+    code = main_wrapper(main, argv)
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], captured.err
+    assert captured.out == ""
+    assert not target.exists() and not (tmp_path / "out").exists()
+
+
+def test_convert_cli_subprocess_exit_code_and_success(tmp_path):
+    bad = tmp_path / "trunc.extxyz"
+    bad.write_text("3\nLattice=\"3 0 0 0 3 0 0 0 3\" Properties=species:S:1:pos:R:3 pbc=\"T T T\"\nSi 0 0 0\n")
+    out = tmp_path / "o.extxyz"
+    assert_one_line_error(run_module("dismax.data", "convert", str(bad), str(out)), "truncated")
+    assert not out.exists()
+    good = tmp_path / "good.extxyz"
+    good.write_text(bad.read_text() + "Si 1 1 1\nSi 2 2 2\n")
+    proc = run_module("dismax.data", "convert", str(good), str(tmp_path / "cifs"))
+    assert proc.returncode == 0, proc.stderr
+    check = run_module("dismax.data", "check", str(tmp_path / "cifs"))
+    assert check.returncode == 0 and "1 structures of 3 atoms" in check.stdout

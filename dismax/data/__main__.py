@@ -25,6 +25,17 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("name")
     register.add_argument("--train", required=True, help="training-set extxyz")
     register.add_argument("--val", default=None, help="validation-set extxyz (default: none)")
+    convert = commands.add_parser("convert", help="convert structures between extxyz and CIF, validating them",
+                                  description="Read IN (.extxyz/.xyz, .cif or a folder of CIFs), validate every "
+                                              "structure and write OUT (.extxyz, .cif, or a folder of CIFs).")
+    convert.add_argument("input", metavar="IN")
+    convert.add_argument("output", metavar="OUT")
+    convert.add_argument("--mixed-composition", action="store_true",
+                         help="allow structures with different compositions (same atom count)")
+    check = commands.add_parser("check", help="validate a structure file and summarise it")
+    check.add_argument("input", metavar="FILE")
+    check.add_argument("--mixed-composition", action="store_true",
+                       help="allow structures with different compositions (same atom count)")
     return parser
 
 
@@ -43,6 +54,17 @@ def main(argv: list[str] | None = None) -> int:
             except Exception:  # noqa: BLE001 - listing must not fail on one bad entry
                 directory, state = "?", "unavailable"
             print(f"{name:24s} {state:10s} {directory}")
+    elif args.command in ("convert", "check"):
+        from dismax.io import read_structures, write_cif, write_extxyz
+
+        crystals = read_structures(args.input, fixed_composition=not args.mixed_composition)
+        if args.command == "check":
+            print(f"{args.input}: {crystals.batch_size} structures of {crystals.n_atoms} atoms, all valid")
+        elif str(args.output).endswith((".extxyz", ".xyz")):
+            print(write_extxyz(crystals, args.output))
+        else:
+            write_cif(crystals, args.output)
+            print(args.output)
     elif args.command == "register":
         print(registry.register_files(args.name, args.train, args.val))
     return 0

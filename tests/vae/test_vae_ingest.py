@@ -12,7 +12,7 @@ from dismax.vae import wyckoff
 from dismax.vae.ingest import IngestOptions, Rejected, analyse_cif_text, analyse_structure, ingest_cifs
 from dismax.vae.structure import gene_to_cif, gene_to_structure, parse_generated_cif, symmetry_matches
 
-from vae_fixtures import ALL, nmc_structure, perovskite_structure, to_cif
+from tests.vae.vae_fixtures import ALL, nmc_structure, perovskite_structure, to_cif
 
 TIGHT = StructureMatcher(primitive_cell=False, ltol=1e-3, stol=1e-3, angle_tol=0.05, scale=False)
 
