@@ -1,0 +1,112 @@
+"""CryinGAN networks: the point-cloud generator and the coordinate / bond-distance critics.
+
+Shapes: latent z (B, latent_dim); generated fractional coordinates (B, N, 3); critic inputs (B, N, F)
+with F = 3 (coordinates) or K (sorted distances to the K nearest periodic neighbours, Å); critic outputs
+(B, 10), whose mean is the critic score. Atoms are ordered in contiguous species blocks of ``counts``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dismax.gan.features import bond_distances
+from dismax.nn.pointwise import PerAtomMLP, dense, species_pool, xavier_uniform
+
+CRITIC_ATOM_FEATURES = (512, 512, 256)
+CRITIC_HEAD_FEATURES = (1000, 200)
+CRITIC_OUTPUTS = 10
+
+
+class Generator(nn.Module):
+    """z (B, latent_dim) → fractional coordinates (B, N, 3) in (0, 1).
+
+    Linear(latent → channels·N) + ReLU; per-atom transposed conv (1, 3) channels → 256 × 3 positions;
+    then a point-wise 256 → 512 → 256 → 1 MLP over every (atom, coordinate) position with BatchNorm +
+    ReLU after each hidden layer; sigmoid.
+
+    ``bn_eps`` defaults to 0.8: the reference passes 0.8 as the second positional argument of
+    ``BatchNorm2d``, which is eps (not momentum), and the published models were trained with that large
+    eps, which damps the normalisation of low-variance channels. ``bn_eps=1e-5`` gives the usual
+    BatchNorm. BN statistics are per channel over (B, N, 3); momentum 0.9 in Flax = PyTorch's 0.1.
+    """
+
+    n_atoms: int
+    latent_dim: int = 64
+    channels: int = 128
+    bn_eps: float = 0.8
+
+    @nn.compact
+    def __call__(self, z: jax.Array, train: bool) -> jax.Array:
+        batch = z.shape[0]
+        h = nn.relu(dense(self.channels * self.n_atoms, name="l1")(z))
+        # PyTorch's view(B, C, N, 1): the flat vector is channel-major
+        h = h.reshape(batch, self.channels, self.n_atoms).transpose(0, 2, 1)  # (B, N, C)
+        # ConvTranspose2d(C → 256, kernel (1, 3)): weight (C, 256, 1, 3), PyTorch fans in 256·3 / out C·3
+        kernel = self.param("map1_kernel", xavier_uniform(256 * 3, self.channels * 3), (self.channels, 3, 256))
+        bias = self.param("map1_bias", nn.initializers.zeros, (256,))
+        h = jnp.einsum("bnc,cwo->bnwo", h, kernel) + bias  # (B, N, 3, 256)
+        h = self._norm_relu(h, train, "bn1")
+        h = self._norm_relu(dense(512, name="map2")(h), train, "bn2")
+        h = self._norm_relu(dense(256, name="map3")(h), train, "bn3")
+        h = dense(1, name="map4")(h)[..., 0]  # (B, N, 3)
+        return nn.sigmoid(h)
+
+    def _norm_relu(self, h, train, name):
+        norm = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=self.bn_eps, name=name)
+        return nn.relu(norm(h))
+
+
+class CriticHead(nn.Module):
+    """Pooled features → Linear 1000 → 200 → 10 with LeakyReLU(0.2) between."""
+
+    @nn.compact
+    def __call__(self, pooled: jax.Array) -> jax.Array:
+        h = pooled
+        for i, width in enumerate(CRITIC_HEAD_FEATURES):
+            h = nn.leaky_relu(dense(width, name=f"fc_{i}")(h), 0.2)
+        return dense(CRITIC_OUTPUTS, name="out")(h)
+
+
+class Critic(nn.Module):
+    """Per-atom MLP (F → 512 → 512 → 256), per-species pooling, head: (B, N, F) → (B, 10).
+
+    Used as the coordinate critic (F = 3) and the bond-distance critic (F = K neighbour distances).
+    """
+
+    counts: Sequence[int]
+    pooling: str = "mean"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = PerAtomMLP(CRITIC_ATOM_FEATURES, first_kernel_width=x.shape[-1], name="atoms")(x)
+        return CriticHead(name="head")(species_pool(features, tuple(self.counts), self.pooling))
+
+
+class CombinedCritic(nn.Module):
+    """CryinGAN-comb: one critic on fractional coordinates (B, N, 3) → (B, 10).
+
+    A coordinate branch and a bond-distance branch (distances to the K nearest neighbours computed from
+    the fractional coordinates with the identity lattice, i.e. minimum image in fractional space) are
+    pooled separately; the pooled vectors are concatenated and passed through one head.
+    """
+
+    counts: Sequence[int]
+    n_neighbors: int = 6
+    pooling: str = "mean"
+
+    @nn.compact
+    def __call__(self, frac: jax.Array) -> jax.Array:
+        counts = tuple(self.counts)
+        frac_distances = bond_distances(frac, jnp.eye(3, dtype=frac.dtype), self.n_neighbors)
+        coord = PerAtomMLP(CRITIC_ATOM_FEATURES, first_kernel_width=3, name="coord_atoms")(frac)
+        dist = PerAtomMLP(CRITIC_ATOM_FEATURES, first_kernel_width=self.n_neighbors,
+                          name="dist_atoms")(frac_distances)
+        pooled = jnp.concatenate(
+            [species_pool(coord, counts, self.pooling), species_pool(dist, counts, self.pooling)], axis=-1
+        )
+        return CriticHead(name="head")(pooled)
+

@@ -1,0 +1,242 @@
+"""Training state and the jittable CryinGAN training step, single model or vmapped ensemble.
+
+One step = one critic update on a real batch (both critics, joint loss L_coord + w·L_bond with gradient
+penalties), optionally followed by a generator update with fresh noise (every ``gen_int`` batches).
+All randomness comes from ``fold_in(state.key, state.step)``, so a run is reproducible from its seed
+and resumable from any checkpoint. An ensemble is the same state with a leading member axis; every
+member has its own parameters, optimiser states, PRNG key and distance weight ``w_dist``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dismax.gan.features import bond_distances
+from dismax.gan.losses import critic_terms
+from dismax.gan.model import CombinedCritic, Critic, Generator
+
+
+@flax.struct.dataclass
+class GanState:
+    """Everything that changes during training (a pytree; an ensemble stacks a leading axis)."""
+
+    gen_params: Any
+    gen_stats: Any
+    critic_params: Any  # {"coord": ..., "dist": ...} or {"comb": ...} or {"coord": ...}
+    gen_opt: Any
+    critic_opt: Any
+    w_dist: jax.Array  # weight of the bond-distance critic (λ), float32 scalar
+    key: jax.Array  # uint32 (2,) raw PRNG key
+    step: jax.Array  # int32 number of critic steps done
+
+
+@dataclasses.dataclass(frozen=True)
+class GanSetup:
+    """The static description of a CryinGAN: networks, lattice and optimiser hyperparameters.
+
+    ``critics``: "separate" (coordinate critic, plus the bond-distance critic when ``use_distance``) or
+    "combined" (CryinGAN-comb). ``lattice`` (3, 3) Å, rows are lattice vectors.
+    """
+
+    counts: tuple[int, ...]
+    lattice: tuple[tuple[float, ...], ...]
+    latent_dim: int = 64
+    gen_channels: int = 128
+    bn_eps: float = 0.8
+    n_neighbors: int = 6
+    critics: str = "separate"
+    use_distance: bool = True
+    coord_pooling: str = "mean"
+    dist_pooling: str = "mean"
+    gp_weight: float = 10.0
+    gp_on: str = "sum"
+    lr_gen: float = 5e-5
+    lr_coord: float = 5e-5
+    lr_dist: float = 5e-5
+    beta1: float = 0.5
+    beta2: float = 0.999
+
+    def __post_init__(self):
+        if self.critics not in ("separate", "combined"):
+            raise ValueError(f"critics must be 'separate' or 'combined', got {self.critics!r}")
+
+    @property
+    def n_atoms(self) -> int:
+        return int(sum(self.counts))
+
+    @property
+    def lattice_array(self) -> np.ndarray:
+        return np.asarray(self.lattice, np.float32)
+
+    @property
+    def has_dist_critic(self) -> bool:
+        return self.critics == "separate" and self.use_distance
+
+    def generator(self) -> Generator:
+        return Generator(self.n_atoms, self.latent_dim, self.gen_channels, self.bn_eps)
+
+    def critic_modules(self) -> dict:
+        if self.critics == "combined":
+            return {"comb": CombinedCritic(self.counts, self.n_neighbors, self.coord_pooling)}
+        modules = {"coord": Critic(self.counts, self.coord_pooling)}
+        if self.use_distance:
+            modules["dist"] = Critic(self.counts, self.dist_pooling)
+        return modules
+
+    def distances(self, frac: jax.Array) -> jax.Array:
+        """Bond-distance features (B, N, K) in Å of fractional coordinates (B, N, 3)."""
+        return bond_distances(frac, self.lattice_array, self.n_neighbors)
+
+    def adam(self):
+        return optax.scale_by_adam(b1=self.beta1, b2=self.beta2, eps=1e-8)
+
+
+def init_state(setup: GanSetup, key: jax.Array, w_dist: float | jax.Array) -> GanState:
+    """Fresh parameters (Xavier-uniform, zero bias, BN γ=1 β=0) and Adam states from ``key``."""
+    key = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    k_gen, k_coord, k_dist, k_run = jax.random.split(key, 4)
+    n = setup.n_atoms
+    gen_vars = setup.generator().init(k_gen, jnp.zeros((2, setup.latent_dim)), train=False)
+    critic_keys = {"coord": k_coord, "comb": k_coord, "dist": k_dist}
+    critic_inputs = {"coord": jnp.zeros((1, n, 3)), "comb": jnp.zeros((1, n, 3)),
+                     "dist": jnp.zeros((1, n, setup.n_neighbors))}
+    critic_params = {name: module.init(critic_keys[name], critic_inputs[name])["params"]
+                     for name, module in setup.critic_modules().items()}
+    adam = setup.adam()
+    return GanState(
+        gen_params=gen_vars["params"],
+        gen_stats=gen_vars["batch_stats"],
+        critic_params=critic_params,
+        gen_opt=adam.init(gen_vars["params"]),
+        critic_opt=adam.init(critic_params),
+        w_dist=jnp.asarray(w_dist, jnp.float32),
+        key=k_run,
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
+def _step_keys(state: GanState):
+    key = jax.random.fold_in(state.key, state.step)
+    return jax.random.split(key, 4)  # z for the critic step, α coord, α dist, z for the generator step
+
+
+def _generate(setup: GanSetup, params, stats, z, train: bool):
+    variables = {"params": params, "batch_stats": stats}
+    if train:
+        fake, updated = setup.generator().apply(variables, z, train=True, mutable=["batch_stats"])
+        return fake, updated["batch_stats"]
+    return setup.generator().apply(variables, z, train=False), stats
+
+
+def _scores(setup: GanSetup, critic_params, frac, w_dist):
+    """Critic score CD(frac) + w·DD(dist(frac)) (or the combined critic's score), batch mean."""
+    modules = setup.critic_modules()
+    if setup.critics == "combined":
+        return modules["comb"].apply({"params": critic_params["comb"]}, frac).mean()
+    score = modules["coord"].apply({"params": critic_params["coord"]}, frac).mean()
+    if setup.has_dist_critic:
+        dist = modules["dist"].apply({"params": critic_params["dist"]}, setup.distances(frac)).mean()
+        score = score + w_dist * dist
+    return score
+
+
+def _apply_adam(adam, opt_state, grads, params, learning_rates):
+    updates, opt_state = adam.update(grads, opt_state, params)
+    params = jax.tree.map(lambda p, u, lr: p - lr * u, params, updates, learning_rates)
+    return params, opt_state
+
+
+def train_step(setup: GanSetup, state: GanState, real_coords: jax.Array, real_dists: jax.Array | None,
+               lr_scale: jax.Array, update_generator: bool):
+    """One critic update (and a generator update when ``update_generator``); returns (state, metrics).
+
+    real_coords (B, N, 3) fractional; real_dists (B, N, K) Å (ignored without a distance critic);
+    lr_scale multiplies every learning rate (step decay). Metrics are scalars: distance_dis (Wasserstein
+    estimate), cost_dis, D_real, D_fake, D_dist_real, D_dist_fake and, with a generator update, cost_gen.
+    """
+    k_z, k_coord, k_dist, k_zgen = _step_keys(state)
+    batch = real_coords.shape[0]
+    modules = setup.critic_modules()
+    z = jax.random.normal(k_z, (batch, setup.latent_dim))
+    fake, gen_stats = _generate(setup, state.gen_params, state.gen_stats, z, train=True)
+    fake = jax.lax.stop_gradient(fake)
+    fake_dists = setup.distances(fake) if setup.has_dist_critic else None
+
+    def critic_loss(critic_params):
+        def critic_fn(name):
+            return lambda x: modules[name].apply({"params": critic_params[name]}, x)
+
+        first = "comb" if setup.critics == "combined" else "coord"
+        coord = critic_terms(critic_fn(first), real_coords, fake, k_coord, setup.gp_weight, setup.gp_on)
+        metrics = {"D_real": coord.real, "D_fake": coord.fake}
+        loss, wasserstein = coord.loss, coord.wasserstein
+        if setup.has_dist_critic:
+            dist = critic_terms(critic_fn("dist"), real_dists, fake_dists, k_dist, setup.gp_weight, setup.gp_on)
+            loss = loss + state.w_dist * dist.loss
+            wasserstein = wasserstein + state.w_dist * dist.wasserstein
+            metrics.update(D_dist_real=dist.real, D_dist_fake=dist.fake)
+        else:
+            metrics.update(D_dist_real=jnp.zeros(()), D_dist_fake=jnp.zeros(()))
+        metrics.update(cost_dis=loss, distance_dis=wasserstein)
+        return loss, metrics
+
+    critic_grads, metrics = jax.grad(critic_loss, has_aux=True)(state.critic_params)
+    critic_lrs = {name: lr_scale * {"coord": setup.lr_coord, "comb": setup.lr_coord, "dist": setup.lr_dist}[name]
+                  for name in state.critic_params}
+    critic_lr_tree = {name: jax.tree.map(lambda _: critic_lrs[name], p) for name, p in state.critic_params.items()}
+    critic_params, critic_opt = _apply_adam(setup.adam(), state.critic_opt, critic_grads,
+                                            state.critic_params, critic_lr_tree)
+    gen_params, gen_opt = state.gen_params, state.gen_opt
+
+    if update_generator:
+        z_gen = jax.random.normal(k_zgen, (batch, setup.latent_dim))
+
+        def generator_loss(params):
+            fake_g, stats = _generate(setup, params, gen_stats, z_gen, train=True)
+            return -_scores(setup, critic_params, fake_g, state.w_dist), stats
+
+        (cost_gen, gen_stats), gen_grads = jax.value_and_grad(generator_loss, has_aux=True)(gen_params)
+        gen_lr = jax.tree.map(lambda _: lr_scale * setup.lr_gen, gen_params)
+        gen_params, gen_opt = _apply_adam(setup.adam(), gen_opt, gen_grads, gen_params, gen_lr)
+        metrics["cost_gen"] = cost_gen
+
+    new_state = state.replace(gen_params=gen_params, gen_stats=gen_stats, critic_params=critic_params,
+                              gen_opt=gen_opt, critic_opt=critic_opt, step=state.step + 1)
+    return new_state, metrics
+
+
+def generate(setup: GanSetup, state: GanState, key: jax.Array, n: int) -> jax.Array:
+    """n fractional-coordinate sets (n, N, 3) from the generator in eval mode (running BN statistics)."""
+    z = jax.random.normal(key, (n, setup.latent_dim))
+    return _generate(setup, state.gen_params, state.gen_stats, z, train=False)[0]
+
+
+# ---------------------------------------------------------------------------------------- ensembles
+def init_ensemble(setup: GanSetup, seeds, w_dists) -> GanState:
+    """Stacked states, one member per (seed, w) pair of the equally long sequences ``seeds``, ``w_dists``."""
+    keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
+    return jax.vmap(functools.partial(init_state, setup))(keys, jnp.asarray(w_dists, jnp.float32))
+
+
+def ensemble_step_fn(setup: GanSetup, update_generator: bool, per_member_data: bool):
+    """jit(vmap(train_step)) over the member axis.
+
+    Signature (state, real_coords, real_dists, lr_scale) → (state, metrics (M,) each); the real batch is
+    shared by all members, or has a leading member axis when ``per_member_data``.
+    """
+    data_axis = 0 if per_member_data else None
+    step = functools.partial(train_step, setup, update_generator=update_generator)
+    return jax.jit(jax.vmap(step, in_axes=(0, data_axis, data_axis, None)), donate_argnums=0)
+
+
+def member_state(state: GanState, index: int) -> GanState:
+    """One member of an ensemble state (drops the leading axis)."""
+    return jax.tree.map(lambda x: x[index], state)
