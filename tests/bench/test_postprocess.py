@@ -59,7 +59,7 @@ def test_default_mode_leaves_no_close_pairs_and_wraps():
         distance = np.linalg.norm(delta @ lattice[b], axis=-1) + np.eye(len(delta)) * 10
         assert distance.min() >= 1.5
         moved = np.linalg.norm(((result.frac[b] - frac[b] + 0.5) % 1 - 0.5) @ lattice[b], axis=1)
-        assert moved[[5, 6]].max() < 1.6                # the boundary pair is pushed apart locally
+        assert moved[[5, 6]].max() < 2.0                # the boundary pair is pushed apart locally
     reference = move_atoms_apart(frac, lattice, reference_compatible=True)
     jump = np.linalg.norm((reference.frac[0, 6] - frac[0, 6]) @ lattice[0])
     assert jump > 3.0                                   # the published raw displacement crosses the cell
