@@ -81,3 +81,21 @@ ALL = {
     "anatase": anatase_structure,
     "scheelite": scheelite_structure,
 }
+
+
+def write_training_cifs(folder, copies: int = 3) -> int:
+    """Write `copies` variants (scaled lattice, shifted occupancies) of each test crystal as CIFs; returns
+    the number of files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for name, build in ALL.items():
+        for k in range(copies):
+            structure = build()
+            structure.scale_lattice(structure.volume * (1.0 + 0.03 * k))
+            if k:
+                for site in structure:
+                    if len(site.species) > 1 or site.species.num_atoms < 1:
+                        site.species = {el: round(v * (1 - 0.1 * k), 3) for el, v in site.species.items()}
+            (folder / f"{name}_{k}.cif").write_text(to_cif(structure))
+            count += 1
+    return count
