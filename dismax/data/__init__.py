@@ -5,4 +5,9 @@
 ``params.json`` into ``out_dir``. Modules are imported only when a dataset is built.
 """
 
-BUILDERS: dict[str, str] = {}
+BUILDERS: dict[str, str] = {
+    "alloy_300K_wide": "dismax.data.alloy:build_300K_wide",
+    "alloy_300K_narrow": "dismax.data.alloy:build_300K_narrow",
+    "alloy_1500K_wide": "dismax.data.alloy:build_1500K_wide",
+    "alloy_1500K_narrow": "dismax.data.alloy:build_1500K_narrow",
+}

@@ -1,0 +1,232 @@
+"""Alloy cluster-expansion Monte Carlo: energies against an independent pymatgen pair count, local swap
+energies, detailed balance against exact enumeration, SRO, dataset selection and reproducibility."""
+
+import itertools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dismax.data import alloy
+from dismax.io import read_extxyz
+
+SHELL_RADII = np.sqrt(alloy.SHELL_RADIUS_SQUARED) * alloy.LATTICE_CONSTANT / 2  # Å
+
+
+def pymatgen_energy_per_atom(occupation: np.ndarray, repeats: int = 4) -> float:
+    """CE energy from pymatgen's neighbour list: count unordered pairs per shell by distance, times ECIs."""
+    from pymatgen.core import Lattice, Structure
+
+    lattice = alloy.fcc_lattice(repeats)
+    structure = Structure(Lattice(lattice.lattice), [alloy.SPECIES[s] for s in occupation], lattice.frac)
+    centres, points, _, distances = structure.get_neighbor_list(r=SHELL_RADII[-1] + 0.1)
+    shell = np.abs(distances[:, None] - SHELL_RADII[None, :]).argmin(axis=1)
+    assert np.abs(distances - SHELL_RADII[shell]).max() < 1e-6
+    n = len(occupation)
+    pair_index = {frozenset(p) if p[0] != p[1] else frozenset([p[0]]): k for k, p in enumerate(alloy.PAIRS)}
+    counts = np.zeros((alloy.N_SHELLS, 6))
+    for s, a, b in zip(shell, occupation[centres], occupation[points]):
+        counts[s, pair_index[frozenset([a, b])]] += 0.5  # each unordered pair is listed from both ends
+    x = np.bincount(occupation, minlength=3) / n
+    eci = alloy.PUBLISHED_ECI
+    return float(eci[0] + x @ eci[1:4] + (counts / n).ravel() @ eci[4:])
+
+
+def random_occupation(rng, composition=alloy.COMPOSITION):
+    return rng.permutation(np.repeat(np.arange(3), composition)).astype(np.int32)
+
+
+def ordered_occupations():
+    """Hand-built ordered configurations on the 256-site cell (sites: 4 basis sites per cubic cell)."""
+    lattice = alloy.fcc_lattice()
+    basis = np.tile(np.arange(4), lattice.n_sites // 4)
+    layer = np.round(lattice.frac[:, 2] * 8).astype(int)
+    return {
+        "pure Fe": np.ones(lattice.n_sites, np.int32),
+        "L1_2 Ni3Cr-like (Cr on cube corners)": np.where(basis == 0, 0, 2).astype(np.int32),
+        "L1_0 CrNi layers": np.where(layer % 2 == 0, 0, 2).astype(np.int32),
+        "Cr/Fe/Ni (001) layers": (layer % 3).astype(np.int32),
+    }
+
+
+def test_lattice_shells_match_geometry():
+    lattice = alloy.fcc_lattice()
+    assert lattice.n_sites == 256 and lattice.neighbours.shape == (256, 134)
+    assert np.bincount(lattice.shell_of_column).tolist() == list(alloy.SHELL_Z)
+    cart = lattice.frac @ lattice.lattice
+    delta = cart[lattice.neighbours] - cart[:, None, :]
+    delta -= np.round(delta / 14.4) * 14.4
+    distance = np.linalg.norm(delta, axis=-1)
+    np.testing.assert_allclose(distance, np.broadcast_to(SHELL_RADII[lattice.shell_of_column], distance.shape),
+                               atol=1e-9)
+    # every neighbour appears once per shell (no aliasing in the 4×4×4 cell)
+    for s in range(alloy.N_SHELLS):
+        columns = lattice.neighbours[:, lattice.shell_of_column == s]
+        assert all(len(set(row)) == len(row) for row in columns)
+
+
+def test_energy_matches_pymatgen_pair_count():
+    lattice = alloy.fcc_lattice()
+    rng = np.random.default_rng(0)
+    configurations = dict(ordered_occupations())
+    for k in range(3):
+        configurations[f"random {k}"] = random_occupation(rng)
+    with jax.enable_x64(True):
+        ce = alloy.ClusterExpansion.from_eci(dtype=jnp.float64)
+        for name, occupation in configurations.items():
+            reference = pymatgen_energy_per_atom(occupation)
+            jax_energy = float(alloy.total_energy(jnp.asarray(occupation), lattice, ce)) / lattice.n_sites
+            counts = np.asarray(alloy.pair_counts(jnp.asarray(occupation), lattice))
+            composition = np.bincount(occupation, minlength=3)
+            host_energy = float(alloy.energy_per_atom(alloy.cluster_vectors(counts, composition)))
+            assert abs(jax_energy - reference) < 1e-10, name
+            assert abs(host_energy - reference) < 1e-10, name
+
+
+def test_random_mixing_energy_and_sro():
+    """Random configurations: E/N near the analytic −0.0600 eV/atom; Warren–Cowley α ≈ 0 on average."""
+    lattice = alloy.fcc_lattice()
+    rng = np.random.default_rng(1)
+    occupations = jnp.asarray(np.stack([random_occupation(rng) for _ in range(200)]))
+    counts = np.asarray(jax.vmap(lambda o: alloy.pair_counts(o, lattice))(occupations))
+    energies = alloy.energy_per_atom(alloy.cluster_vectors(counts))
+    assert abs(energies.mean() + 0.0600) < 0.0005
+    sro = alloy.warren_cowley(counts)
+    assert np.abs(sro.mean(axis=0)).max() < 0.05
+    # shell sums of the cluster vector are z/2
+    vectors = alloy.cluster_vectors(counts)
+    np.testing.assert_allclose(vectors[:, 3:].reshape(-1, 7, 6).sum(-1), np.broadcast_to(
+        np.asarray(alloy.SHELL_Z) / 2, (200, 7)))
+
+
+@pytest.mark.parametrize("repeats", [4, 2])
+def test_local_swap_energy_equals_full_difference(repeats):
+    lattice = alloy.fcc_lattice(repeats)
+    rng = np.random.default_rng(2)
+    composition = (lattice.n_sites // 5, lattice.n_sites - 2 * (lattice.n_sites // 5), lattice.n_sites // 5)
+    with jax.enable_x64(True):
+        ce = alloy.ClusterExpansion.from_eci(dtype=jnp.float64)
+        energy = jax.jit(lambda o: alloy.total_energy(o, lattice, ce))
+        delta = jax.jit(lambda o, i, j: alloy.swap_energy_change(o, i, j, lattice, ce))
+        occupation = random_occupation(rng, composition)
+        pairs = [tuple(rng.choice(lattice.n_sites, 2, replace=False)) for _ in range(40)]
+        pairs += [(i, int(lattice.neighbours[i, c])) for i, c in zip(rng.integers(0, lattice.n_sites, 40),
+                                                                    rng.integers(0, 134, 40))]
+        checked = 0
+        for i, j in pairs:
+            if occupation[i] == occupation[j]:
+                continue
+            swapped = occupation.copy()
+            swapped[[i, j]] = swapped[[j, i]]
+            full = float(energy(jnp.asarray(swapped)) - energy(jnp.asarray(occupation)))
+            local = float(delta(jnp.asarray(occupation), i, j))
+            assert abs(full - local) < 1e-9, (i, j)
+            occupation = swapped
+            checked += 1
+        assert checked > 30
+
+
+def test_detailed_balance_against_exact_enumeration():
+    """2×2×2 cell (32 sites) with one Cr, one Ni, 30 Fe: sampled energy-level frequencies equal the exact
+    Boltzmann weights summed over all 992 states."""
+    lattice = alloy.fcc_lattice(2)
+    composition = (1, 30, 1)
+    temperature = 600.0
+    with jax.enable_x64(True):
+        ce = alloy.ClusterExpansion.from_eci(dtype=jnp.float64)
+        states = np.array([(c, n) for c, n in itertools.permutations(range(32), 2)])
+        occupations = np.ones((len(states), 32), np.int32)
+        occupations[np.arange(len(states)), states[:, 0]] = 0
+        occupations[np.arange(len(states)), states[:, 1]] = 2
+        exact_energy = np.asarray(jax.vmap(lambda o: alloy.total_energy(o, lattice, ce))(jnp.asarray(occupations)))
+    levels, level_of_state = np.unique(np.round(exact_energy, 8), return_inverse=True)
+    weights = np.exp(-(exact_energy - exact_energy.min()) / (alloy.K_BOLTZMANN * temperature))
+    exact = np.bincount(level_of_state, weights=weights) / weights.sum()
+    assert len(levels) > 3 and exact.max() < 0.9  # a non-trivial distribution
+
+    sampler = alloy.KawasakiSampler(lattice, alloy.ClusterExpansion.from_eci(dtype=jnp.float32), composition)
+    chains = jax.vmap(sampler.init)(jax.random.split(jax.random.PRNGKey(0), 8))
+    _, sampled, _ = sampler.run(chains, temperature, 3000, 3)
+    sampled = np.asarray(sampled).reshape(-1, 32)
+    state_index = {tuple(s): k for k, s in enumerate(states)}
+    cr, ni = np.argmax(sampled == 0, axis=1), np.argmax(sampled == 2, axis=1)
+    observed_levels = level_of_state[[state_index[(c, n)] for c, n in zip(cr, ni)]]
+    observed = np.bincount(observed_levels, minlength=len(levels)) / len(observed_levels)
+    n_effective = len(observed_levels) / 5  # successive samples are correlated
+    tolerance = 5 * np.sqrt(exact * (1 - exact) / n_effective) + 1e-3
+    assert np.all(np.abs(observed - exact) < tolerance), (observed, exact)
+
+
+TINY = alloy.AlloyProtocol(chains=2, passes=100, snapshot_every=1, n_structures=10, segments=2)
+
+
+def test_narrow_mask_rule():
+    sro = np.zeros((4, 12))
+    sro[1, 3] = 0.4  # far from the mean
+    sro[2, 0] = -0.05
+    assert alloy.narrow_mask(sro, 0.1).tolist() == [True, False, True, True]  # pool mean (0.1 in column 3)
+    shifted = np.zeros(12)
+    shifted[0] = 0.08
+    assert alloy.narrow_mask(sro, 0.1, shifted).tolist() == [True, False, False, True]
+
+
+def test_narrow_and_wide_selection_at_1500K():
+    wide = alloy.generate_alloy_dataset(1500.0, "wide", TINY, seed=3)
+    narrow = alloy.generate_alloy_dataset(1500.0, "narrow", TINY, seed=3)
+    assert narrow["sro_filter_mean"] is not None and wide["sro_filter_mean"] is None
+    assert np.all(np.abs(narrow["sro"] - narrow["sro_filter_mean"]) <= 0.1)
+    # the wide draw is unfiltered: at 1500 K most structures break the ±0.1 rule somewhere
+    pool_mean = narrow["sro_filter_mean"]
+    assert not np.all(alloy.narrow_mask(wide["sro"], 0.1, pool_mean))
+    # narrow excludes the wide draw (same chains, same seed)
+    wide_ids = set(zip(wide["chain"].tolist(), wide["mc_pass"].tolist()))
+    assert not wide_ids & set(zip(narrow["chain"].tolist(), narrow["mc_pass"].tolist()))
+    # energies and SRO recomputed from the written occupations agree with the stored ones
+    lattice = alloy.fcc_lattice()
+    counts = np.asarray(jax.vmap(lambda o: alloy.pair_counts(o, lattice))(jnp.asarray(narrow["occupations"])))
+    np.testing.assert_array_equal(counts, narrow["counts"])
+    assert np.all(np.bincount(narrow["occupations"][0], minlength=3) == alloy.COMPOSITION)
+
+
+def test_written_dataset_is_reproducible(tmp_path):
+    for run in ("a", "b"):
+        alloy.write_alloy_dataset("alloy_1500K_wide", 1500.0, "wide", "small", 5, tmp_path / run, protocol=TINY)
+    for name in ("train.extxyz", "val.extxyz", "params.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    train, info = read_extxyz(tmp_path / "a" / "train.extxyz", with_info=True)
+    val = read_extxyz(tmp_path / "a" / "val.extxyz")
+    assert (len(train), len(val)) == (8, 2)
+    np.testing.assert_allclose(np.asarray(train.lattice[0]), np.eye(3) * 14.4)
+    # species blocks Cr, Fe, Ni; sites on the FCC lattice (multiples of 1.8 Å)
+    assert np.asarray(train.species[0]).tolist() == [24] * 51 + [26] * 154 + [28] * 51
+    cart = np.asarray(train.cart)
+    np.testing.assert_allclose(cart / 1.8, np.round(cart / 1.8), atol=1e-6)
+    params = json.loads((tmp_path / "a" / "params.json").read_text())
+    assert params["n_train"] == 8 and len(params["structures"]) == 10
+    # the stored formation energy equals the independent pymatgen count for a written structure
+    species = np.asarray(train.species[0])
+    sites = np.round(np.asarray(train.frac[0]) * 8).astype(int)
+    lattice = alloy.fcc_lattice()
+    site_of = {tuple(np.round(f * 8).astype(int)): k for k, f in enumerate(lattice.frac)}
+    occupation = np.zeros(256, np.int32)
+    for z, site in zip(species, sites):
+        occupation[site_of[tuple(site % 8)]] = alloy.ATOMIC_NUMBERS.index(int(z))
+    assert abs(pymatgen_energy_per_atom(occupation) - info[0]["formation_energy"]) < 1e-10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("temperature", [300.0, 1500.0])
+def test_equilibrium_ordering(temperature):
+    """300 K: no 1NN Cr–Cr pairs, strong 1NN Ni–Cr ordering; 1500 K: all |α| small."""
+    protocol = alloy.AlloyProtocol(chains=4, passes=2000, snapshot_every=10, n_structures=100)
+    data = alloy.generate_alloy_dataset(temperature, "wide", protocol, seed=0)
+    mean = dict(zip(alloy.SRO_LABELS, data["sro"].mean(axis=0)))
+    if temperature == 300.0:
+        assert mean["1NN_Cr-Cr"] > 0.95
+        assert mean["1NN_Cr-Ni"] < -0.3
+        assert data["energy_per_atom"].mean() < -0.09
+    else:
+        assert all(abs(mean[f"1NN_{p}"]) < 0.15 for p in ("Fe-Ni", "Cr-Fe", "Cr-Ni", "Fe-Fe", "Cr-Cr", "Ni-Ni"))
+        assert max(abs(v) for v in mean.values()) < 0.3
