@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+
+from dismax.bench import motifs as M
+
+
+def diamond(noise=0.0, seed=0, repeats=1):
+    base = np.array([[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0]])
+    frac = np.concatenate([base, base + 0.25]) / repeats
+    frac = np.concatenate([frac + np.array(s) / repeats for s in np.ndindex(repeats, repeats, repeats)])
+    lattice = np.eye(3) * repeats * 5.431
+    frac = frac + np.random.default_rng(seed).normal(0, noise, frac.shape) / (repeats * 5.431)
+    return frac % 1.0, lattice, np.full(len(frac), 14)
+
+
+def test_labels_and_lengths():
+    assert len(M.motif_labels()) == 61
+    assert len(M.motif_labels(M.INTERFACE_ANIONS)) == 109
+
+
+def test_a_si_fingerprint_equals_matminer():
+    fingerprint = pytest.importorskip("matminer.featurizers.site.fingerprint")
+    frac, lattice, numbers = diamond(noise=0.15)
+    structure = M._to_structure(frac, lattice, numbers)
+    op_types = {cn: ["wt"] + [label for label, _, _ in M.MOTIFS.get(cn, [])] for cn in range(1, 25)}
+    reference = fingerprint.CrystalNNFingerprint(op_types=op_types, cation_anion=False)
+    expected = np.array([reference.featurize(structure, i) for i in range(len(numbers))])
+    ours = M.motif_fingerprints(frac, lattice, numbers)
+    np.testing.assert_array_equal(ours, expected)
+    assert reference.feature_labels() == M.motif_labels()
+
+
+def test_interface_fingerprint_species_block():
+    pytest.importorskip("matminer")
+    rng = np.random.default_rng(3)
+    lattice = np.array([[7.0, 0, 0], [0, 7.0, 0], [0, 0, 7.0]])
+    # rock-salt-like LiCl / CoO mixture on a 4x4x4 simple-cubic grid of 1.75 Å
+    grid = np.array(list(np.ndindex(4, 4, 4))) / 4.0
+    parity = grid.sum(axis=1) * 4 % 2
+    numbers = np.where(parity == 0, 3, 17)
+    numbers[(parity == 0) & (rng.random(64) < 0.3)] = 27
+    numbers[(parity == 1) & (rng.random(64) < 0.3)] = 8
+    frac = (grid + rng.normal(0, 0.01, grid.shape)) % 1.0
+    values = M.motif_fingerprints(frac, lattice, numbers, site_numbers=[3, 27], cation_anion=True,
+                                  oxidation=M.INTERFACE_OXIDATION, species_fractions=M.INTERFACE_ANIONS)
+    assert values.shape == ((numbers == 3).sum() + (numbers == 27).sum(), 109)
+    species = values[:, 61:].reshape(-1, 24, 2)
+    weights = values[:, [M.motif_labels().index(f"wt CN_{cn}") for cn in range(1, 25)]]
+    np.testing.assert_allclose(species.sum(-1)[weights > 0], 1.0)   # cation-anion: only Cl and O neighbours
+    assert np.all(species.sum(-1)[weights == 0] == 0)
+
+
+def _published_angles(frac, lattice, numbers):
+    from itertools import combinations
+
+    from pymatgen.analysis.local_env import CrystalNN
+
+    structure = M._to_structure(frac, lattice, numbers)
+    crystalnn = CrystalNN(distance_cutoffs=None, x_diff_weight=0, porous_adjustment=False)
+    angles = []
+    for j in range(len(structure)):
+        coords = [nn["site"].coords for nn in crystalnn.get_nn_info(structure, j)]
+        for a, b in combinations(range(len(coords)), 2):
+            u, v = coords[a] - structure[j].coords, coords[b] - structure[j].coords
+            cosine = np.dot(u, v) / (np.linalg.norm(u) * np.linalg.norm(v))
+            angle = np.arccos(cosine)
+            if np.isnan(angle):
+                angle = np.arccos(round(cosine, 5))
+            angles.append(angle * 180 / np.pi)
+    return np.array(angles)
+
+
+def test_bond_angles_equal_published_computation_and_diamond():
+    import pandas as pd
+
+    frac, lattice, numbers = diamond(noise=0.2, seed=1)
+    expected = _published_angles(frac, lattice, numbers)
+    ours = M.crystalnn_bond_angles(frac, lattice, numbers)
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-12)
+    edges = np.arange(0, 180 + 0.5, 0.5)
+    published = pd.cut(pd.Series(expected), edges, include_lowest=True).value_counts(normalize=True, sort=False)
+    np.testing.assert_array_equal(M.angle_distribution(ours), published.to_numpy())
+    frac, lattice, numbers = diamond()
+    angles = M.crystalnn_bond_angles(frac, lattice, numbers)
+    assert len(angles) == 8 * 6
+    np.testing.assert_allclose(angles, np.degrees(np.arccos(-1 / 3)), atol=1e-9)
+    frac, lattice, numbers = diamond(repeats=2)
+    angles = M.crystalnn_bond_angles(frac, lattice, numbers)
+    fast = M.cutoff_angle_distributions(frac[None], lattice[None], cutoff=2.85)[0]
+    np.testing.assert_array_equal(fast, M.angle_distribution(angles))
+
+
+def test_per_structure_cache(tmp_path):
+    structures = [diamond(noise=0.1, seed=s) for s in range(2)]
+    first = M.per_structure(M.crystalnn_bond_angles, "angles", structures, cache_dir=tmp_path, workers=1)
+    files = sorted((tmp_path / "angles").glob("*.npy"))
+    assert len(files) == 2
+    np.save(files[0], np.array([1.0]))            # a cached result is reused, not recomputed
+    again = M.per_structure(M.crystalnn_bond_angles, "angles", structures, cache_dir=tmp_path, workers=1)
+    assert sum(a.shape == (1,) for a in again) == 1
+    assert any(np.array_equal(a, b) for a, b in zip(first, again))
+
+
+@pytest.mark.slow
+def test_process_pool_matches_in_process(tmp_path):
+    structures = [diamond(noise=0.1, seed=s) for s in range(3)]
+    pooled = M.per_structure(M.crystalnn_bond_angles, "angles", structures, workers=2)
+    serial = M.per_structure(M.crystalnn_bond_angles, "angles", structures, workers=1)
+    for a, b in zip(pooled, serial):
+        np.testing.assert_array_equal(a, b)
