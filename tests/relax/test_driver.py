@@ -1,0 +1,128 @@
+"""Batched FIRE driver: convergence, agreement with ASE FIRE, isolation of bad structures, overflow."""
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from dismax.relax.driver import FireSettings, relax
+from dismax.relax.potentials import original_sw
+from dismax.structures import Crystals
+
+from tests.relax.test_potentials import matscipy_calculator
+
+DIAMOND_SW = -4.33652  # eV/atom
+CHUNK = 4
+
+
+def perturbed_diamond(n_structures, noise=0.1, seed=0):
+    rng = np.random.default_rng(seed)
+    atoms_list = []
+    for _ in range(n_structures):
+        atoms = bulk("Si", "diamond", a=5.431, cubic=True) * (2, 2, 2)
+        atoms.positions += rng.normal(0.0, noise, atoms.positions.shape)
+        atoms_list.append(atoms)
+    return atoms_list
+
+
+def test_relaxes_back_to_diamond():
+    result = relax(Crystals.from_ase(perturbed_diamond(2)), original_sw(), fmax=1e-3, chunk_size=CHUNK)
+    assert list(result.status) == ["converged"] * 2
+    assert np.all(result.e_initial > DIAMOND_SW + 0.1)
+    np.testing.assert_allclose(result.e_final, DIAMOND_SW, atol=2e-5)
+    assert np.all(result.fmax < 1e-3) and np.all(result.steps > 10)
+
+
+def test_final_energies_match_ase_fire():
+    from ase.optimize import FIRE
+
+    atoms_list = perturbed_diamond(3, noise=0.2, seed=1)
+    result = relax(Crystals.from_ase(atoms_list), original_sw(), fmax=0.05, chunk_size=CHUNK)
+    assert list(result.status) == ["converged"] * 3
+    for b, atoms in enumerate(atoms_list):
+        atoms.calc = matscipy_calculator(original_sw())
+        FIRE(atoms, logfile=None).run(fmax=0.05, steps=1000)
+        assert abs(result.e_final[b] - atoms.get_potential_energy() / len(atoms)) < 1e-3
+        assert result.fmax[b] == pytest.approx(np.linalg.norm(
+            matscipy_forces(result.crystals[b]), axis=1).max(), abs=1e-3)
+
+
+def matscipy_forces(crystals):
+    atoms = crystals.to_ase()[0]
+    atoms.calc = matscipy_calculator(original_sw())
+    return atoms.get_forces()
+
+
+def test_bad_structures_do_not_change_the_others():
+    good = Crystals.from_ase(perturbed_diamond(3, seed=2))
+    close = good.to_numpy()[0]
+    frac = np.array(close.frac)
+    frac[0, 1] = frac[0, 0] + np.array([0.1, 0.0, 0.0]) / close.lattice[0, 0, 0]  # 0.1 Å apart
+    nan = good.to_numpy()[1]
+    nan_frac = np.array(nan.frac)
+    nan_frac[0, 5] = np.nan
+    bad = Crystals.concatenate([Crystals(frac, close.lattice, close.species), good[0:2],
+                                Crystals(nan_frac, nan.lattice, nan.species), good[2:3]])
+    alone = relax(good, original_sw(), chunk_size=CHUNK)
+    mixed = relax(bad, original_sw(), chunk_size=CHUNK)
+    assert mixed.status[3] == "failed" and mixed.steps[3] == 0
+    keep = [1, 2, 4]
+    for name in ("status", "steps", "e_initial", "e_final", "fmax"):
+        np.testing.assert_array_equal(getattr(mixed, name)[keep], getattr(alone, name))
+    np.testing.assert_array_equal(np.asarray(mixed.crystals.frac)[keep], np.asarray(alone.crystals.frac))
+    assert np.isfinite(mixed.e_initial[0]) and mixed.e_initial[0] > 10.0  # the close pair is very repulsive
+
+
+class FailsWhenStretched:
+    """SW that returns NaN once every bond is longer than 2.38 Å (a test double for a blow-up)."""
+
+    sw = original_sw()
+    cutoff = sw.cutoff
+    check_species = sw.check_species
+
+    def energy_from_displacements(self, dR, mask):
+        import jax.numpy as jnp
+
+        r = jnp.sqrt(jnp.sum(dR**2, -1) + 1e-12)
+        shortest = jnp.min(jnp.where(mask, r, 10.0))
+        return jnp.where(shortest > 2.38, jnp.nan, self.sw.energy_from_displacements(dR, mask))
+
+
+def test_non_finite_energy_freezes_and_fails_one_structure():
+    # Structure 0 sits in an expanded cell (bonds relax towards 2.43 Å) and hits the NaN region on the
+    # way; structure 1 (bonds -> 2.35 Å) never does.
+    stretched = bulk("Si", "diamond", a=5.60, cubic=True) * (2, 2, 2)
+    stretched.positions += np.random.default_rng(4).normal(0.0, 0.1, stretched.positions.shape)
+    crystals = Crystals.from_ase([stretched] + perturbed_diamond(1, seed=4))
+    result = relax(crystals, FailsWhenStretched(), fmax=1e-3, chunk_size=CHUNK)
+    reference = relax(crystals[1:2], original_sw(), fmax=1e-3, chunk_size=CHUNK)
+    assert result.status[0] == "failed" and result.steps[0] > 0
+    assert np.all(np.isfinite(np.asarray(result.crystals.frac[0])))  # frozen at its last finite state
+    assert np.isfinite(result.e_final[0]) and result.e_final[0] < result.e_initial[0]
+    assert result.status[1] == reference.status[0] == "converged"
+    assert result.steps[1] == reference.steps[0]
+    np.testing.assert_allclose(result.e_final[1], reference.e_final[0], atol=1e-6)
+
+
+def test_neighbour_overflow_is_rebuilt_larger():
+    crystals = Crystals.from_ase(perturbed_diamond(2, seed=5))
+    normal = relax(crystals, original_sw(), chunk_size=CHUNK)
+    tight = relax(crystals, original_sw(), chunk_size=CHUNK, settings=FireSettings(capacity_multiplier=0.3))
+    assert list(tight.status) == list(normal.status) == ["converged"] * 2
+    np.testing.assert_allclose(tight.e_final, normal.e_final, atol=1e-6)
+    np.testing.assert_array_equal(tight.steps, normal.steps)
+
+
+def test_step_limit_and_already_converged():
+    crystals = Crystals.from_ase(perturbed_diamond(1, seed=6) + [bulk("Si", "diamond", a=5.431, cubic=True) * (2, 2, 2)])
+    result = relax(crystals, original_sw(), max_steps=5, chunk_size=CHUNK)
+    assert list(result.status) == ["max_steps", "converged"]
+    assert list(result.steps) == [5, 0]
+
+
+@pytest.mark.slow
+def test_vmap_batching_gives_the_same_results():
+    crystals = Crystals.from_ase(perturbed_diamond(2, seed=7))
+    mapped = relax(crystals, original_sw(), chunk_size=CHUNK, batching="map")
+    vmapped = relax(crystals, original_sw(), chunk_size=CHUNK, batching="vmap")
+    np.testing.assert_array_equal(mapped.steps, vmapped.steps)
+    np.testing.assert_allclose(mapped.e_final, vmapped.e_final, atol=1e-5)
