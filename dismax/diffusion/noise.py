@@ -8,9 +8,6 @@ divided by √λ_t, λ_t = E[(∇ log p_σ)²], so that targets are O(1) at ever
 The score uses softmax image weights (no 0/0 at small σ) over ``n_images`` images per side after wrapping
 x into [-0.5, 0.5). λ_t comes from a deterministic periodic trapezoid quadrature on the host (float64),
 not from a Monte Carlo estimate.
-
-The optional lattice process is DDPM with the cosine β schedule (Nichol & Dhariwal), ε-prediction on the
-raw lattice matrix; it is off by default as in the Dismai-Bench configs.
 """
 
 from __future__ import annotations
@@ -84,15 +81,6 @@ def _quadrature_second_moment(sigmas, n_grid: int, n_images: int) -> np.ndarray:
     return out
 
 
-def cosine_betas(n_steps: int, s: float = 0.008) -> np.ndarray:
-    """Cosine DDPM β schedule (T values, clipped to [1e-4, 0.9999])."""
-    x = np.linspace(0.0, n_steps, n_steps + 1)
-    alphas_cumprod = np.cos(((x / n_steps) + s) / (1 + s) * math.pi * 0.5) ** 2
-    alphas_cumprod = alphas_cumprod / alphas_cumprod[0]
-    betas = 1.0 - alphas_cumprod[1:] / alphas_cumprod[:-1]
-    return np.clip(betas, 1e-4, 0.9999)
-
-
 @dataclass(frozen=True)
 class SigmaSchedule:
     """Geometric σ schedule σ_t = exp(linspace(log σ_begin, log σ_end, T)), t = 1..T, σ_0 = 0.
@@ -142,10 +130,3 @@ def noise_coordinates(key, frac, t, schedule: SigmaSchedule):
     target = wrapped_normal_score(displacement, sigma) / sqrt_lambdas[t][:, None, None]
     return noisy, target
 
-
-def noise_lattice(key, lattice, t, n_steps: int):
-    """Cosine-DDPM forward step on raw lattice matrices: returns (noisy (B,3,3), ε target (B,3,3))."""
-    alphas_cumprod = jnp.asarray(np.concatenate([[1.0], np.cumprod(1.0 - cosine_betas(n_steps))]), jnp.float32)
-    a = alphas_cumprod[t][:, None, None]
-    eps = jax.random.normal(key, lattice.shape, lattice.dtype)
-    return jnp.sqrt(a) * lattice + jnp.sqrt(1.0 - a) * eps, eps
