@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dismax.bench.periodic import (float64, min_image_vectors, min_image_vectors_np, nearest_atom,
+from dismax.bench.periodic import (float64, min_image_vectors, min_image_vectors_np, nearest_atom, nearest_atom_jit,
                                    plane_spacings)
 from dismax.errors import DismaxInputError
 
@@ -221,7 +221,7 @@ def _rotated_sites(basis: np.ndarray) -> np.ndarray:
 def _within(points_cart: np.ndarray, atoms_cart: np.ndarray, lattice: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if len(atoms_cart) == 0:
         return np.zeros(len(points_cart), dtype=int), np.full(len(points_cart), np.inf)
-    index, distance = nearest_atom(jnp.asarray(points_cart), jnp.asarray(atoms_cart),
+    index, distance = nearest_atom_jit(jnp.asarray(points_cart), jnp.asarray(atoms_cart),
                                    jnp.ones(len(atoms_cart), bool), jnp.asarray(lattice))
     return np.asarray(index), np.asarray(distance)
 
@@ -247,8 +247,20 @@ def _match_sites(site_cart: np.ndarray, atom_cart: np.ndarray, lattice: np.ndarr
     return matched, int((near_any & ~atom_used).sum()), int((~near_any).sum())
 
 
+@jax.jit
+def _translation_matches(site_frac, atom_cart, lattice, ref_lattice, shifts, margin):
+    """Number of atoms within ``margin`` of a shifted site for each candidate shift (C,)."""
+
+    def matches(shift):
+        shifted = ((site_frac + shift) % 1.0) @ ref_lattice
+        _, distance = nearest_atom(atom_cart, shifted, jnp.ones(shifted.shape[0], bool), lattice)
+        return jnp.sum(distance <= margin)
+
+    return jax.lax.map(matches, shifts)
+
+
 def _best_translation(site_frac: np.ndarray, atom_cart: np.ndarray, lattice: np.ndarray, ref_lattice: np.ndarray,
-                      margin: float, n_candidates: int = 32) -> np.ndarray:
+                      margin: float, n_candidates: int = 8) -> np.ndarray:
     """Fractional shift of the site set that maximises the number of atoms within ``margin`` of a site.
 
     Candidates put the site nearest to each of up to ``n_candidates`` evenly spread atoms onto that atom.
@@ -259,13 +271,8 @@ def _best_translation(site_frac: np.ndarray, atom_cart: np.ndarray, lattice: np.
     nearest, _ = _within(atom_cart[anchors], site_cart, ref_lattice)
     shifts = anchor_frac - site_frac[nearest]
 
-    def matches(shift):
-        shifted = ((site_frac + shift) % 1.0) @ ref_lattice
-        _, distance = nearest_atom(jnp.asarray(atom_cart), shifted, jnp.ones(len(shifted), bool),
-                                   jnp.asarray(lattice))
-        return jnp.sum(distance <= margin)
-
-    counts = np.asarray(jax.lax.map(matches, jnp.asarray(shifts)))
+    counts = np.asarray(_translation_matches(jnp.asarray(site_frac), jnp.asarray(atom_cart), jnp.asarray(lattice),
+                                             jnp.asarray(ref_lattice), jnp.asarray(shifts), margin))
     return shifts[int(np.argmax(counts))]
 
 

@@ -73,7 +73,7 @@ def _one_iteration(cart, lattice, active, min_dist, capacity, reference_compatib
     return cart, count
 
 
-@partial(jax.jit, static_argnames=("capacity", "max_iter", "reference_compatible"))
+@partial(jax.jit, static_argnames=("capacity", "reference_compatible"))
 def _move_apart_batch(cart, lattice, min_dist, capacity, max_iter, reference_compatible):
     batch = cart.shape[0]
     iteration = partial(_one_iteration, min_dist=min_dist, capacity=capacity,

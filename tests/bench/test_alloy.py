@@ -110,6 +110,7 @@ def test_reference_counting_matches_pymatgen_search_on_noisy_small_cell():
     assert flag
 
 
+@pytest.mark.slow
 def test_pairwise_kernel_equals_scan_kernel():
     import jax.numpy as jnp
 
@@ -142,8 +143,6 @@ def test_assignment_translated_noisy_structure_with_vacancy_and_duplicate():
     assert result.ok and result.n_vacancies == 1 and result.n_discarded == 1 and result.n_off_lattice == 0
     assert len(result.numbers) == 255
     assert sorted(result.numbers.tolist()) == sorted(numbers[:-1].tolist())
-    counts, flag = A.count_clusters_one(result.frac @ result.lattice, result.numbers, result.lattice)
-    assert flag
     reference = A.reference_cleanup(frac, numbers, lattice, "translate")
     assert reference.n_vacancies == 1 and len(reference.numbers) == 255
     as_is = A.reference_cleanup(frac, numbers, lattice, "as_is")

@@ -47,7 +47,7 @@ def test_alloy_postprocess_and_score(tmp_path):
 
 
 def test_a_si_score(tmp_path):
-    train = [diamond(noise=0.05, seed=s) for s in range(2)]
+    train = [diamond(noise=0.05, seed=0)]
     generated = [diamond(noise=0.2, seed=10 + s) for s in range(2)]
     _write(tmp_path / "train.extxyz", train)
     _write(tmp_path / "gen.extxyz", generated)
