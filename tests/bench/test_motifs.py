@@ -48,6 +48,14 @@ def test_interface_fingerprint_species_block():
     weights = values[:, [M.motif_labels().index(f"wt CN_{cn}") for cn in range(1, 25)]]
     np.testing.assert_allclose(species.sum(-1)[weights > 0], 1.0)   # cation-anion: only Cl and O neighbours
     assert np.all(species.sum(-1)[weights == 0] == 0)
+    from matminer.featurizers.site.fingerprint import CrystalNNFingerprint
+
+    op_types = {cn: ["wt"] + [label for label, _, _ in M.MOTIFS.get(cn, [])] for cn in range(1, 25)}
+    reference = CrystalNNFingerprint(op_types=op_types, cation_anion=True)
+    structure = M._to_structure(frac, lattice, numbers, M.INTERFACE_OXIDATION)
+    cation_sites = np.flatnonzero(np.isin(numbers, [3, 27]))
+    for row in (0, 5):
+        np.testing.assert_array_equal(values[row, :61], reference.featurize(structure, int(cation_sites[row])))
 
 
 def _published_angles(frac, lattice, numbers):
