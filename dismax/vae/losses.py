@@ -35,10 +35,11 @@ class LossWeights:
 TERMS = ("kl", "element", "letter", "multiplicity", "xyz", "spacegroup", "lattice", "disorder")
 
 
-def loss_terms(outputs: dict, sites, lattice_scaled, spacegroup, weights: LossWeights) -> dict:
+def loss_terms(outputs: dict, sites, lattice_scaled, spacegroup, weights: LossWeights, mask=None) -> dict:
     """Unweighted per-term losses (scalars), batch-averaged.
 
-    sites (B, 9, 183) targets, lattice_scaled (B, 6) standardised, spacegroup (B,) 1-230.
+    sites (B, 9, 183) targets, lattice_scaled (B, 6) standardised, spacegroup (B,) 1-230; optional mask (B,)
+    (1 = real structure, 0 = padding of a fixed-size evaluation batch).
     """
     mean, log_var = outputs["mean"], outputs["log_var"]
     kl = -0.5 * jnp.mean(1.0 + log_var - mean**2 - jnp.exp(log_var), axis=-1)
@@ -63,7 +64,10 @@ def loss_terms(outputs: dict, sites, lattice_scaled, spacegroup, weights: LossWe
         raise ValueError(f"lattice_loss must be 'mse' or 'mae', got {weights.lattice_loss!r}")
     terms = dict(kl=kl, element=element, letter=letter, multiplicity=multiplicity, xyz=xyz,
                  spacegroup=spacegroup_loss, lattice=lattice, disorder=disorder)
-    return {name: jnp.mean(value) for name, value in terms.items()}
+    if mask is None:
+        return {name: jnp.mean(value) for name, value in terms.items()}
+    mask = mask.astype(kl.dtype)
+    return {name: jnp.sum(value * mask) / jnp.maximum(jnp.sum(mask), 1.0) for name, value in terms.items()}
 
 
 def total_loss(terms: dict, weights: LossWeights):

@@ -7,6 +7,7 @@ import functools
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from dismax.vae import representation as rep
@@ -25,15 +26,37 @@ class TrainState:
     key: jnp.ndarray
 
 
-def create_state(model: WyckoffVAE, optimizer: optax.GradientTransformation, key) -> TrainState:
-    """Initialise parameters on a dummy batch of 2."""
-    init_key, sample_key, state_key = jax.random.split(key, 3)
-    sites = jnp.tile(jnp.asarray(rep.padding_row()), (2, rep.N_SITES, 1))
+def create_state(model: WyckoffVAE, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+    """Initialise parameters with flax's default distributions, drawn on the host.
+
+    Kernels: LeCun normal (truncated normal, variance 1 / fan_in, fan_in = product of all but the last
+    axis); biases 0; BatchNorm scale 1, mean 0, variance 1. Drawing them with numpy avoids compiling
+    the model's init function (slow on CPU for no benefit).
+    """
+    sites = jnp.zeros((2, rep.N_SITES, rep.N_FEATURES))
     crystal = jnp.zeros((2, rep.N_CRYSTAL))
-    variables = jax.jit(functools.partial(model.init, train=True))(init_key, sites, crystal, sample_key)
+    shapes = jax.eval_shape(functools.partial(model.init, train=True), jax.random.PRNGKey(0), sites, crystal,
+                            jax.random.PRNGKey(1))
+    rng = np.random.default_rng(seed)
+
+    def initial(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            std = np.sqrt(1.0 / fan_in) / 0.87962566103423978  # truncated-normal correction, as in flax
+            draw = np.clip(rng.standard_normal(leaf.shape), -2.0, 2.0)
+            while np.any(np.abs(draw) >= 2.0):  # resample values at the truncation bounds
+                bad = np.abs(draw) >= 2.0
+                draw[bad] = rng.standard_normal(int(bad.sum()))
+            return jnp.asarray(draw * std, leaf.dtype)
+        if name in ("scale", "var"):
+            return jnp.ones(leaf.shape, leaf.dtype)
+        return jnp.zeros(leaf.shape, leaf.dtype)
+
+    variables = jax.tree_util.tree_map_with_path(initial, shapes)
     params = variables["params"]
     return TrainState(params=params, batch_stats=variables["batch_stats"], opt_state=optimizer.init(params),
-                      step=jnp.zeros((), jnp.int32), key=state_key)
+                      step=jnp.zeros((), jnp.int32), key=jax.random.PRNGKey(seed))
 
 
 def make_train_step(model: WyckoffVAE, optimizer: optax.GradientTransformation, weights: LossWeights):
@@ -65,17 +88,17 @@ def _crystal(lattice_scaled, spacegroup):
 
 
 def make_eval_step(model: WyckoffVAE, weights: LossWeights):
-    """jitted (state, sites, lattice_scaled, spacegroup) -> (metrics, outputs) with running BatchNorm
-    statistics and z = posterior mean (deterministic reconstruction)."""
+    """jitted (state, sites, lattice_scaled, spacegroup, mask) -> (metrics, outputs) with running BatchNorm
+    statistics and z = posterior mean (deterministic reconstruction); mask (B,) marks real structures."""
 
     @jax.jit
-    def eval_step(state: TrainState, sites, lattice_scaled, spacegroup):
+    def eval_step(state: TrainState, sites, lattice_scaled, spacegroup, mask):
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         crystal = _crystal(lattice_scaled, spacegroup)
         mean, log_var = model.apply(variables, sites, crystal, train=False, method=WyckoffVAE.encode)
         outputs = model.apply(variables, mean, train=False, method=WyckoffVAE.decode)
         outputs = {**outputs, "mean": mean, "log_var": log_var}
-        terms = loss_terms(outputs, sites, lattice_scaled, spacegroup, weights)
+        terms = loss_terms(outputs, sites, lattice_scaled, spacegroup, weights, mask)
         return {"loss": total_loss(terms, weights), **terms}, outputs
 
     return eval_step

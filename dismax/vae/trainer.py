@@ -11,6 +11,7 @@ posterior means), decode, write symmetrised CIFs into `out` and the metrics into
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -160,55 +161,72 @@ def prepare_data(config: Config, run) -> PreparedData:
 # ------------------------------------------------------------------------------------------- training
 
 
-def build_model(config: Config):
+def build_model(m: ModelConfig):
     from dismax.vae.model import WyckoffVAE
 
-    m = config.model
     if len(m.kernels) != 3 or len(m.strides) != 3:
         raise DismaxConfigError("model.kernels and model.strides must have 3 entries each")
     return WyckoffVAE(latent_dim=m.latent_dim, max_filter=m.max_filter, kernels=tuple(m.kernels),
                       strides=tuple(m.strides), site_dense=m.site_dense)
 
 
-def _initial_state(config: Config):
-    import jax
+@functools.lru_cache(maxsize=4)
+def _compiled(model_config: ModelConfig, lr: float, weights: LossWeights):
+    """(model, optimizer, train_step, eval_step), cached so that training, resuming and sampling in one
+    process share the compiled functions."""
     import optax
 
+    from dismax.vae.steps import make_eval_step, make_train_step
+
+    model = build_model(model_config)
+    optimizer = optax.adam(lr)
+    return model, optimizer, make_train_step(model, optimizer, weights), make_eval_step(model, weights)
+
+
+def _initial_state(config: Config):
     from dismax.vae.steps import create_state
 
-    model = build_model(config)
-    optimizer = optax.adam(config.train.lr)
-    return model, optimizer, create_state(model, optimizer, jax.random.PRNGKey(config.seed))
+    model, optimizer, train_step, eval_step = _compiled(config.model, config.train.lr, config.loss)
+    return model, optimizer, train_step, eval_step, create_state(model, optimizer, config.seed)
 
 
-def _evaluate(eval_step, state, sites, lattice_scaled, spacegroup, chunk: int = 2048):
-    """Size-weighted mean of eval metrics and the concatenated outputs over chunks."""
+def _padded_chunks(n: int, chunk: int):
+    """(indices (chunk,), mask (chunk,)) covering range(n) in fixed-size chunks (last one padded)."""
+    for start in range(0, n, chunk):
+        real = np.arange(start, min(n, start + chunk))
+        indices = np.concatenate([real, np.full(chunk - len(real), real[-1])])
+        yield indices, np.arange(chunk) < len(real)
+
+
+def _evaluate(eval_step, state, sites, lattice_scaled, spacegroup, chunk: int):
+    """Mean eval metrics and the outputs over fixed-size chunks (one compilation for every set)."""
     import jax
 
     totals, outputs, n = {}, [], len(sites)
-    for start in range(0, n, chunk):
-        end = min(n, start + chunk)
-        metrics, out = eval_step(state, sites[start:end], lattice_scaled[start:end], spacegroup[start:end])
+    for indices, mask in _padded_chunks(n, chunk):
+        metrics, out = eval_step(state, sites[indices], lattice_scaled[indices], spacegroup[indices], mask)
         for key, value in metrics.items():
-            totals[key] = totals.get(key, 0.0) + float(value) * (end - start)
-        outputs.append(jax.tree.map(np.asarray, out))
+            totals[key] = totals.get(key, 0.0) + float(value) * mask.sum()
+        outputs.append(jax.tree.map(lambda x: np.asarray(x)[mask], out))
     merged = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
     return {k: v / n for k, v in totals.items()}, merged
+
+
+def _eval_chunk(config: Config, n_train: int) -> int:
+    return min(config.train.batch_size, n_train)
 
 
 def train(config: Config, run) -> None:
     """Train (or resume) a Wyckoff VAE in run directory `run` (dismax.runs.RunDir)."""
     from dismax.checkpoint import Checkpointer
     from dismax.runs import log, progress
-    from dismax.vae.steps import make_eval_step, make_train_step
 
     _check_config(config)
     data = prepare_data(config, run)
     train_sites, train_lattice, train_group, _ = data.part("train")
     val_sites, val_lattice, val_group, _ = data.part("val") if len(data.split["val"]) else data.part("train")
-    model, optimizer, state = _initial_state(config)
-    train_step = make_train_step(model, optimizer, config.loss)
-    eval_step = make_eval_step(model, config.loss)
+    _, _, train_step, eval_step, state = _initial_state(config)
+    chunk = _eval_chunk(config, len(train_sites))
     checkpointer = Checkpointer(run.checkpoints, keep=config.train.keep)
     start_epoch = 0
     restored = checkpointer.restore(state)
@@ -233,7 +251,7 @@ def train(config: Config, run) -> None:
         row = {"epoch": epoch, "step": int(state.step)}
         row.update({f"train_{k}": sums[k] / n_batches for k in ("loss", *TERMS)})
         evaluate = (epoch + 1) % config.train.eval_every == 0 or epoch == last
-        val = _evaluate(eval_step, state, val_sites, val_lattice, val_group)[0] if evaluate else {}
+        val = _evaluate(eval_step, state, val_sites, val_lattice, val_group, chunk)[0] if evaluate else {}
         row.update({f"val_{k}": val.get(k, float("nan")) for k in ("loss", *TERMS)})
         run.append_metrics(row)
         if (epoch + 1) % config.train.checkpoint_every == 0 or epoch == last:
@@ -284,7 +302,7 @@ def load_state(config: Config, run, checkpoint: str = "best"):
     """(model, state) restored from the best (fallback latest) or latest checkpoint."""
     from dismax.checkpoint import Checkpointer
 
-    model, _, state = _initial_state(config)
+    model, _, _, _, state = _initial_state(config)
     checkpointer = Checkpointer(run.checkpoints, keep=config.train.keep)
     restored = checkpointer.restore_best(state) if checkpoint == "best" else None
     restored = restored or checkpointer.restore(state)
@@ -298,12 +316,13 @@ def write_reconstruction(config: Config, run, data: PreparedData) -> dict:
     """Reconstruction metrics (Dis-GEN Tables 1-2) and SMA of the reconstructed test set -> RUN/reconstruction.json."""
     from dismax.runs import atomic_write_text
     from dismax.vae.generate import decode_outputs, evaluate_genes, reconstruction_metrics
-    from dismax.vae.steps import make_eval_step
 
     part = "test" if len(data.split["test"]) else "train"
     sites, lattice_scaled, spacegroup, lattice = data.part(part)
-    model, state = load_state(config, run, "best")
-    _, outputs = _evaluate(make_eval_step(model, config.loss), state, sites, lattice_scaled, spacegroup)
+    _, state = load_state(config, run, "best")
+    eval_step = _compiled(config.model, config.train.lr, config.loss)[3]
+    chunk = _eval_chunk(config, len(data.split["train"]))
+    _, outputs = _evaluate(eval_step, state, sites, lattice_scaled, spacegroup, chunk)
     result = {"set": part, **reconstruction_metrics(outputs, sites, lattice, spacegroup, data.scaler)}
     decoded = decode_outputs(outputs, data.scaler, config.sample.element_acc, config.sample.disorder_acc)
     report, _ = evaluate_genes(decoded, pauling_test=config.sample.pauling_test)
@@ -321,8 +340,8 @@ def training_latents(config: Config, run, model, state, data: PreparedData) -> n
 
     sites, lattice_scaled, spacegroup, _ = data.part("train")
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    chunks = [np.asarray(encode_means(model, variables, sites[i:i + 2048], lattice_scaled[i:i + 2048],
-                                      spacegroup[i:i + 2048])) for i in range(0, len(sites), 2048)]
+    chunks = [np.asarray(encode_means(model, variables, sites[i], lattice_scaled[i], spacegroup[i]))[mask]
+              for i, mask in _padded_chunks(len(sites), _eval_chunk(config, len(sites)))]
     return np.concatenate(chunks)
 
 
@@ -360,8 +379,11 @@ def sample(run, n: int, out, seed: int = 0, sampler: str | None = None, checkpoi
     out.mkdir(parents=True, exist_ok=True)
     batch = batch_size or config.sample.batch_size
     total = GenerationReport()
-    for start in progress(range(0, n, batch), total=math.ceil(n / batch), desc=f"sample {sampler_name}"):
-        outputs = jax.tree.map(np.asarray, decode_latents(model, variables, z[start:start + batch]))
+    batch = min(batch, n)
+    for indices, mask in progress(_padded_chunks(n, batch), total=math.ceil(n / batch),
+                                  desc=f"sample {sampler_name}"):
+        start = int(indices[0])
+        outputs = jax.tree.map(lambda x: np.asarray(x)[mask], decode_latents(model, variables, z[indices]))
         decoded = decode_outputs(outputs, data.scaler, config.sample.element_acc, config.sample.disorder_acc)
         report, _ = evaluate_genes(decoded, out, prefix=sampler_name, first_index=start,
                                    pauling_test=config.sample.pauling_test)
