@@ -154,15 +154,16 @@ def _apply_adam(adam, opt_state, grads, params, learning_rates):
     return params, opt_state
 
 
-def train_step(setup: GanSetup, state: GanState, real_coords: jax.Array, real_dists: jax.Array | None,
-               lr_scale: jax.Array, update_generator: bool):
-    """One critic update (and a generator update when ``update_generator``); returns (state, metrics).
+def critic_update(setup: GanSetup, state: GanState, real_coords: jax.Array, real_dists: jax.Array | None,
+                  lr_scale: jax.Array):
+    """One joint update of the critics on a real batch; returns (state, metrics), ``step`` unchanged.
 
-    real_coords (B, N, 3) fractional; real_dists (B, N, K) Å (ignored without a distance critic);
-    lr_scale multiplies every learning rate (step decay). Metrics are scalars: distance_dis (Wasserstein
-    estimate), cost_dis, D_real, D_fake, D_dist_real, D_dist_fake and, with a generator update, cost_gen.
+    real_coords (B, N, 3) fractional; real_dists (B, N, K) Å (ignored without a distance critic).
+    The fake batch comes from the generator in training mode, so its BatchNorm running statistics are
+    updated as in the reference. Metrics: distance_dis (Wasserstein estimate), cost_dis, D_real, D_fake,
+    D_dist_real, D_dist_fake (zeros without a distance critic).
     """
-    k_z, k_coord, k_dist, k_zgen = _step_keys(state)
+    k_z, k_coord, k_dist, _ = _step_keys(state)
     batch = real_coords.shape[0]
     modules = setup.critic_modules()
     z = jax.random.normal(k_z, (batch, setup.latent_dim))
@@ -189,28 +190,43 @@ def train_step(setup: GanSetup, state: GanState, real_coords: jax.Array, real_di
         return loss, metrics
 
     critic_grads, metrics = jax.grad(critic_loss, has_aux=True)(state.critic_params)
-    critic_lrs = {name: lr_scale * {"coord": setup.lr_coord, "comb": setup.lr_coord, "dist": setup.lr_dist}[name]
-                  for name in state.critic_params}
-    critic_lr_tree = {name: jax.tree.map(lambda _: critic_lrs[name], p) for name, p in state.critic_params.items()}
+    base_lr = {"coord": setup.lr_coord, "comb": setup.lr_coord, "dist": setup.lr_dist}
+    critic_lr_tree = {name: jax.tree.map(lambda _, lr=lr_scale * base_lr[name]: lr, params)
+                      for name, params in state.critic_params.items()}
     critic_params, critic_opt = _apply_adam(setup.adam(), state.critic_opt, critic_grads,
                                             state.critic_params, critic_lr_tree)
-    gen_params, gen_opt = state.gen_params, state.gen_opt
+    return state.replace(gen_stats=gen_stats, critic_params=critic_params, critic_opt=critic_opt), metrics
 
+
+def generator_update(setup: GanSetup, state: GanState, batch: int, lr_scale: jax.Array):
+    """One generator update with fresh noise against the current critics; returns (state, cost_gen).
+
+    L_G = −CD(G(z)) − w·DD(dist(G(z))) (or −C_comb(G(z))); ``step`` unchanged.
+    """
+    *_, k_zgen = _step_keys(state)
+    z_gen = jax.random.normal(k_zgen, (batch, setup.latent_dim))
+
+    def generator_loss(params):
+        fake, stats = _generate(setup, params, state.gen_stats, z_gen, train=True)
+        return -_scores(setup, state.critic_params, fake, state.w_dist), stats
+
+    (cost_gen, gen_stats), gen_grads = jax.value_and_grad(generator_loss, has_aux=True)(state.gen_params)
+    gen_lr = jax.tree.map(lambda _: lr_scale * setup.lr_gen, state.gen_params)
+    gen_params, gen_opt = _apply_adam(setup.adam(), state.gen_opt, gen_grads, state.gen_params, gen_lr)
+    return state.replace(gen_params=gen_params, gen_stats=gen_stats, gen_opt=gen_opt), cost_gen
+
+
+def train_step(setup: GanSetup, state: GanState, real_coords: jax.Array, real_dists: jax.Array | None,
+               lr_scale: jax.Array, update_generator: bool):
+    """One critic update, then a generator update when ``update_generator``; returns (state, metrics).
+
+    ``lr_scale`` multiplies every learning rate (step decay). Metrics are those of :func:`critic_update`
+    plus ``cost_gen`` when the generator was updated.
+    """
+    state, metrics = critic_update(setup, state, real_coords, real_dists, lr_scale)
     if update_generator:
-        z_gen = jax.random.normal(k_zgen, (batch, setup.latent_dim))
-
-        def generator_loss(params):
-            fake_g, stats = _generate(setup, params, gen_stats, z_gen, train=True)
-            return -_scores(setup, critic_params, fake_g, state.w_dist), stats
-
-        (cost_gen, gen_stats), gen_grads = jax.value_and_grad(generator_loss, has_aux=True)(gen_params)
-        gen_lr = jax.tree.map(lambda _: lr_scale * setup.lr_gen, gen_params)
-        gen_params, gen_opt = _apply_adam(setup.adam(), gen_opt, gen_grads, gen_params, gen_lr)
-        metrics["cost_gen"] = cost_gen
-
-    new_state = state.replace(gen_params=gen_params, gen_stats=gen_stats, critic_params=critic_params,
-                              gen_opt=gen_opt, critic_opt=critic_opt, step=state.step + 1)
-    return new_state, metrics
+        state, metrics["cost_gen"] = generator_update(setup, state, real_coords.shape[0], lr_scale)
+    return state.replace(step=state.step + 1), metrics
 
 
 def generate(setup: GanSetup, state: GanState, key: jax.Array, n: int) -> jax.Array:
@@ -226,8 +242,9 @@ def init_ensemble(setup: GanSetup, seeds, w_dists) -> GanState:
     return jax.vmap(functools.partial(init_state, setup))(keys, jnp.asarray(w_dists, jnp.float32))
 
 
+@functools.lru_cache(maxsize=16)
 def ensemble_step_fn(setup: GanSetup, update_generator: bool, per_member_data: bool):
-    """jit(vmap(train_step)) over the member axis.
+    """jit(vmap(train_step)) over the member axis (cached per setup, so repeated runs compile once).
 
     Signature (state, real_coords, real_dists, lr_scale) → (state, metrics (M,) each); the real batch is
     shared by all members, or has a leading member axis when ``per_member_data``.
@@ -235,6 +252,12 @@ def ensemble_step_fn(setup: GanSetup, update_generator: bool, per_member_data: b
     data_axis = 0 if per_member_data else None
     step = functools.partial(train_step, setup, update_generator=update_generator)
     return jax.jit(jax.vmap(step, in_axes=(0, data_axis, data_axis, None)), donate_argnums=0)
+
+
+@functools.lru_cache(maxsize=16)
+def ensemble_sampler(setup: GanSetup, n: int):
+    """jit(vmap(generate)): (state, key) → (M, n, N, 3) samples of every member from the same noise."""
+    return jax.jit(jax.vmap(lambda state, key: generate(setup, state, key, n), in_axes=(0, None)))
 
 
 def member_state(state: GanState, index: int) -> GanState:

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dismax.errors import DismaxConfigError, DismaxInputError
-from dismax.gan.steps import GanSetup, ensemble_step_fn, generate, init_ensemble, member_state
+from dismax.gan.steps import (GanSetup, ensemble_sampler, ensemble_step_fn, generate, init_ensemble,
+                              member_state)
 from dismax.runs import RunDir, atomic_write_text, log, progress
 from dismax.structures import Crystals, sort_into_blocks, species_blocks
 
@@ -304,7 +305,7 @@ def train(config: Config, run: RunDir) -> None:
         log.info("resumed from the checkpoint after epoch %d", start_epoch - 1)
     independent = config.ensemble.independent_data and len(member_list) > 1
     steps = {flag: ensemble_step_fn(setup, flag, independent) for flag in (False, True)}
-    sampler = jax.jit(jax.vmap(lambda s, k: generate(setup, s, k, t_cfg.n_save), in_axes=(0, None)))
+    sampler = ensemble_sampler(setup, t_cfg.n_save)
     n_batches = batches_per_epoch(data, config)
     started = time.monotonic()
     bar = progress(range(start_epoch, t_cfg.epochs), total=t_cfg.epochs, desc="CryinGAN epochs", initial=start_epoch)
