@@ -75,10 +75,12 @@ def test_energy_matches_pymatgen_pair_count():
         configurations[f"random {k}"] = random_occupation(rng)
     with jax.enable_x64(True):
         ce = alloy.ClusterExpansion.from_eci(dtype=jnp.float64)
+        energy = jax.jit(lambda o: alloy.total_energy(o, lattice, ce))
+        pair_counts = jax.jit(lambda o: alloy.pair_counts(o, lattice))
         for name, occupation in configurations.items():
             reference = pymatgen_energy_per_atom(occupation)
-            jax_energy = float(alloy.total_energy(jnp.asarray(occupation), lattice, ce)) / lattice.n_sites
-            counts = np.asarray(alloy.pair_counts(jnp.asarray(occupation), lattice))
+            jax_energy = float(energy(occupation)) / lattice.n_sites
+            counts = np.asarray(pair_counts(occupation))
             composition = np.bincount(occupation, minlength=3)
             host_energy = float(alloy.energy_per_atom(alloy.cluster_vectors(counts, composition)))
             assert abs(jax_energy - reference) < 1e-10, name
@@ -90,7 +92,7 @@ def test_random_mixing_energy_and_sro():
     lattice = alloy.fcc_lattice()
     rng = np.random.default_rng(1)
     occupations = jnp.asarray(np.stack([random_occupation(rng) for _ in range(200)]))
-    counts = np.asarray(jax.vmap(lambda o: alloy.pair_counts(o, lattice))(occupations))
+    counts = np.asarray(jax.jit(jax.vmap(lambda o: alloy.pair_counts(o, lattice)))(occupations))
     energies = alloy.energy_per_atom(alloy.cluster_vectors(counts))
     assert abs(energies.mean() + 0.0600) < 0.0005
     sro = alloy.warren_cowley(counts)
@@ -140,7 +142,7 @@ def test_detailed_balance_against_exact_enumeration():
         occupations = np.ones((len(states), 32), np.int32)
         occupations[np.arange(len(states)), states[:, 0]] = 0
         occupations[np.arange(len(states)), states[:, 1]] = 2
-        exact_energy = np.asarray(jax.vmap(lambda o: alloy.total_energy(o, lattice, ce))(jnp.asarray(occupations)))
+        exact_energy = np.asarray(jax.jit(jax.vmap(lambda o: alloy.total_energy(o, lattice, ce)))(occupations))
     levels, level_of_state = np.unique(np.round(exact_energy, 8), return_inverse=True)
     weights = np.exp(-(exact_energy - exact_energy.min()) / (alloy.K_BOLTZMANN * temperature))
     exact = np.bincount(level_of_state, weights=weights) / weights.sum()
@@ -148,7 +150,12 @@ def test_detailed_balance_against_exact_enumeration():
 
     sampler = alloy.KawasakiSampler(lattice, alloy.ClusterExpansion.from_eci(dtype=jnp.float32), composition)
     chains = jax.vmap(sampler.init)(jax.random.split(jax.random.PRNGKey(0), 8))
-    _, sampled, _ = sampler.run(chains, temperature, 3000, 3)
+
+    def record(state, _):
+        state = sampler.sweep(state, temperature, 3)
+        return state, state.occupation.astype(jnp.int8)
+
+    sampled = jax.jit(jax.vmap(lambda state: jax.lax.scan(record, state, None, length=3000)[1]))(chains)
     sampled = np.asarray(sampled).reshape(-1, 32)
     state_index = {tuple(s): k for k, s in enumerate(states)}
     cr, ni = np.argmax(sampled == 0, axis=1), np.argmax(sampled == 2, axis=1)
@@ -185,7 +192,7 @@ def test_narrow_and_wide_selection_at_1500K():
     assert not wide_ids & set(zip(narrow["chain"].tolist(), narrow["mc_pass"].tolist()))
     # energies and SRO recomputed from the written occupations agree with the stored ones
     lattice = alloy.fcc_lattice()
-    counts = np.asarray(jax.vmap(lambda o: alloy.pair_counts(o, lattice))(jnp.asarray(narrow["occupations"])))
+    counts = np.asarray(jax.jit(jax.vmap(lambda o: alloy.pair_counts(o, lattice)))(narrow["occupations"]))
     np.testing.assert_array_equal(counts, narrow["counts"])
     assert np.all(np.bincount(narrow["occupations"][0], minlength=3) == alloy.COMPOSITION)
 
