@@ -145,6 +145,15 @@ def _centred_difference(frac: jax.Array) -> tuple[jax.Array, jax.Array]:
     return difference - shift, shift
 
 
+def _pair_shift(frac: jax.Array, centers: jax.Array, neighbors: jax.Array) -> jax.Array:
+    """Integer shift floor(frac[j] - frac[i] + 1/2) of selected pairs, int32 (..., 3).
+
+    Recomputed from the gathered coordinates (bit-identical to :func:`_centred_difference`) instead of
+    gathering from the (N, N, 3) array, which is much slower on CPU.
+    """
+    return jnp.floor(frac[neighbors] - frac[centers] + 0.5).astype(jnp.int32)
+
+
 def _check_batched(frac: jax.Array, lattice: jax.Array, name: str) -> None:
     if frac.ndim != 3 or frac.shape[-1] != 3 or lattice.shape != (frac.shape[0], 3, 3):
         raise DismaxInputError(
@@ -246,25 +255,26 @@ class Neighbors(NamedTuple):
 
 
 def _select_knn_centred(frac: jax.Array, lattice: jax.Array, k: int):
-    """K nearest neighbours (N, K) among centred differences only, their images and the K-th distance (N,).
+    """K nearest neighbours (N, K) among centred differences only and their images (N, K, 3).
 
     Exact whenever the K-th distance is below half the smallest perpendicular width: a vector shorter
     than that has all fractional components in (-1/2, 1/2), so it is the centred one, and every other
-    image (and every self image) is longer.
+    image (and every self image) is longer. (Only top_k's indices are used: consuming its values makes
+    XLA on CPU fall back to a several times slower sort.)
     """
     n = frac.shape[0]
-    centred, shift = _centred_difference(frac)
+    centred, _ = _centred_difference(frac)
     squared = jnp.sum(_to_cart(centred, lattice) ** 2, axis=-1)
     squared = jnp.where(jnp.eye(n, dtype=bool), jnp.inf, squared)
-    negative, indices = jax.lax.top_k(-squared, k)
-    images = -shift[jnp.arange(n)[:, None], indices].astype(jnp.int32)
-    return indices.astype(jnp.int32), images, jnp.sqrt(-negative[:, -1])
+    _, indices = jax.lax.top_k(-squared, k)
+    images = -_pair_shift(frac, jnp.arange(n)[:, None], indices)
+    return indices.astype(jnp.int32), images
 
 
 def _select_knn_images(frac: jax.Array, lattice: jax.Array, k: int, offsets: np.ndarray):
     """K nearest neighbours (N, K) and their images (N, K, 3) over all offsets, merged offset by offset."""
     n = frac.shape[0]
-    centred, shift = _centred_difference(frac)
+    centred, _ = _centred_difference(frac)
     centred_cart = _to_cart(centred, lattice)
     offset_cart = _to_cart(jnp.asarray(offsets, frac.dtype), lattice)
     is_self = jnp.eye(n, dtype=bool)
@@ -278,14 +288,15 @@ def _select_knn_images(frac: jax.Array, lattice: jax.Array, k: int, offsets: np.
         codes = jnp.broadcast_to(index * n + columns, (n, n))
         merged_squared = jnp.concatenate([best_squared, squared], axis=-1)
         merged_codes = jnp.concatenate([best_code, codes], axis=-1)
-        negative, position = jax.lax.top_k(-merged_squared, k)
-        return (-negative, jnp.take_along_axis(merged_codes, position, axis=-1)), None
+        _, position = jax.lax.top_k(-merged_squared, k)
+        return (jnp.take_along_axis(merged_squared, position, axis=-1),
+                jnp.take_along_axis(merged_codes, position, axis=-1)), None
 
     init = (jnp.full((n, k), jnp.inf, frac.dtype), jnp.zeros((n, k), jnp.int32))
     (_, codes), _ = jax.lax.scan(step, init, (jnp.arange(len(offsets), dtype=jnp.int32), offset_cart))
     indices = codes % n
     offset_index = codes // n
-    images = jnp.asarray(offsets)[offset_index] - shift[jnp.arange(n)[:, None], indices].astype(jnp.int32)
+    images = jnp.asarray(offsets)[offset_index] - _pair_shift(frac, jnp.arange(n)[:, None], indices)
     return indices, images
 
 
@@ -317,9 +328,12 @@ def knn(frac: jax.Array, lattice: jax.Array, k: int, n_images: ImageCounts = 1) 
         )
 
     frac_fixed, lattice_fixed = jax.lax.stop_gradient(frac), jax.lax.stop_gradient(lattice)
-    indices, images, kth_distance = jax.vmap(partial(_select_knn_centred, k=k))(frac_fixed, lattice_fixed)
-    safe_radius = 0.5 * (1.0 - 1e-4) * jnp.min(perpendicular_widths(lattice_fixed), axis=-1)
+    indices, images = jax.vmap(partial(_select_knn_centred, k=k))(frac_fixed, lattice_fixed)
+    centers = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None], indices.shape[1:])
     if len(offsets) > 1:
+        kth_distance = jnp.max(_safe_norm(jax.vmap(_gather_vectors, in_axes=(0, 0, None, 0, 0))(
+            frac_fixed, lattice_fixed, centers, indices, images)), axis=-1)
+        safe_radius = 0.5 * (1.0 - 1e-4) * jnp.min(perpendicular_widths(lattice_fixed), axis=-1)
         # the cheap centred search is exact when every K-th neighbour is within half the smallest width
         # (the usual case); otherwise search all image offsets for the whole batch
         indices, images = jax.lax.cond(
@@ -327,7 +341,6 @@ def knn(frac: jax.Array, lattice: jax.Array, k: int, n_images: ImageCounts = 1) 
             lambda: (indices, images),
             lambda: jax.vmap(partial(_select_knn_images, k=k, offsets=offsets))(frac_fixed, lattice_fixed),
         )
-    centers = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None], indices.shape[1:])
     vectors = jax.vmap(_gather_vectors, in_axes=(0, 0, None, 0, 0))(frac, lattice, centers, indices, images)
     distances = _safe_norm(vectors)
     order = jnp.argsort(jax.lax.stop_gradient(distances), axis=-1)
@@ -378,7 +391,7 @@ def _select_pairs(frac: jax.Array, lattice: jax.Array, cutoff: jax.Array, capaci
     size N²M).
     """
     n, n_offsets = frac.shape[0], len(offsets)
-    centred, shift = _centred_difference(frac)
+    centred, _ = _centred_difference(frac)
     offset_cart = _to_cart(jnp.asarray(offsets, frac.dtype), lattice)
     squared = jnp.sum((_to_cart(centred, lattice)[:, :, None, :] + offset_cart) ** 2, axis=-1)
     is_self = jnp.eye(n, dtype=bool)[:, :, None] & (jnp.arange(n_offsets) == 0)
@@ -391,7 +404,7 @@ def _select_pairs(frac: jax.Array, lattice: jax.Array, cutoff: jax.Array, capaci
     candidate = jnp.where(mask, candidate, 0)
     centers, rest = candidate // (n * n_offsets), candidate % (n * n_offsets)
     neighbors, offset_index = rest // n_offsets, rest % n_offsets
-    images = jnp.asarray(offsets)[offset_index] - shift[centers, neighbors].astype(jnp.int32)
+    images = jnp.asarray(offsets)[offset_index] - _pair_shift(frac, centers, neighbors)
     images = jnp.where(mask[:, None], images, 0)
     return centers, neighbors, images, mask, count
 
