@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
                         help="which checkpoint to sample from (default: latest)")
     parser.add_argument("--batch-size", type=int, default=None, help="structures per generation batch")
+    parser.add_argument("--sampler", choices=("gaussian", "gmm", "kde"), default=None,
+                        help="latent sampler of wyckoff_vae (default: the run config's sample.sampler)")
     return parser
 
 
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     options = {"member": args.member, "checkpoint": args.checkpoint}
     if args.batch_size is not None:
         options["batch_size"] = args.batch_size
+    if args.sampler is not None:
+        options["sampler"] = args.sampler
     module.sample(run, args.n, Path(args.out), args.seed, **options)
     print(args.out)
     return 0

@@ -14,7 +14,6 @@ import hashlib
 import io
 import json
 import os
-import sys
 import tarfile
 import warnings
 import zipfile
@@ -239,7 +238,7 @@ def ingest_cifs(
 ) -> IngestResult:
     """Analyse every CIF of `source` in parallel; results are cached per (file content, options) in
     `cache_dir`; the rejection report (CSV: file, reason) goes to `report_path`."""
-    from tqdm import tqdm
+    from dismax.runs import progress as progress_bar
 
     option_dict = asdict(options)
     option_key = json.dumps(option_dict, sort_keys=True)
@@ -269,7 +268,7 @@ def ingest_cifs(
     keys = {name: key for name, _, _, key in pending}
     jobs = [(name, text, option_dict) for name, text, _, _ in pending]
     workers = workers or min(len(jobs), os.cpu_count() or 1) or 1
-    progress = tqdm(total=len(jobs), desc="ingest CIFs", file=sys.stderr, disable=len(jobs) < 50)
+    progress = progress_bar(total=len(jobs), desc="ingest CIFs")
     if workers > 1 and len(jobs) > 1:
         with Pool(workers) as pool:
             for name, gene, reason in pool.imap_unordered(_analyse_entry, jobs, chunksize=8):

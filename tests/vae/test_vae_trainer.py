@@ -42,11 +42,14 @@ def test_train_resume_and_sample_on_test_cifs(tmp_path):
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert [r["step"] for r in rows] == [2, 4, 6]  # 12 training structures, batch 8 -> 2 steps per epoch
 
-    metrics = trainer.sample(run, 6, tmp_path / "samples", seed=1, sampler="gaussian")
+    from dismax.sample import main as sample_main
+
+    assert sample_main(["--run-dir", str(run.path), "--n", "6", "--out", str(tmp_path / "samples"),
+                        "--seed", "1", "--sampler", "gaussian"]) == 0
+    metrics = json.loads((tmp_path / "samples" / "metrics.json").read_text())
     assert metrics["samples"] == 6
     assert metrics["generation_failures"] + metrics["sma_failures"] + metrics["wyckoff_genes"] == 6
-    saved = json.loads((tmp_path / "samples" / "metrics.json").read_text())
-    assert saved["sampler"] == "gaussian"
+    assert metrics["sampler"] == "gaussian"
     assert len(list((tmp_path / "samples").glob("*.cif"))) == metrics["wyckoff_genes"]
     with pytest.raises(Exception, match="unknown sampling options"):
         trainer.sample(run, 2, tmp_path / "other", bad_option=1)
