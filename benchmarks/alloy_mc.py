@@ -3,7 +3,7 @@
 The Fe–Ni–Cr model of the alloy datasets (4×4×4 FCC, a = 3.6 Å, Fe154 Ni51 Cr51, the 46 published
 chemical ECIs). icet gets the same energy model by a least-squares fit of its cluster space (pair cutoff
 6.8 Å, species Cr/Fe/Ni: 24 parameters spanning the pair-count basis) to dismax energies of random
-configurations; the fit RMSE is printed (it is at round-off level, so both codes sample the same energy
+configurations of the fixed composition (which is all a canonical run sees); the fit RMSE is printed (it is at round-off level, so both codes sample the same energy
 landscape). Both run the same number of passes (N = 256 swap attempts each) at the same temperature; the
 script prints swap attempts per second of icet (one chain, its only mode), dismax with one chain, and
 dismax with ``--chains`` chains vmapped in one call, the acceptance rates and the speed ratios.
