@@ -238,7 +238,7 @@ def bench_bootstrap(rng):
 
     def ours():
         estimate = bootstrap.distance_estimate(train_mean, generated, bootstrap.bootstrap_indices(1000))
-        return np.array([estimate.value + estimate.lower_error, estimate.value - estimate.upper_error])
+        return np.array([estimate.value - estimate.upper_error, estimate.value + estimate.lower_error])
 
     result, ours_time = timed(ours)
     report("bootstrap 1000 x (1000 x 500)", reference_time, ours_time, np.abs(result - expected).max(), "set")
