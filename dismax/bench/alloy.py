@@ -50,27 +50,11 @@ SRO_COLUMNS = tuple(f"{shell}NN_{label}" for shell in (1, 2)
 
 
 def _load_ecis() -> np.ndarray:
-    """The 46 published chemical ECIs (eV/atom): J0 then the 45 fingerprint columns."""
-    try:
-        from dismax.data.alloy import PUBLISHED_ECI  # the shared table of the dataset module
-        return np.asarray(PUBLISHED_ECI, dtype=float)
-    except (ImportError, AttributeError):
-        return np.array(_ECIS_TABLE, dtype=float)
+    """The 46 published chemical ECIs (eV/atom): J0 then the 45 fingerprint columns (shared table of
+    :mod:`dismax.data.alloy`, same species and pair order as ``FINGERPRINT_COLUMNS``)."""
+    from dismax.data.alloy import PUBLISHED_ECI
 
-
-_ECIS_TABLE = (
-    -0.00932958469464057,
-    0.0, 0.0, 0.0,
-    0.0003376140261270978, -0.006093130106866821, -0.017503750379865866, 0.0, 0.0, 0.0022227714241077777,
-    -0.03477817417403486, 0.0, 0.005939741713420254, -0.0006455514901675906, 0.016358092689283846, 0.0,
-    0.0015984460745564193, -0.005292076441853677, -0.003021082122451338, 0.0, 0.0, 0.0,
-    0.0, 0.0018668024945124595, -0.0038807821841662124, 0.0, -0.0036085744161752594, 0.0012250045279512465,
-    -0.0007252972937068049, 0.0005925701791865664, 0.0028510208730949406, -0.0005707393430416303,
-    0.0018947957869953978, -0.001669283899958865,
-    0.0, -0.005562649078917254, 0.00172340842194012, 0.0, 0.00015073769660058886, -0.003134770684447135,
-    0.001983244154690138, -0.0018490697130025958, -0.002680779582402635, 0.0003351340012252481,
-    -0.0021377444095509075, 0.0010601861757962314,
-)
+    return np.asarray(PUBLISHED_ECI, dtype=float)
 
 
 # --------------------------------------------------------------------------- reference lattice, symmetry
