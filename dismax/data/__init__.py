@@ -10,4 +10,5 @@ BUILDERS: dict[str, str] = {
     "alloy_300K_narrow": "dismax.data.alloy:build_300K_narrow",
     "alloy_1500K_wide": "dismax.data.alloy:build_1500K_wide",
     "alloy_1500K_narrow": "dismax.data.alloy:build_1500K_narrow",
+    "a_si": "dismax.data.a_si:build",
 }
