@@ -68,3 +68,28 @@ def test_bad_input_is_one_line_error(tmp_path, capsys):
                                "--gen", str(tmp_path / "missing.extxyz"), "--out", str(tmp_path)])
     assert code == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def _rock_salt(rng, noise):
+    grid = np.array(list(np.ndindex(4, 4, 4))) / 4.0
+    parity = grid.sum(axis=1) * 4 % 2
+    cations = rng.choice([3, 3, 3, 27, 21], 64)
+    anions = rng.choice([17, 8], 64)
+    numbers = np.where(parity == 0, cations, anions)
+    numbers[0], numbers[2], numbers[4] = 3, 27, 21
+    return (grid + rng.normal(0, noise, grid.shape)) % 1.0, np.eye(3) * 7.0, numbers
+
+
+@pytest.mark.slow
+def test_interface_score(tmp_path):
+    from dismax.bench.pipeline import Scorer
+
+    rng = np.random.default_rng(0)
+    train = [_rock_salt(rng, 0.005)]
+    generated = [_rock_salt(rng, 0.02) for _ in range(2)]
+    scorer = Scorer("interface", n_replicates=20, workers=1)
+    metrics, records = scorer.score(train, generated, statuses={0: "ok", 1: "rejected_too_close", 2: "ok"})
+    for name in ("d_Li", "d_Co", "d_Sc", "d_all", "d_all_cosine"):
+        assert metrics[name]["value"] >= 0
+    assert metrics["pct_failed"]["value"] == pytest.approx(100 / 3)
+    assert [r["status"] for r in records] == ["ok", "rejected_too_close", "ok"]
