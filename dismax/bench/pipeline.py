@@ -14,7 +14,6 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -7,7 +7,7 @@ from ase import Atoms
 from ase.io import write
 
 from dismax.bench.__main__ import main
-from tests.bench.test_alloy import fcc_cart, random_alloy
+from tests.bench.test_alloy import random_alloy
 from tests.bench.test_motifs import diamond
 
 
