@@ -155,7 +155,7 @@ def translation_set(grid: int) -> np.ndarray:
 
 def load_training_data(config: Config, path: Path | None = None) -> TrainingData:
     """Read, validate (same lattice, same composition), sort into species blocks, compute distances."""
-    from dismax.gan.features import bond_distances, check_search_radius
+    from dismax.gan.features import check_search_radius
     from dismax.io import read_extxyz
 
     path = Path(path) if path is not None else training_file(config.data)
@@ -171,12 +171,21 @@ def load_training_data(config: Config, path: Path | None = None) -> TrainingData
     sorted_crystals, _ = sort_into_blocks(crystals, blocks)
     frac = np.asarray(sorted_crystals.frac, np.float32)
     lattice0 = np.asarray(lattice[0], np.float32)
-    distance_fn = jax.jit(lambda f: bond_distances(f, lattice0, config.model.n_neighbors))
-    distances = np.concatenate([np.asarray(distance_fn(frac[i:i + 256])) for i in range(0, len(frac), 256)])
-    check_search_radius(distances, lattice0, str(path))
     translations = (translation_set(config.data.translation_grid) if config.data.augmentation != "none"
                     else np.zeros((1, 3), np.float32))
-    return TrainingData(frac, distances, lattice0, blocks.elements, blocks.counts, translations, str(path))
+    data = TrainingData(frac, np.zeros(frac.shape[:2] + (0,), np.float32), lattice0, blocks.elements,
+                        blocks.counts, translations, str(path))
+    distance_fn = bond_distances_fn(data, config)
+    distances = np.concatenate([np.asarray(distance_fn(frac[i:i + 256])) for i in range(0, len(frac), 256)])
+    check_search_radius(distances, lattice0, str(path))
+    return dataclasses.replace(data, distances=distances)
+
+
+def bond_distances_fn(data: TrainingData, config: Config):
+    """Jitted (B, N, 3) fractional → (B, N, K) bond distances on the training lattice."""
+    from dismax.gan.features import bond_distances
+
+    return jax.jit(lambda frac: bond_distances(frac, data.lattice, config.model.n_neighbors))
 
 
 def epoch_batches(data: TrainingData, config: Config, epoch: int, order_seed: int):
