@@ -23,7 +23,7 @@ from tests.gan.helpers import write_fcc_dataset
 
 
 def tiny_config(train_file, **train):
-    options = dict(batch_size=4, epochs=3, checkpoint_every=1, sample_every=2, n_save=3)
+    options = dict(batch_size=4, epochs=3, gen_int=1, checkpoint_every=1, sample_every=2, n_save=3)
     options.update(train)
     return from_dict(Config, {
         "data": {"train_file": str(train_file), "augmentation": "online", "translation_grid": 2},
