@@ -469,7 +469,6 @@ def generate_alloy_dataset(temperature: float, selection: str, protocol: AlloyPr
             )
         chosen = rng.choice(candidates, size=protocol.n_structures, replace=False)
     bar.close()
-    done = runner.done
 
     counts = counts[chosen]
     vectors = cluster_vectors(counts)
@@ -482,9 +481,9 @@ def generate_alloy_dataset(temperature: float, selection: str, protocol: AlloyPr
         "sro": warren_cowley(counts),
         "chain": chain[chosen],
         "mc_pass": (snapshot[chosen] + 1) * protocol.snapshot_every,
-        "sro_filter_mean": None if sro_mean is None else sro_mean,
+        "sro_filter_mean": sro_mean,
         "pool_size": len(occupations),
-        "passes_run": done * protocol.snapshot_every,
+        "passes_run": runner.done * protocol.snapshot_every,
         "acceptance": runner.acceptance,
         "protocol": protocol,
     }
@@ -558,7 +557,7 @@ def write_alloy_dataset(name: str, temperature: float, selection: str, size: str
         "narrow_width": protocol.narrow_width if selection == "narrow" else None,
         "sro_filter_mean": None if data["sro_filter_mean"] is None
         else dict(zip(SRO_LABELS, map(float, data["sro_filter_mean"]))),
-        "acceptance_per_chain": [float(a) for a in data["acceptance"]],
+        "acceptance_per_chain": [float(a) for a in data["acceptance"]],  # per unlike-pair swap attempt
         "n_train": n_train,
         "n_val": n - n_train,
         "mean_sro": dict(zip(SRO_LABELS, map(float, data["sro"].mean(axis=0)))),
