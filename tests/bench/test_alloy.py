@@ -175,3 +175,14 @@ def test_eci_table_order_matches_fingerprint_columns():
     assert ecis.shape == (46,) and ecis[0] == -0.00932958469464057
     assert tuple(alloy_data.CLUSTER_LABELS) == A.FINGERPRINT_COLUMNS
     assert dict(zip(A.FINGERPRINT_COLUMNS, ecis[1:]))["2NN_Cr-Cr"] == -0.03477817417403486
+
+
+def test_reference_vacancy_estimate_counts_empty_sites():
+    rng = np.random.default_rng(6)
+    cart, numbers = random_alloy(rng, noise=0.05)
+    lattice = A.reference_lattice()
+    for removed in ([17], [17, 18, 200]):
+        keep = np.setdiff1d(np.arange(256), removed)
+        basis, _ = A.find_fcc_basis(cart[keep], lattice, normalise_c=False)
+        assert A.reference_vacancy_estimate(cart[keep], lattice, basis) == len(removed)
+    assert A.reference_vacancy_estimate(cart, lattice, np.eye(3)) == 0
