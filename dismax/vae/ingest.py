@@ -13,12 +13,12 @@ import csv
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import tarfile
 import warnings
 import zipfile
 from dataclasses import asdict, dataclass
-from multiprocessing import Pool
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -270,7 +270,9 @@ def ingest_cifs(
     workers = workers or min(len(jobs), os.cpu_count() or 1) or 1
     progress = progress_bar(total=len(jobs), desc="ingest CIFs")
     if workers > 1 and len(jobs) > 1:
-        with Pool(workers) as pool:
+        # forkserver: workers are not forked from a process whose JAX threads may already run
+        context = multiprocessing.get_context("forkserver")
+        with context.Pool(workers) as pool:
             for name, gene, reason in pool.imap_unordered(_analyse_entry, jobs, chunksize=8):
                 store(name, gene, reason, keys[name])
                 progress.update()

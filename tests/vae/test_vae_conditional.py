@@ -1,5 +1,6 @@
 import jax
 import numpy as np
+import pytest
 
 from dismax.vae import representation as rep
 from dismax.vae.conditional import composition_targets, optimise_latents
@@ -20,6 +21,7 @@ def test_composition_targets():
     assert per_site[:2, rep.VACANCY_INDEX].sum() == 0
 
 
+@pytest.mark.slow
 def test_latent_optimisation_moves_decoded_sites_to_the_target_elements():
     model, optimizer, _, _ = trainer._compiled(ModelConfig(**TINY), 1e-3, LossWeights())
     state = create_state(model, optimizer, 0)

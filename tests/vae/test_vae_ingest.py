@@ -121,7 +121,7 @@ def test_folder_and_zip_ingestion_with_report_and_cache(tmp_path):
         (folder / f"{name}.cif").write_text(to_cif(build()))
     (folder / "broken.cif").write_text("data_x\n_cell_length_a 3\n")
     report = tmp_path / "rejected.csv"
-    result = ingest_cifs(folder, workers=2, cache_dir=tmp_path / "cache", report_path=report)
+    result = ingest_cifs(folder, workers=1, cache_dir=tmp_path / "cache", report_path=report)
     assert sorted(result.names) == sorted(f"{n}.cif" for n in ALL)
     rows = list(csv.DictReader(report.open()))
     assert [r["file"] for r in rows] == ["broken.cif"] and rows[0]["reason"]
@@ -132,3 +132,12 @@ def test_folder_and_zip_ingestion_with_report_and_cache(tmp_path):
             handle.write(path, path.name)
     again = ingest_cifs(archive, workers=1, cache_dir=tmp_path / "cache")
     assert [g.to_dict() for g in again.genes] == [g.to_dict() for g in result.genes]
+
+
+@pytest.mark.slow
+def test_parallel_ingestion_matches_serial(tmp_path):
+    for name, build in ALL.items():
+        (tmp_path / f"{name}.cif").write_text(to_cif(build()))
+    serial = ingest_cifs(tmp_path, workers=1)
+    parallel = ingest_cifs(tmp_path, workers=2)
+    assert [g.to_dict() for g in parallel.genes] == [g.to_dict() for g in serial.genes]

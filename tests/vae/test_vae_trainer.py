@@ -19,6 +19,7 @@ def test_split_follows_the_reference_order():
     assert len(np.unique(np.concatenate(list(split.values())))) == 100
 
 
+@pytest.mark.slow
 def test_train_resume_and_sample_on_test_cifs(tmp_path):
     n_files = write_training_cifs(tmp_path / "cifs")
     overrides = [f"data.source={tmp_path / 'cifs'}", *TINY]
