@@ -14,6 +14,7 @@ The motif parameter table is shipped here as data (values of pymatgen's ``cn_opt
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dismax.bench.periodic import float64
+from dismax.errors import DismaxInputError
 
 MAX_CN = 24
 # CN -> list of (label, pymatgen order-parameter type, parameters or None), in fingerprint order after "wt"
@@ -159,33 +161,42 @@ def angle_bin_centres(bin_width: float = ANGLE_BIN_WIDTH) -> np.ndarray:
     return (edges[1:] + edges[:-1]) / 2
 
 
-@jax.jit
-def _cutoff_angle_histogram(frac, lattice, cutoff, edges):
-    """Angle-bin counts (n_bins,) of one structure: all neighbour pairs within ``cutoff`` of every atom."""
-    n_bins = edges.shape[0] - 1
+@functools.partial(jax.jit, static_argnames=("max_neighbours",))
+def _cutoff_angle_histogram(frac, lattice, cutoff, edges, max_neighbours):
+    """Angle-bin counts (n_bins,) of one structure from all pairs of neighbours closer than ``cutoff``, and a
+    flag set when some atom has more than ``max_neighbours`` such neighbours."""
+    n_atoms, n_bins = frac.shape[0], edges.shape[0] - 1
     delta = frac[None, :, :] - frac[:, None, :]
     vectors = (delta - jnp.round(delta)) @ lattice                            # (N, N, 3) r_j - r_i
-    distance = jnp.linalg.norm(vectors, axis=-1)
-    bonded = (distance < cutoff) & (distance > 0)
-    unit = vectors / jnp.where(distance > 0, distance, 1.0)[..., None]
-    cosines = jnp.einsum("ijk,ilk->ijl", unit, unit)                        # (N, N, N) centre i, pair (j, l)
-    pair = bonded[:, :, None] & bonded[:, None, :] & (jnp.arange(frac.shape[0])[:, None] <
-                                                      jnp.arange(frac.shape[0])[None, :])[None]
+    distance = jnp.linalg.norm(vectors, axis=-1) + jnp.where(jnp.eye(n_atoms, dtype=bool), jnp.inf, 0.0)
+    negative, neighbours = jax.lax.top_k(-distance, max_neighbours)
+    bonded = -negative < cutoff                                                # (N, K)
+    chosen = vectors[jnp.arange(n_atoms)[:, None], neighbours]               # (N, K, 3)
+    unit = chosen / jnp.linalg.norm(chosen, axis=-1, keepdims=True)
+    cosines = jnp.einsum("ijk,ilk->ijl", unit, unit)                          # (N, K, K)
+    upper = jnp.arange(max_neighbours)[:, None] < jnp.arange(max_neighbours)[None, :]
+    pair = bonded[:, :, None] & bonded[:, None, :] & upper[None]
     angles = jnp.degrees(jnp.arccos(jnp.clip(cosines, -1.0, 1.0)))
     index = jnp.clip(jnp.searchsorted(edges, angles, side="left") - 1, 0, n_bins - 1)
-    return jnp.zeros(n_bins).at[index.ravel()].add(pair.ravel().astype(edges.dtype))
+    counts = jnp.zeros(n_bins, edges.dtype).at[index.ravel()].add(pair.ravel().astype(edges.dtype))
+    return counts, jnp.any(bonded[:, -1])
 
 
 @float64
 def cutoff_angle_distributions(frac: np.ndarray, lattice: np.ndarray, cutoff: float = 2.85,
-                               bin_width: float = ANGLE_BIN_WIDTH) -> np.ndarray:
+                               bin_width: float = ANGLE_BIN_WIDTH, max_neighbours: int = 12) -> np.ndarray:
     """Per-structure bond-angle fractions (B, 360) with neighbours = atoms closer than ``cutoff`` Å (JAX).
 
     The cutoff must be below half of every cell plane spacing (minimum image)."""
     edges = jnp.asarray(np.arange(0.0, 180.0 + bin_width, bin_width))
     rows = []
-    for f, l in zip(np.asarray(frac, float), np.asarray(lattice, float)):
-        counts = np.asarray(_cutoff_angle_histogram(jnp.asarray(f), jnp.asarray(l), cutoff, edges))
+    for index, (f, l) in enumerate(zip(np.asarray(frac, float), np.asarray(lattice, float))):
+        k = min(max_neighbours, len(f) - 1)
+        counts, overflow = _cutoff_angle_histogram(jnp.asarray(f), jnp.asarray(l), cutoff, edges, k)
+        if bool(overflow) and k < len(f) - 1:
+            raise DismaxInputError(f"structure {index}: an atom has more than {k} neighbours within {cutoff} Å; "
+                                   "pass a larger max_neighbours")
+        counts = np.asarray(counts)
         rows.append(counts / max(counts.sum(), 1.0))
     return np.array(rows)
 
