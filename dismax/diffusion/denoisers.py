@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from dismax.errors import DismaxConfigError
 
@@ -35,8 +36,11 @@ class DenoiserConfig:
 DENOISERS = ("cspnet", "equivariant")
 
 
+@lru_cache(maxsize=None)
 def build_denoiser(cfg: DenoiserConfig):
-    """The flax module for ``cfg`` with signature (frac (N,3), lattice (3,3), species (N,), t) → (N, 3)."""
+    """The flax module for ``cfg`` with signature (frac (N,3), lattice (3,3), species (N,), t) → (N, 3).
+
+    Cached, so equal configs give the same module object and jitted steps are not recompiled."""
     if cfg.name == "cspnet":
         from dismax.diffusion.cspnet import CSPNet
 

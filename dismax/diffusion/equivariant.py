@@ -22,10 +22,7 @@ from dismax.nn.radial import bessel_basis, polynomial_envelope
 
 
 class EquivariantDenoiser(nn.Module):
-    """(frac (N,3), lattice (3,3), species (N,), t ()) → normalised fractional score (N, 3).
-
-    ``cartesian_output`` returns the Cartesian vectors v (N, 3) instead (used by the rotation tests).
-    """
+    """(frac (N,3), lattice (3,3), species (N,), t ()) → normalised fractional score (N, 3)."""
 
     hidden_irreps: str = "64x0e+32x1o+16x2e"
     n_layers: int = 4
@@ -39,7 +36,7 @@ class EquivariantDenoiser(nn.Module):
     max_atomic_num: int = 100
 
     @nn.compact
-    def __call__(self, frac, lattice, species, t, cartesian_output: bool = False):
+    def __call__(self, frac, lattice, species, t):
         n_atoms = frac.shape[0]
         neighbors = knn(frac[None], lattice[None], self.n_neighbors, self.n_images)
         vectors, indices, distances = neighbors.vectors[0], neighbors.indices[0], neighbors.distances[0]
@@ -56,7 +53,5 @@ class EquivariantDenoiser(nn.Module):
         for i in range(self.n_layers):
             h = Interaction(self.hidden_irreps, self.radial_hidden, name=f"interaction_{i}")(h, sh, radial, indices)
         cartesian = e3nn.flax.Linear("1x1o", name="vector_head")(h).array
-        if cartesian_output:
-            return cartesian
         volume = jnp.abs(jnp.linalg.det(lattice))
         return cartesian @ jnp.linalg.inv(lattice) * jnp.cbrt(volume)

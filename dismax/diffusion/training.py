@@ -9,7 +9,7 @@ setting: no lattice diffusion).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 
 import jax
 import jax.numpy as jnp
@@ -30,10 +30,12 @@ class TrainState:
     key: jax.Array
 
 
+@lru_cache(maxsize=None)
 def make_optimizer(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                    clip_value: float | None = 0.5) -> optax.GradientTransformation:
     """Adam (DiffCSP settings) after elementwise clipping by value; the learning rate is a
-    hyperparameter in the state so a plateau scheduler can change it between epochs."""
+    hyperparameter in the state so a plateau scheduler can change it between epochs. Cached, so equal
+    settings give the same object (no recompilation of the jitted train step)."""
     adam = optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=b1, b2=b2, eps=eps)
     return optax.chain(optax.clip(clip_value), adam) if clip_value else optax.chain(adam)
 

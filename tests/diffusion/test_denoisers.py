@@ -40,35 +40,33 @@ def _transformed_batch(frac, lattice, species, permutation, shift, integer_shift
 @pytest.mark.parametrize("name", ["cspnet", "equivariant"])
 def test_denoiser_symmetries(name):
     frac, lattice, species, permutation, shift, integer_shifts, rotation = _inputs()
-    net = build_denoiser(DenoiserConfig(name=name, **TINY))
-    params = net.init(jax.random.PRNGKey(1), frac, lattice, species, jnp.int32(3))
+    cfg = DenoiserConfig(name=name, **(TINY if name == "cspnet" else dict(TINY, n_layers=1)))
+    net = build_denoiser(cfg)
+    params = jax.jit(net.init)(jax.random.PRNGKey(1), frac, lattice, species, jnp.int32(3))
     fracs, lattices, species_b = _transformed_batch(frac, lattice, species, permutation, shift, integer_shifts,
                                                     rotation)
-    out = jax.jit(jax.vmap(lambda f, l, s: net.apply(params, f, l, s, jnp.int32(417))))(fracs, lattices,
-                                                                                          species_b)
+    # a sixth copy of the original at another time step
+    fracs, lattices = jnp.concatenate([fracs, fracs[:1]]), jnp.concatenate([lattices, lattices[:1]])
+    species_b, times = jnp.concatenate([species_b, species_b[:1]]), jnp.array([417] * 5 + [3])
+    out = jax.jit(jax.vmap(lambda f, l, s, t: net.apply(params, f, l, s, t)))(fracs, lattices, species_b, times)
     out = np.asarray(out)
     scale = np.abs(out[0]).max()
-    assert out.shape == (5, N_ATOMS, 3) and scale > 0 and np.all(np.isfinite(out))
+    assert out.shape == (6, N_ATOMS, 3) and scale > 0 and np.all(np.isfinite(out))
     np.testing.assert_allclose(out[1], out[0][np.asarray(permutation)], atol=1e-5 * scale)
     np.testing.assert_allclose(out[2], out[0], atol=1e-4 * scale)
     np.testing.assert_allclose(out[3], out[0], atol=1e-4 * scale)
     # the fractional score does not change when the whole cell (and so every atom) is rotated
     np.testing.assert_allclose(out[4], out[0], atol=1e-4 * scale)
-    # different time steps give different outputs (the time embedding is used)
-    other = net.apply(params, frac, lattice, species, jnp.int32(3))
-    assert np.abs(np.asarray(other) - out[0]).max() > 1e-3 * scale
-
-
-def test_equivariant_cartesian_output_rotates_with_the_cell():
-    frac, lattice, species, _, _, _, rotation = _inputs(seed=5)
-    net = build_denoiser(DenoiserConfig(name="equivariant", **TINY))
-    params = net.init(jax.random.PRNGKey(2), frac, lattice, species, jnp.int32(3))
-    apply = jax.jit(jax.vmap(lambda l: net.apply(params, frac, l, species, jnp.int32(50), cartesian_output=True)))
-    vectors = np.asarray(apply(jnp.stack([lattice, lattice @ rotation.T])))
-    scale = np.abs(vectors[0]).max()
-    np.testing.assert_allclose(vectors[1], vectors[0] @ np.asarray(rotation).T, atol=1e-4 * scale)
-    # and it is not trivially invariant
-    assert np.abs(vectors[1] - vectors[0]).max() > 1e-2 * scale
+    # the time embedding is used
+    assert np.abs(out[5] - out[0]).max() > 1e-3 * scale
+    if name == "equivariant":
+        # the network's Cartesian vectors v = s L / V^(1/3) rotate with the cell: v' = v Rᵀ
+        lattice_np, rotation_np = np.asarray(lattice), np.asarray(rotation)
+        volume_third = abs(np.linalg.det(lattice_np)) ** (1 / 3)
+        vectors = out[0] @ lattice_np / volume_third
+        rotated = out[4] @ (lattice_np @ rotation_np.T) / volume_third
+        np.testing.assert_allclose(rotated, vectors @ rotation_np.T, atol=1e-4 * np.abs(vectors).max())
+        assert np.abs(rotated - vectors).max() > 1e-2 * np.abs(vectors).max()
 
 
 def test_factorised_csp_layer_equals_concatenated_edge_layer():
@@ -80,23 +78,26 @@ def test_factorised_csp_layer_equals_concatenated_edge_layer():
     fourier = fractional_fourier_features(jnp.mod(frac[None] - frac[:, None], 1.0), n_freq)
     gram = (lattice @ lattice.T).reshape(9)
     layer = CSPLayer(hidden)
-    params = layer.init(key, h, fourier, gram)
-    out = layer.apply(params, h, fourier, gram)
+    params = jax.jit(layer.init)(key, h, fourier, gram)
+    out = jax.jit(layer.apply)(params, h, fourier, gram)
+    np.testing.assert_allclose(out, jax.jit(_concatenated_layer)(params["params"], h, fourier, gram), atol=1e-5)
 
-    p = params["params"]
+
+def _concatenated_layer(p, h, fourier, gram):
+    """DiffCSP's layer with the edge input concatenated, using the factorised layer's weights."""
+    hidden = h.shape[-1]
     x = nn.LayerNorm().apply({"params": p["norm"]}, h)
     weight = jnp.concatenate([p["edge_in_i"]["kernel"], p["edge_in_j"]["kernel"], p["edge_in_gram"]["kernel"],
                               p["edge_in_fourier"]["kernel"]])
     pair_input = jnp.concatenate([jnp.broadcast_to(x[:, None], (N_ATOMS, N_ATOMS, hidden)),
                                   jnp.broadcast_to(x[None, :], (N_ATOMS, N_ATOMS, hidden)),
                                   jnp.broadcast_to(gram, (N_ATOMS, N_ATOMS, 9)), fourier], axis=-1)
-    assert pair_input.shape[-1] == 2 * hidden + 9 + 6 * n_freq
     edge = nn.silu(pair_input @ weight + p["edge_in_i"]["bias"])
     edge = nn.silu(edge @ p["edge_out"]["kernel"] + p["edge_out"]["bias"])
     node_in = jnp.concatenate([x, edge.mean(axis=1)], axis=-1)
     node = nn.silu(node_in @ p["node_in"]["kernel"] + p["node_in"]["bias"])
     node = nn.silu(node @ p["node_out"]["kernel"] + p["node_out"]["bias"])
-    np.testing.assert_allclose(out, h + node, atol=1e-5)
+    return h + node
 
 
 def test_fourier_features_match_diffcsp_layout():

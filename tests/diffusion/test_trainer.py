@@ -48,7 +48,7 @@ def test_train_resume_and_sample(tmp_path):
     assert (run.plots / "losses.png").is_file()
 
     from dismax.config import save_config
-    save_config(_config(train_file, val_file, epochs=2), run.config_path)
+    save_config(_config(train_file, val_file, epochs=2), run.config_path)  # as python -m dismax.train does
     out = sample(run, 3, tmp_path / "samples.extxyz", seed=0)
     generated = read_extxyz(out)
     assert len(generated) == 3
