@@ -81,10 +81,11 @@ def main() -> None:
         ase_energy.append(atoms.get_potential_energy() / len(atoms))
     ase_time = time.perf_counter() - start
 
+    statuses = ", ".join(f"{name} {count}" for name, count in zip(*np.unique(ours.status, return_counts=True)))
     ours_rate = ours.steps.sum() / ours_time
     ase_rate = np.sum(ase_steps) / ase_time
     print(f"dismax:      {ours.steps.sum():6d} structure-steps in {ours_time:7.2f} s = {ours_rate:8.1f} /s "
-          f"(compile {compile_time:.1f} s; status {dict(zip(*np.unique(ours.status, return_counts=True)))})")
+          f"(compile {compile_time:.1f} s; status {statuses})")
     print(f"ASE+matscipy:{np.sum(ase_steps):6d} structure-steps in {ase_time:7.2f} s = {ase_rate:8.1f} /s")
     print(f"ratio (structure-steps/s): {ours_rate / ase_rate:.1f}x; "
           f"wall-clock ratio for the whole set: {ase_time / ours_time:.1f}x")
