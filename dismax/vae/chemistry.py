@@ -75,9 +75,13 @@ def _is_metal(symbol: str) -> bool:
     return bool(Element(symbol).is_metal)
 
 
-def charge_neutral(amounts: dict[str, float], pauling_test: bool = True, threshold: float = 0.0) -> bool:
+def charge_neutral(amounts: dict[str, float], pauling_test: bool = True, threshold: float = 0.0,
+                   max_combinations: int = 200_000) -> bool:
     """True when the integerised composition admits a neutral combination of oxidation states (and, with
-    `pauling_test`, every cation is less electronegative than every anion, within `threshold`)."""
+    `pauling_test`, every cation is less electronegative than every anion, within `threshold`).
+
+    Compositions with more than `max_combinations` oxidation-state combinations (e.g. 10+ elements on
+    decoded sites) count as not neutral rather than being searched exhaustively."""
     counts = integer_composition(amounts)
     symbols = sorted(counts)
     if not symbols:
@@ -87,7 +91,7 @@ def charge_neutral(amounts: dict[str, float], pauling_test: bool = True, thresho
     if len(symbols) == 1:
         return False
     choices = [oxidation_states(s) for s in symbols]
-    if any(not c for c in choices):
+    if any(not c for c in choices) or math.prod(len(c) for c in choices) > max_combinations:
         return False
     for states in itertools.product(*choices):
         if sum(q * counts[s] for q, s in zip(states, symbols)) != 0:
