@@ -94,3 +94,9 @@ def test_gmm_recovers_separated_clusters_and_kde_samples_near_points():
     grid = np.linspace(-3, 4, 2001)[:, None]
     assert np.trapezoid(np.exp(line.log_density(grid)), grid[:, 0]) == pytest.approx(1.0, abs=1e-3)
     assert make_sampler("gaussian", points, 4).sample(5, rng).shape == (5, 4)
+
+
+def test_charge_search_is_bounded_for_many_element_compositions():
+    # a decoded site can spread over many species; 13 elements with several states each are not searched
+    many = {el: 0.1 for el in ("Mg", "Zn", "Sr", "Y", "Ce", "Al", "Zr", "Nb", "In", "Ta", "Fe", "Co", "Ni")}
+    assert charge_neutral({**many, "N": 3.0}) is False
