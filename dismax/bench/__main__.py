@@ -18,7 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
               "relax structures with batched FIRE (resumable; writes relaxed.extxyz and results.csv)"),
     "postprocess": ("dismax.bench.cli", "add_postprocess_arguments", "run_postprocess",
                     "move atoms apart / assign alloy lattice sites before relaxation"),
-    "score": ("dismax.bench.cli", "add_score_arguments", "run_score",
+    "metrics": ("dismax.bench.cli", "add_metrics_arguments", "run_metrics",
               "compute the Dismai-Bench metrics of generated vs training structures with bootstrap CIs"),
 }
 
@@ -40,7 +40,7 @@ def _available() -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dismax.bench",
-                                     description="Dismai-Bench: score generated structures against training structures.")
+                                     description="Dismai-Bench: post-process, relax and score generated structures against training structures.")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, (add_arguments, run, help_text) in _available().items():
         sub = commands.add_parser(name, help=help_text, description=help_text)

@@ -1,4 +1,4 @@
-"""``python -m dismax.bench postprocess|score``: argument parsers and entry points."""
+"""``python -m dismax.bench postprocess|metrics``: argument parsers and entry points."""
 
 from __future__ import annotations
 
@@ -89,11 +89,11 @@ def run_postprocess(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_score_arguments(parser: argparse.ArgumentParser) -> None:
+def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", required=True, choices=FAMILY_CHOICES)
     parser.add_argument("--train", required=True, help="training structures (extxyz)")
     parser.add_argument("--gen", required=True, help="generated structures (extxyz; post-processed / relaxed)")
-    parser.add_argument("--out", required=True, help="report directory")
+    parser.add_argument("--out", default="metrics", help="report directory (default: ./metrics)")
     parser.add_argument("--status", help="status.csv of earlier steps (ID, status); its ok rows are --gen's frames")
     parser.add_argument("--n-generated", type=int, help="number originally generated (default: from the status "
                                                         "file, else the number of --gen frames)")
@@ -108,7 +108,7 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--angle-cutoff", type=float, default=2.85, help="Å, fast cutoff bond-angle variant")
 
 
-def run_score(args: argparse.Namespace) -> int:
+def run_metrics(args: argparse.Namespace) -> int:
     from dismax.bench.pipeline import Scorer, read_status, read_structures, write_report
     from dismax.runs import progress
 

@@ -34,7 +34,7 @@ def test_alloy_postprocess_and_score(tmp_path):
     with (tmp_path / "clean" / "status.csv").open() as handle:
         statuses = [row["status"] for row in csv.DictReader(handle)]
     assert statuses == ["ok", "ok", "ok", "rejected_too_many_removed"]
-    assert main(["score", "--family", "alloy", "--train", str(tmp_path / "train.extxyz"),
+    assert main(["metrics", "--family", "alloy", "--train", str(tmp_path / "train.extxyz"),
                  "--gen", str(tmp_path / "clean" / "gen_clean.extxyz"), "--status",
                  str(tmp_path / "clean" / "status.csv"), "--n-generated", "5", "--replicates", "50",
                  "--out", str(tmp_path / "report")]) == 0
@@ -51,7 +51,7 @@ def test_a_si_score(tmp_path):
     generated = [diamond(noise=0.2, seed=10 + s) for s in range(2)]
     _write(tmp_path / "train.extxyz", train)
     _write(tmp_path / "gen.extxyz", generated)
-    assert main(["score", "--family", "a_si", "--train", str(tmp_path / "train.extxyz"), "--gen",
+    assert main(["metrics", "--family", "a_si", "--train", str(tmp_path / "train.extxyz"), "--gen",
                  str(tmp_path / "gen.extxyz"), "--replicates", "20", "--workers", "1", "--angle-cutoff", "2.6",
                  "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "report")]) == 0
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())["metrics"]
@@ -64,7 +64,7 @@ def test_a_si_score(tmp_path):
 def test_bad_input_is_one_line_error(tmp_path, capsys):
     from dismax.cli import main_wrapper
 
-    code = main_wrapper(main, ["score", "--family", "a_si", "--train", str(tmp_path / "missing.extxyz"),
+    code = main_wrapper(main, ["metrics", "--family", "a_si", "--train", str(tmp_path / "missing.extxyz"),
                                "--gen", str(tmp_path / "missing.extxyz"), "--out", str(tmp_path)])
     assert code == 2
     assert "no such file" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Dismai-Bench metrics: dismax vs the tools the published scripts use, on the same structures, same run.
 
-    python benchmarks/bench_metrics.py [--structures 3] [--skip crystalnn]
+    python benchmarks/metrics_speed.py [--structures 3] [--skip crystalnn]
 
 For each operation prints the time per structure of the published approach (pymatgen / vasppy / matminer
 used as the published scripts use them) and of dismax, their ratio, and the maximum absolute difference of
