@@ -147,14 +147,9 @@ def training_file(config: DataConfig) -> Path:
     return ensure_dataset(config.dataset, config.size, config.dataset_seed) / "train.extxyz"
 
 
-def translation_set(grid: int) -> np.ndarray:
-    """(grid³, 3) fractional translations (i, j, k)/grid, (0, 0, 0) first."""
-    steps = np.arange(grid) / grid
-    return np.array(list(itertools.product(steps, steps, steps)), np.float32)
-
-
 def load_training_data(config: Config, path: Path | None = None) -> TrainingData:
     """Read, validate (same lattice, same composition), sort into species blocks, compute distances."""
+    from dismax.data.loader import cubic_translations
     from dismax.gan.features import check_search_radius
     from dismax.io import read_extxyz
 
@@ -171,8 +166,8 @@ def load_training_data(config: Config, path: Path | None = None) -> TrainingData
     sorted_crystals, _ = sort_into_blocks(crystals, blocks)
     frac = np.asarray(sorted_crystals.frac, np.float32)
     lattice0 = np.asarray(lattice[0], np.float32)
-    translations = (translation_set(config.data.translation_grid) if config.data.augmentation != "none"
-                    else np.zeros((1, 3), np.float32))
+    translations = (cubic_translations((config.data.translation_grid,) * 3).astype(np.float32)
+                    if config.data.augmentation != "none" else np.zeros((1, 3), np.float32))
     data = TrainingData(frac, np.zeros(frac.shape[:2] + (0,), np.float32), lattice0, blocks.elements,
                         blocks.counts, translations, str(path))
     distance_fn = bond_distances_fn(data, config)
@@ -398,8 +393,9 @@ def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, check
            batch_size: int = 1000) -> Path:
     """Write ``n`` generated structures of ensemble member ``member`` to the extxyz file ``out``.
 
-    Structures have the training lattice and species order; they are generated and written in batches
-    of ``batch_size`` so memory does not grow with ``n``.
+    Structures have the training lattice and its species blocks (elements in order of first appearance
+    in the training file, each element's atoms contiguous, as the generator was trained); they are
+    generated and written in batches of ``batch_size`` so memory does not grow with ``n``.
     """
     import ase.io
 

@@ -30,10 +30,12 @@ def test_one_ensemble_member_equals_training_it_alone():
         ensemble, metrics = step(ensemble, real, dists, jnp.float32(1.0))
         alone, alone_metrics = single(alone, real, dists)
     member = member_state(ensemble, 3)
-    # equal up to float32 reordering; biases feeding BatchNorm have exactly zero true gradient, so their
-    # values are rounding noise of order 1e-8, hence the absolute tolerance
+    # equal up to float32 reordering. Some gradients are exactly zero in exact arithmetic (biases feeding
+    # BatchNorm; head biases whose real and fake contributions cancel), so both runs hold rounding noise
+    # there, which Adam scales up to ~1e-6 (eps = 1e-8); the absolute tolerance is a tenth of the two
+    # Adam steps (2 · lr = 1e-4) every parameter otherwise moves.
     for got, want in zip(jax.tree.leaves(member), jax.tree.leaves(alone)):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     for key, value in alone_metrics.items():
         np.testing.assert_allclose(metrics[key][3], value, rtol=2e-4, atol=1e-6)
     # members with the same seed start equal and diverge only through λ
