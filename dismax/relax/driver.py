@@ -77,6 +77,7 @@ def _relax_program(potential, settings: FireSettings, n_atoms: int, capacity: in
         displacement, jnp.eye(3), potential.cutoff, settings.dr_threshold, capacity_multiplier=1.0,
         disable_cell_list=True, fractional_coordinates=True, format=partition.Dense,
     )
+
     def energy_with_list(R, neighbor, box):
         mask = neighbor.idx < R.shape[0]
         neighbours = jnp.take(R, neighbor.idx, axis=0, mode="clip")
@@ -101,17 +102,17 @@ def _relax_program(potential, settings: FireSettings, n_atoms: int, capacity: in
     fire_init, fire_apply = minimize.fire_descent(
         force, capped_shift, dt_start=settings.dt_start, dt_max=settings.dt_max
     )
-    template = neighbor_fn.allocate(
-        jnp.asarray(np.random.default_rng(0).random((n_atoms, 3)), jnp.float32),
-        box=jnp.eye(3) * 100.0, extra_capacity=capacity,
-    )
+    # A list object of the right static shape; its contents are rebuilt per structure in relax_one.
+    template = neighbor_fn.allocate(jnp.asarray(np.random.default_rng(0).random((n_atoms, 3)), jnp.float32),
+                                    box=jnp.eye(3) * 100.0)
     template = template.set(idx=jnp.full((n_atoms, capacity), n_atoms, jnp.int32), max_occupancy=capacity)
 
     def largest_force(force):
         return jnp.max(jnp.sqrt(jnp.sum(force**2, axis=-1)))
 
     def relax_one(frac, box, max_steps, fmax):
-        # Force a rebuild of the template list at frac: reference positions half a cell away.
+        # Force a rebuild at frac: reference positions half a cell away (> dr_threshold / 2, since every
+        # accepted cell is wider than twice the cutoff).
         nbrs = template.set(reference_position=jnp.mod(frac + 0.5, 1.0))
         nbrs = nbrs.update(frac, box=box)
         e_initial = energy_with_list(frac, nbrs, box)
