@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 from dismax.vae import representation as rep
-from dismax.vae.losses import TERMS, LossWeights, loss_terms, total_loss
+from dismax.vae.losses import LossWeights, loss_terms, total_loss
 from dismax.vae.model import WyckoffVAE
 
 
@@ -116,7 +116,3 @@ def encode_means(model: WyckoffVAE, variables: dict, sites, lattice_scaled, spac
     mean, _ = model.apply(variables, sites, _crystal(lattice_scaled, spacegroup), train=False,
                           method=WyckoffVAE.encode)
     return mean
-
-
-__all__ = ["TERMS", "TrainState", "create_state", "make_train_step", "make_eval_step", "decode_latents",
-           "encode_means"]
