@@ -32,10 +32,10 @@ def test_one_ensemble_member_equals_training_it_alone():
     member = member_state(ensemble, 3)
     # equal up to float32 reordering. Some gradients are exactly zero in exact arithmetic (biases feeding
     # BatchNorm; head biases whose real and fake contributions cancel), so both runs hold rounding noise
-    # there, which Adam scales up to ~1e-6 (eps = 1e-8); the absolute tolerance is a tenth of the two
-    # Adam steps (2 · lr = 1e-4) every parameter otherwise moves.
+    # there, which Adam's normalisation scales up to a fraction of a step (lr = 5e-5); the tolerance is
+    # half of one step, far below the differences between members (different initialisations, ~0.1)
     for got, want in zip(jax.tree.leaves(member), jax.tree.leaves(alone)):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2.5e-5)
     for key, value in alone_metrics.items():
         np.testing.assert_allclose(metrics[key][3], value, rtol=2e-4, atol=1e-6)
     # members with the same seed start equal and diverge only through λ
