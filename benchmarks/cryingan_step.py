@@ -1,9 +1,9 @@
 """Time one CryinGAN critic step and one generator step: dismax (JAX) vs PyTorch, same run.
 
 Sizes of the paper: B = 32; the interface composition Li72 Sc12 Co36 Cl72 O72 (N = 264, λ = 0.05) and
-the Fe–Ni–Cr alloy (N = 256, λ = 0.1). The PyTorch side is the same architecture written here (per-atom
-layers as dense layers, brute-force kNN over the 27-image cloud, autograd gradient penalties, Adam) and
-runs only when torch is installed (``pip install -e .[bench]``). Prints medians in milliseconds, the
+the Fe–Ni–Cr alloy (N = 256, λ = 0.1). The PyTorch side is the same architecture written here, twice: with
+the reference's convolution layout and with dense per-atom layers (both with a brute-force kNN over the
+27-image cloud, autograd gradient penalties, Adam); it runs only when torch is installed (``pip install -e .[bench]``). Prints medians in milliseconds, the
 torch/dismax ratio, and achieved GFLOP/s (XLA's flop count of the dismax step) next to a float32 matmul
 measured in the same run.
 
@@ -83,7 +83,7 @@ def time_matmul(size: int, repeats: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------ PyTorch
-def time_torch(problem, repeats, threads):
+def time_torch(problem, repeats, threads, conv):
     import torch
     from torch import nn
 
@@ -94,36 +94,55 @@ def time_torch(problem, repeats, threads):
     w_dist = problem["w_dist"]
 
     class Generator(nn.Module):
+        """Dense layout (B, N, 3, C); with ``conv`` the reference's NCHW ConvTranspose2d/BatchNorm2d layout."""
+
         def __init__(self):
             super().__init__()
             self.l1 = nn.Linear(64, 128 * n)
-            self.map1 = nn.Linear(128, 256 * 3)
-            self.hidden = nn.ModuleList([nn.Linear(256, 512), nn.Linear(512, 256)])
-            self.norms = nn.ModuleList([nn.BatchNorm1d(c, eps=0.8) for c in (256, 512, 256)])
-            self.out = nn.Linear(256, 1)
-
-        def norm_relu(self, h, i):  # h (B, N, 3, C): BN per channel over (B, N, 3)
-            shape = h.shape
-            return torch.relu(self.norms[i](h.reshape(-1, shape[-1])).reshape(shape))
+            if conv:
+                self.maps = nn.ModuleList([nn.ConvTranspose2d(128, 256, (1, 3)), nn.ConvTranspose2d(256, 512, 1),
+                                           nn.ConvTranspose2d(512, 256, 1)])
+                self.norms = nn.ModuleList([nn.BatchNorm2d(c, eps=0.8) for c in (256, 512, 256)])
+                self.out = nn.ConvTranspose2d(256, 1, 1)
+            else:
+                self.maps = nn.ModuleList([nn.Linear(128, 256 * 3), nn.Linear(256, 512), nn.Linear(512, 256)])
+                self.norms = nn.ModuleList([nn.BatchNorm1d(c, eps=0.8) for c in (256, 512, 256)])
+                self.out = nn.Linear(256, 1)
 
         def forward(self, z):
-            h = torch.relu(self.l1(z)).view(z.shape[0], 128, n).transpose(1, 2)
-            h = self.norm_relu(self.map1(h).view(z.shape[0], n, 3, 256), 0)
-            for i, layer in enumerate(self.hidden):
-                h = self.norm_relu(layer(h), i + 1)
+            h = torch.relu(self.l1(z)).view(z.shape[0], 128, n)
+            if conv:
+                h = h[..., None]
+                for layer, norm in zip(self.maps, self.norms):
+                    h = torch.relu(norm(layer(h)))
+                return torch.sigmoid(self.out(h))[:, 0]
+            h = self.maps[0](h.transpose(1, 2)).view(z.shape[0], n, 3, 256)
+            for i, norm in enumerate(self.norms):
+                if i:
+                    h = self.maps[i](h)
+                shape = h.shape  # BN per channel over (B, N, 3)
+                h = torch.relu(norm(h.reshape(-1, shape[-1])).reshape(shape))
             return torch.sigmoid(self.out(h)[..., 0])
 
     class Critic(nn.Module):
         def __init__(self, width):
             super().__init__()
-            self.atoms = nn.Sequential(nn.Linear(width, 512), nn.LeakyReLU(0.2), nn.Linear(512, 512),
-                                       nn.LeakyReLU(0.2), nn.Linear(512, 256), nn.LeakyReLU(0.2))
+            if conv:
+                self.atoms = nn.Sequential(nn.Conv2d(1, 512, (1, width)), nn.LeakyReLU(0.2), nn.Conv2d(512, 512, 1),
+                                           nn.LeakyReLU(0.2), nn.Conv2d(512, 256, 1), nn.LeakyReLU(0.2))
+            else:
+                self.atoms = nn.Sequential(nn.Linear(width, 512), nn.LeakyReLU(0.2), nn.Linear(512, 512),
+                                           nn.LeakyReLU(0.2), nn.Linear(512, 256), nn.LeakyReLU(0.2))
             self.head = nn.Sequential(nn.Linear(256 * len(counts), 1000), nn.LeakyReLU(0.2),
                                       nn.Linear(1000, 200), nn.LeakyReLU(0.2), nn.Linear(200, 10))
 
         def forward(self, x):
-            h = self.atoms(x)
-            pooled = torch.stack([part.mean(1) for part in torch.split(h, list(counts), dim=1)], -1)
+            if conv:  # (B, 1, N, F) → (B, 256, N, 1) → per-element mean over atoms
+                h = self.atoms(x[:, None])[..., 0]
+                pooled = torch.stack([part.mean(2) for part in torch.split(h, list(counts), dim=2)], -1)
+            else:
+                h = self.atoms(x)
+                pooled = torch.stack([part.mean(1) for part in torch.split(h, list(counts), dim=1)], -1)
             return self.head(pooled.flatten(1))
 
     images = torch.tensor([[i, j, k] for i in (0, -1, 1) for j in (0, -1, 1) for k in (0, -1, 1)],
@@ -180,17 +199,25 @@ def main():
         print("torch is not installed: timing dismax only (pip install -e .[bench] for the comparison)")
     matmul = time_matmul(args.matmul, args.repeats)
     print(f"jax float32 matmul {args.matmul}^3: {matmul:.1f} GFLOP/s")
+    print("torch conv = the reference's layout (Conv2d / ConvTranspose2d / BatchNorm2d on NCHW tensors); "
+          "torch dense = the same maths with Linear layers; ratio = torch time / dismax time")
     print(f"{'problem':<18}{'step':<11}{'dismax ms':>11}{'GFLOP':>8}{'GFLOP/s':>9}{'% matmul':>10}"
-          f"{'torch ms':>10}{'torch/dismax':>14}")
+          f"{'conv ms':>10}{'ratio':>8}{'dense ms':>10}{'ratio':>8}")
     for name, problem in PROBLEMS.items():
         seconds, flops = time_dismax(problem, args.repeats)
-        torch_seconds = time_torch(problem, args.repeats, args.threads) if have_torch else None
+        torch_seconds = {layout: time_torch(problem, args.repeats, args.threads, layout == "conv")
+                         for layout in ("conv", "dense")} if have_torch else {}
         for step in ("critic", "generator"):
             rate = flops[step] / seconds[step] / 1e9
-            torch_ms = f"{1e3 * torch_seconds[step]:10.0f}" if torch_seconds else f"{'-':>10}"
-            ratio = f"{torch_seconds[step] / seconds[step]:14.2f}" if torch_seconds else f"{'-':>14}"
-            print(f"{name:<18}{step:<11}{1e3 * seconds[step]:11.0f}{flops[step] / 1e9:8.1f}{rate:9.1f}"
-                  f"{100 * rate / matmul:9.0f}%{torch_ms}{ratio}", flush=True)
+            line = (f"{name:<18}{step:<11}{1e3 * seconds[step]:11.0f}{flops[step] / 1e9:8.1f}{rate:9.1f}"
+                    f"{100 * rate / matmul:9.0f}%")
+            for layout in ("conv", "dense"):
+                if layout in torch_seconds:
+                    other = torch_seconds[layout][step]
+                    line += f"{1e3 * other:10.0f}{other / seconds[step]:8.2f}"
+                else:
+                    line += f"{'-':>10}{'-':>8}"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":
