@@ -21,7 +21,7 @@ def _default_cache() -> Path:
 
 def add_postprocess_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", required=True, choices=FAMILY_CHOICES)
-    parser.add_argument("--input", required=True, help="generated structures (extxyz)")
+    parser.add_argument("--in", "--input", dest="input", required=True, help="generated structures (extxyz)")
     parser.add_argument("--out", required=True, help="output directory: gen_clean.extxyz and status.csv")
     parser.add_argument("--reference-compatible", action="store_true",
                         help="reproduce the published scripts (raw-displacement move-apart, published clean-up)")

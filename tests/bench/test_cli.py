@@ -29,7 +29,7 @@ def test_alloy_postprocess_and_score(tmp_path):
         generated.append((((cart + 0.4) @ np.linalg.inv(lattice)) % 1, lattice, numbers))
     _write(tmp_path / "train.extxyz", train)
     _write(tmp_path / "gen.extxyz", generated)
-    assert main(["postprocess", "--family", "alloy", "--input", str(tmp_path / "gen.extxyz"),
+    assert main(["postprocess", "--family", "alloy", "--in", str(tmp_path / "gen.extxyz"),
                  "--out", str(tmp_path / "clean")]) == 0
     with (tmp_path / "clean" / "status.csv").open() as handle:
         statuses = [row["status"] for row in csv.DictReader(handle)]
