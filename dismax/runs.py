@@ -90,7 +90,7 @@ class RunDir:
             os.fsync(handle.fileno())
 
     def read_metrics(self) -> list[dict]:
-        """metrics.csv as a list of dicts with float values where they parse."""
+        """metrics.csv as a list of dicts with int or float values where they parse."""
         if not self.metrics_csv.exists():
             return []
         with open(self.metrics_csv, newline="") as handle:
@@ -135,7 +135,10 @@ def progress(iterable: Iterable | None = None, total: int | None = None, desc: s
 
 
 def _maybe_float(value: str):
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return value
+    """'3' → 3, '0.5' → 0.5, anything else unchanged (so rewritten CSVs keep integer columns as integers)."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            pass
+    return value

@@ -128,3 +128,11 @@ def test_convert_cli_subprocess_exit_code_and_success(tmp_path):
     assert proc.returncode == 0, proc.stderr
     check = run_module("dismax.data", "check", str(tmp_path / "cifs"))
     assert check.returncode == 0 and "1 structures of 3 atoms" in check.stdout
+
+
+def test_truncated_metrics_keep_integer_columns(tmp_path):
+    run = RunDir(tmp_path / "r").create()
+    for epoch in range(3):
+        run.append_metrics({"epoch": epoch, "loss": 0.5})
+    run.truncate_metrics(lambda row: row["epoch"] < 2)
+    assert run.metrics_csv.read_text().splitlines() == ["epoch,loss", "0,0.5", "1,0.5"]
