@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from dismax.errors import DismaxInputError
+from dismax.runs import atomic_write
 from dismax.structures import Crystals
 
 EXTXYZ_SUFFIXES = (".extxyz", ".xyz")
@@ -292,29 +292,6 @@ def _check_crystals(crystals: Crystals, target: Path) -> Crystals:
     return crystals
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(text_handle)`` on a temporary file next to ``path``, then rename it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give the file ordinary permissions
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 _INFO_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
 
@@ -349,7 +326,7 @@ def write_extxyz(crystals: Crystals, path, info: list[dict] | None = None) -> Pa
     for b, atoms in enumerate(atoms_list):
         if info is not None:
             atoms.info.update(info[b])
-    _atomic_write(path, lambda handle: ase.io.write(handle, atoms_list, format="extxyz"))
+    atomic_write(path, lambda handle: ase.io.write(handle, atoms_list, format="extxyz"))
     return path
 
 
@@ -519,14 +496,14 @@ def write_cif(crystals: Crystals, path) -> list[Path]:
 
     if path.suffix.lower() == ".cif":
         cif = CifFile({f"structure_{i}": block(s, i) for i, s in enumerate(structures)})
-        _atomic_write(path, lambda handle: handle.write(str(cif) + "\n"))
+        atomic_write(path, lambda handle: handle.write(str(cif) + "\n"))
         return [path]
     width = max(4, len(str(len(structures) - 1)))
     written = []
     for i, structure in enumerate(structures):
         target = path / f"{i:0{width}d}.cif"
         cif = CifFile({f"structure_{i}": block(structure, i)})
-        _atomic_write(target, lambda handle: handle.write(str(cif) + "\n"))
+        atomic_write(target, lambda handle: handle.write(str(cif) + "\n"))
         written.append(target)
     return written
 
