@@ -88,7 +88,7 @@ def test_metrics_csv_append_and_truncate(tmp_path):
 
 
 # ---------------------------------------------------------------------- bad inputs through a CLI
-from tests.test_io import BAD_INPUTS  # noqa: E402  (the table of bad files shared with the io tests)
+from tests.test_io import BAD_INPUTS, write_bad_input  # noqa: E402  (the bad-file table of the io tests)
 
 
 @pytest.mark.parametrize("name, filename, content, kwargs, index, words", BAD_INPUTS,
@@ -98,12 +98,7 @@ def test_convert_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys, name, fil
     from dismax.cli import main_wrapper
     from dismax.data.__main__ import main
 
-    source = tmp_path / filename
-    if isinstance(content, bytes):
-        source.write_bytes(content)
-    elif content is not None:
-        source.write_text(content)
-    target = tmp_path / "out" / "converted.extxyz"
+    source, target = write_bad_input(tmp_path, filename, content)
     argv = ["convert", str(source), str(target)]
     if kwargs.get("fixed_composition") is False:
         argv.append("--mixed-composition")

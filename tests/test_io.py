@@ -159,16 +159,21 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("name, filename, content, kwargs, index, words", BAD_INPUTS,
-                         ids=[case[0] for case in BAD_INPUTS])
-def test_bad_inputs_raise_one_line_error_and_leave_no_output(tmp_path, name, filename, content, kwargs, index,
-                                                            words):
+def write_bad_input(tmp_path, filename, content):
+    """Write one BAD_INPUTS case (``content`` None = no file); returns (source, conversion target) paths."""
     source = tmp_path / filename
     if isinstance(content, bytes):
         source.write_bytes(content)
     elif content is not None:
         source.write_text(content)
-    target = tmp_path / "out" / "converted.extxyz"
+    return source, tmp_path / "out" / "converted.extxyz"
+
+
+@pytest.mark.parametrize("name, filename, content, kwargs, index, words", BAD_INPUTS,
+                         ids=[case[0] for case in BAD_INPUTS])
+def test_bad_inputs_raise_one_line_error_and_leave_no_output(tmp_path, name, filename, content, kwargs, index,
+                                                            words):
+    source, target = write_bad_input(tmp_path, filename, content)
     with pytest.raises(DismaxInputError) as caught:
         dio.write_extxyz(dio.read_structures(source, **kwargs), target)
     message = str(caught.value)
