@@ -96,6 +96,16 @@ def ensure_dataset(name: str, size: str = "small", seed: int = 0) -> Path:
     return build_dataset(name, size, seed)
 
 
+def dataset_files(name: str, size: str = "small", seed: int = 0, train_file: str | None = None,
+                  val_file: str | None = None) -> tuple[Path, Path]:
+    """(train, val) extxyz paths a trainer reads: explicit files when ``train_file`` is given (validation
+    defaults to the training file), else dataset ``name`` from the cache, built first if needed."""
+    if train_file:
+        return Path(train_file), Path(val_file or train_file)
+    directory = ensure_dataset(name, size, seed)
+    return directory / "train.extxyz", directory / "val.extxyz"
+
+
 def register_files(name: str, train: str | Path, val: str | Path | None = None) -> Path:
     """Register a user's extxyz files under ``name`` (validated by reading them); returns the dataset dir.
 

@@ -97,21 +97,14 @@ class Config:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def dataset_files(config: DataConfig) -> tuple[Path, Path]:
-    if config.train_file:
-        train = Path(config.train_file)
-        return train, Path(config.val_file) if config.val_file else train
-    from dismax.data.registry import ensure_dataset
-
-    directory = ensure_dataset(config.dataset, config.size, config.dataset_seed)
-    return directory / "train.extxyz", directory / "val.extxyz"
-
-
 def load_data(config: DataConfig) -> tuple[Crystals, Crystals]:
     """Training and validation sets (numpy Crystals); both must have the same atom count."""
     from dismax.io import read_extxyz
 
-    train_path, val_path = dataset_files(config)
+    from dismax.data.registry import dataset_files
+
+    train_path, val_path = dataset_files(config.dataset, config.size, config.dataset_seed, config.train_file,
+                                         config.val_file)
     train, val = read_extxyz(train_path), read_extxyz(val_path)
     if config.max_train:
         train = train[: config.max_train]

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dismax.data.registry import dataset_files
 from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.gan.steps import (GanSetup, ensemble_sampler, ensemble_step_fn, generate, init_ensemble,
                               member_state)
@@ -139,21 +140,14 @@ class TrainingData:
     source: str
 
 
-def training_file(config: DataConfig) -> Path:
-    if config.train_file:
-        return Path(config.train_file)
-    from dismax.data.registry import ensure_dataset
-
-    return ensure_dataset(config.dataset, config.size, config.dataset_seed) / "train.extxyz"
-
-
 def load_training_data(config: Config, path: Path | None = None) -> TrainingData:
     """Read, validate (same lattice, same composition), sort into species blocks, compute distances."""
     from dismax.data.loader import cubic_translations
     from dismax.gan.features import check_search_radius
     from dismax.io import read_extxyz
 
-    path = Path(path) if path is not None else training_file(config.data)
+    path = Path(path) if path is not None else dataset_files(
+        config.data.dataset, config.data.size, config.data.dataset_seed, config.data.train_file)[0]
     crystals = read_extxyz(path)
     if config.data.max_structures is not None:
         crystals = crystals[: config.data.max_structures]
