@@ -1,0 +1,50 @@
+"""The FCC nearest-site statistic of benchmarks/cryingan_alloy_sites.py (quality check of the alloy GAN)."""
+
+import itertools
+
+import numpy as np
+
+from benchmarks.cryingan_alloy_sites import (nearest_fcc_grid_points, neighbour_statistics, site_statistics)
+from tests.gan.helpers import fcc_sites
+
+LATTICE = np.diag([14.4, 14.4, 14.4])
+
+
+def test_nearest_fcc_grid_point_matches_brute_force():
+    rng = np.random.default_rng(0)
+    u = rng.uniform(-3, 3, (500, 3))
+    grid = np.array([p for p in itertools.product(range(-5, 6), repeat=3) if sum(p) % 2 == 0], float)
+    brute = grid[np.argmin(np.linalg.norm(u[:, None] - grid[None], axis=-1), axis=1)]
+    fast = nearest_fcc_grid_points(u)
+    np.testing.assert_allclose(np.linalg.norm(fast - u, axis=-1), np.linalg.norm(brute - u, axis=-1), atol=1e-12)
+    assert np.all(fast.sum(axis=-1) % 2 == 0)
+
+
+def test_reference_sites_and_globally_shifted_lattices_count_as_on_site():
+    rng = np.random.default_rng(1)
+    sites = fcc_sites((4, 4, 4))
+    shifted = (sites + rng.random(3)) % 1.0
+    noisy = (shifted + rng.normal(0, 0.05, sites.shape) / 14.4) % 1.0
+    frac = np.stack([sites, shifted, noisy])
+    fixed, _ = site_statistics(frac, LATTICE, align=False)
+    aligned, distinct = site_statistics(frac, LATTICE, align=True)
+    assert fixed[0].max() < 1e-9 and fixed[1].mean() > 0.3  # the shift is seen without alignment
+    assert aligned[:2].max() < 1e-6
+    assert np.all(distinct[:2] == 1.0)
+    # Gaussian noise of 0.05 Å per axis: mean distance 0.05·sqrt(8/π) ≈ 0.080 Å
+    assert abs(aligned[2].mean() - 0.05 * np.sqrt(8 / np.pi)) < 0.01
+
+
+def test_alignment_never_worsens_and_random_positions_stay_off_site():
+    frac = np.random.default_rng(2).random((3, 256, 3))
+    fixed, _ = site_statistics(frac, LATTICE, align=False)
+    aligned, distinct = site_statistics(frac, LATTICE, align=True)
+    assert np.all(aligned.mean(axis=1) <= fixed.mean(axis=1) + 1e-12)
+    assert aligned.mean() > 0.9 and distinct.mean() < 0.7
+
+
+def test_neighbour_statistics_of_a_perfect_lattice():
+    close, knn = neighbour_statistics(fcc_sites((4, 4, 4))[None], LATTICE)
+    assert close == 0 and abs(knn - 3.6 / np.sqrt(2)) < 1e-9
+    close, _ = neighbour_statistics(np.full((1, 5, 3), 0.5), LATTICE)
+    assert close == 10
