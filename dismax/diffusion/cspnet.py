@@ -5,7 +5,9 @@ with d_ij = (f_j - f_i) mod 1. The first edge linear layer is evaluated in facto
 W_i h_i + W_j h_j + W_g g + W_f φ(d_ij) + b — the same function as the concatenated layer, but the node
 parts are computed per node and broadcast, so no (N, N, 2H + 9 + 6F) tensor is built. φ(d) is built once
 (N, N, 6F) and projected in each layer. Aggregation is the mean over all j (DiffCSP `fc` graph).
-The coordinate head (no bias) returns the normalised fractional score (N, 3).
+The coordinate head (no bias) returns the normalised fractional score (N, 3). With ``lattice_head`` (lattice
+diffusion only) the network also returns DiffCSP's lattice output M·L, M = Linear(H → 9, no bias) of the
+mean-pooled node features reshaped to (3, 3) and L the (noisy) input lattice: the predicted lattice noise ε.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ class CSPLayer(nn.Module):
 
 
 class CSPNet(nn.Module):
-    """DiffCSP denoiser: (frac (N,3), lattice (3,3), species (N,), t ()) → normalised score (N, 3)."""
+    """DiffCSP denoiser: (frac (N,3), lattice (3,3), species (N,), t ()) → normalised score (N, 3), or
+    (score (N, 3), lattice noise (3, 3)) with ``lattice_head``."""
 
     hidden: int = 256
     n_layers: int = 4
@@ -46,6 +49,7 @@ class CSPNet(nn.Module):
     time_dim: int = 256
     max_atomic_num: int = 100
     remat: bool = False
+    lattice_head: bool = False
 
     @nn.compact
     def __call__(self, frac, lattice, species, t):
@@ -60,4 +64,8 @@ class CSPNet(nn.Module):
         for i in range(self.n_layers):
             h = layer_cls(self.hidden, name=f"layer_{i}")(h, fourier, gram)
         h = nn.LayerNorm(name="final_norm")(h)
-        return nn.Dense(3, use_bias=False, name="coord_head")(h)
+        coord = nn.Dense(3, use_bias=False, name="coord_head")(h)
+        if not self.lattice_head:
+            return coord
+        matrix = nn.Dense(9, use_bias=False, name="lattice_head")(jnp.mean(h, axis=0)).reshape(3, 3)
+        return coord, matrix @ lattice

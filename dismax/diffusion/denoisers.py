@@ -37,15 +37,20 @@ DENOISERS = ("cspnet", "equivariant")
 
 
 @lru_cache(maxsize=None)
-def build_denoiser(cfg: DenoiserConfig):
-    """The flax module for ``cfg`` with signature (frac (N,3), lattice (3,3), species (N,), t) → (N, 3).
+def build_denoiser(cfg: DenoiserConfig, lattice_head: bool = False):
+    """The flax module for ``cfg`` with signature (frac (N,3), lattice (3,3), species (N,), t) → (N, 3);
+    with ``lattice_head`` (lattice diffusion, cspnet only) it returns (score (N, 3), lattice noise (3, 3)).
 
     Cached, so equal configs give the same module object and jitted steps are not recompiled."""
     if cfg.name == "cspnet":
         from dismax.diffusion.cspnet import CSPNet
 
         return CSPNet(hidden=cfg.hidden, n_layers=cfg.n_layers, n_freq=cfg.n_freq, time_dim=cfg.time_dim,
-                      max_atomic_num=cfg.max_atomic_num, remat=cfg.remat)
+                      max_atomic_num=cfg.max_atomic_num, remat=cfg.remat, lattice_head=lattice_head)
+    if lattice_head and cfg.name in DENOISERS:
+        raise DismaxConfigError(f"config key 'model.lattice_diffusion' is true but the {cfg.name!r} denoiser "
+                                f"predicts coordinates only; use model.denoiser.name: cspnet or set "
+                                f"model.lattice_diffusion: false")
     if cfg.name == "equivariant":
         from dismax.diffusion.equivariant import EquivariantDenoiser
 

@@ -130,3 +130,58 @@ def noise_coordinates(key, frac, t, schedule: SigmaSchedule):
     target = wrapped_normal_score(displacement, sigma) / sqrt_lambdas[t][:, None, None]
     return noisy, target
 
+
+
+# ------------------------------------------------------------------------------- lattice (DDPM, optional)
+def cosine_alpha_bar(t, n_steps: int, s: float = 0.008):
+    """Closed-form cosine-schedule ᾱ(t) = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s) · π/2) (Nichol & Dhariwal)."""
+    f = np.cos((np.asarray(t, np.float64) / n_steps + s) / (1 + s) * math.pi / 2) ** 2
+    return f / math.cos(s / (1 + s) * math.pi / 2) ** 2
+
+
+@dataclass(frozen=True)
+class BetaSchedule:
+    """DDPM cosine β schedule for the lattice (DiffCSP): β_t = 1 − ᾱ(t)/ᾱ(t−1) from the closed form,
+    clipped to [1e-4, 0.9999], t = 1..T, with β_0 = 0 prepended; ᾱ_t = Π_{u≤t} (1 − β_u) (so ᾱ_0 = 1).
+
+    Host-side float64 tables of length T + 1; hashable and static like :class:`SigmaSchedule`.
+    """
+
+    n_steps: int = 1000
+    s: float = 0.008
+
+    @property
+    def betas(self) -> np.ndarray:
+        closed = cosine_alpha_bar(np.arange(self.n_steps + 1), self.n_steps, self.s)
+        inner = np.clip(1.0 - closed[1:] / closed[:-1], 1e-4, 0.9999)
+        return np.concatenate([[0.0], inner])
+
+    @property
+    def alpha_bars(self) -> np.ndarray:
+        return np.cumprod(1.0 - self.betas)
+
+    def ancestral_coefficients(self, t, t_next):
+        """Coefficients (a, b, c) of the reverse step L_{t'} = a (L_t − b ε̂) + c z from t to t' < t.
+
+        With α = ᾱ_t/ᾱ_{t'} and β = 1 − α: a = 1/√α, b = β/√(1 − ᾱ_t), c = √(β (1 − ᾱ_{t'})/(1 − ᾱ_t))
+        (the DDPM posterior standard deviation). For t' = t − 1 this is DiffCSP's step; for skipped levels
+        it is the DDPM step between the two visited levels. float32 arrays shaped like ``t``.
+        """
+        alpha_bars = self.alpha_bars
+        ab_t, ab_next = alpha_bars[np.asarray(t)], alpha_bars[np.asarray(t_next)]
+        alpha = ab_t / ab_next
+        beta = 1.0 - alpha
+        a = 1.0 / np.sqrt(alpha)
+        b = beta / np.sqrt(1.0 - ab_t)
+        c = np.sqrt(beta * (1.0 - ab_next) / (1.0 - ab_t))
+        return tuple(np.asarray(x, np.float32) for x in (a, b, c))
+
+
+def noise_lattice(key, lattice, t, schedule: BetaSchedule):
+    """Forward DDPM process on the raw lattice matrix: returns (L_t, ε), both (B, 3, 3).
+
+    lattice: (B, 3, 3) Å (rows are lattice vectors); t: (B,) int in 1..T; L_t = √ᾱ_t L + √(1 − ᾱ_t) ε.
+    """
+    alpha_bars = jnp.asarray(schedule.alpha_bars, jnp.float32)[t][:, None, None]
+    epsilon = jax.random.normal(key, lattice.shape, lattice.dtype)
+    return jnp.sqrt(alpha_bars) * lattice + jnp.sqrt(1.0 - alpha_bars) * epsilon, epsilon

@@ -9,6 +9,11 @@ PC step at visited level t with next visited level t' (σ_{t'} = 0 after the las
   predictor  F ← F + (σ_t² − σ_{t'}²) s(F, t) + √(σ_{t'}² (σ_t² − σ_{t'}²)/σ_t²) z,   wrapped mod 1
 with z = 0 at the last step. ``reference_compatible=True`` uses σ_{t−1} of the full schedule as in the
 published code (too-small predictor steps when levels are skipped).
+With lattice diffusion (``predictor_corrector_lattice``) every structure also carries its own lattice,
+L_T ~ N(0, I); both network calls see the current L_t and the predictor call's lattice noise ε̂ gives the
+DDPM ancestral step L ← a (L − b ε̂) + c z (``BetaSchedule.ancestral_coefficients`` between the visited
+levels t → t', DiffCSP's step for t' = t − 1). A sampled lattice with negative determinant is returned as
+(−L, −F mod 1), the same atoms in a right-handed cell.
 Annealed Langevin (CDVAE-style, on fractional coordinates): for each visited level, largest first,
 ``steps_per_level`` updates F ← F + η s(F, t) + √(2η) z with η = step_lr (σ_t/σ_1)², wrapped mod 1.
 """
@@ -21,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dismax.diffusion.noise import SigmaSchedule
+from dismax.diffusion.noise import BetaSchedule, SigmaSchedule
 
 
 def visited_steps(n_total: int, n_visit: int) -> np.ndarray:
@@ -38,33 +43,76 @@ def _score_fn(network, params, lattice, species, sqrt_lambdas):
     return score
 
 
-@partial(jax.jit, static_argnames=("network", "schedule", "n_steps", "reference_compatible", "n_structures"))
+_PC_STATIC = ("network", "schedule", "n_steps", "reference_compatible", "n_structures")
+
+
+@partial(jax.jit, static_argnames=_PC_STATIC)
 def predictor_corrector(params, lattice, species, key, *, network, schedule: SigmaSchedule, n_steps: int,
                         step_lr: float, n_structures: int, reference_compatible: bool = False):
     """Sample ``n_structures`` fractional-coordinate sets (n_structures, N, 3) for one lattice/species."""
+    frac, _ = _predictor_corrector(params, lattice, species, key, network, schedule, n_steps, step_lr, n_structures,
+                                   reference_compatible, None)
+    return frac
+
+
+@partial(jax.jit, static_argnames=(*_PC_STATIC, "lattice_schedule"))
+def predictor_corrector_lattice(params, species, key, *, network, schedule: SigmaSchedule,
+                                lattice_schedule: BetaSchedule, n_steps: int, step_lr: float, n_structures: int,
+                                reference_compatible: bool = False):
+    """Sample coordinates and lattices jointly (network with a lattice head): returns
+    (frac (n_structures, N, 3), lattice (n_structures, 3, 3) with positive determinant)."""
+    frac, lattice = _predictor_corrector(params, None, species, key, network, schedule, n_steps, step_lr,
+                                         n_structures, reference_compatible, lattice_schedule)
+    flip = jnp.linalg.det(lattice) < 0
+    return (jnp.where(flip[:, None, None], jnp.mod(-frac, 1.0), frac),
+            jnp.where(flip[:, None, None], -lattice, lattice))
+
+
+def _predictor_corrector(params, lattice, species, key, network, schedule: SigmaSchedule, n_steps: int,
+                         step_lr: float, n_structures: int, reference_compatible: bool,
+                         lattice_schedule: BetaSchedule | None):
+    """The PC scan; with ``lattice_schedule`` the lattice is sampled too, else ``lattice`` (3, 3) is fixed."""
     sigmas, sqrt_lambdas = schedule.tables()
     steps = visited_steps(schedule.n_steps, n_steps)
     next_steps = steps - 1 if reference_compatible else np.append(steps[1:], 0)
     is_last = np.arange(len(steps)) == len(steps) - 1
-    score = _score_fn(network, params, lattice, species, sqrt_lambdas)
     init_key, loop_key = jax.random.split(key)
     frac0 = jax.random.uniform(init_key, (n_structures, species.shape[0], 3))
+    if lattice_schedule is None:
+        lattice0, lattice_axis = lattice, None
+        coefficients = np.zeros((3, len(steps)), np.float32)
+    else:
+        lattice0, lattice_axis = jax.random.normal(jax.random.fold_in(init_key, 1), (n_structures, 3, 3)), 0
+        coefficients = np.stack(lattice_schedule.ancestral_coefficients(steps, next_steps))
 
-    def step(frac, inputs):
-        index, t, t_next, last = inputs
+    def network_outputs(frac, lattice, t):
+        """(true coordinate score (n, N, 3), predicted lattice noise (n, 3, 3) or None)."""
+        out = jax.vmap(lambda f, l: network.apply(params, f, l, species, t), in_axes=(0, lattice_axis))(frac, lattice)
+        coord, lattice_noise = (out, None) if lattice_schedule is None else out
+        return coord * sqrt_lambdas[t], lattice_noise
+
+    def step(carry, inputs):
+        frac, lattice = carry
+        index, t, t_next, last, a, b, c = inputs
         k_corr, k_pred = jax.random.split(jax.random.fold_in(loop_key, index))
         noise_scale = jnp.where(last, 0.0, 1.0)
         sigma, sigma_next = sigmas[t], sigmas[t_next]
         gamma = step_lr * (sigma / sigmas[1]) ** 2
-        frac = frac + gamma * score(frac, t) + noise_scale * jnp.sqrt(2 * gamma) * jax.random.normal(k_corr, frac.shape)
+        score, _ = network_outputs(frac, lattice, t)
+        frac = frac + gamma * score + noise_scale * jnp.sqrt(2 * gamma) * jax.random.normal(k_corr, frac.shape)
         delta = sigma**2 - sigma_next**2
         std = jnp.sqrt(sigma_next**2 * delta / sigma**2)
-        frac = frac + delta * score(frac, t) + noise_scale * std * jax.random.normal(k_pred, frac.shape)
-        return jnp.mod(frac, 1.0), None
+        score, lattice_noise = network_outputs(frac, lattice, t)
+        frac = frac + delta * score + noise_scale * std * jax.random.normal(k_pred, frac.shape)
+        if lattice_schedule is not None:
+            z = jax.random.normal(jax.random.fold_in(k_pred, 1), lattice.shape)
+            lattice = a * (lattice - b * lattice_noise) + noise_scale * c * z
+        return (jnp.mod(frac, 1.0), lattice), None
 
-    inputs = (jnp.arange(len(steps)), jnp.asarray(steps), jnp.asarray(next_steps), jnp.asarray(is_last))
-    frac, _ = jax.lax.scan(step, frac0, inputs)
-    return frac
+    inputs = (jnp.arange(len(steps)), jnp.asarray(steps), jnp.asarray(next_steps), jnp.asarray(is_last),
+              *(jnp.asarray(x) for x in coefficients))
+    (frac, lattice), _ = jax.lax.scan(step, (frac0, lattice0), inputs)
+    return frac, lattice
 
 
 @partial(jax.jit, static_argnames=("network", "schedule", "n_levels", "steps_per_level", "n_structures"))
