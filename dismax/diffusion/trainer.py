@@ -172,6 +172,8 @@ def _check(config: Config, n_train: int | None = None) -> None:
         raise DismaxConfigError(f"config key 'sample.sampler' is {config.sample.sampler!r}; valid: pc, langevin")
     if config.train.n_seeds < 1:
         raise DismaxConfigError(f"config key 'train.n_seeds' is {config.train.n_seeds}; it must be at least 1")
+    if not (-2**31 <= config.seed and config.seed + config.train.n_seeds <= 2**31):
+        raise DismaxConfigError(f"config key 'seed' is {config.seed}; member seeds must fit in 32-bit integers")
     if config.model.lattice_diffusion:
         if config.model.cost_lattice < 1e-5:
             raise DismaxConfigError(f"config key 'model.cost_lattice' is {config.model.cost_lattice}; with lattice "
@@ -186,16 +188,19 @@ def _check(config: Config, n_train: int | None = None) -> None:
 
 
 # ------------------------------------------------------------------------------------------ training
-def build(config: Config, example: Crystals):
+def build(config: Config, example: Crystals, abstract: bool = False):
     """(network, optimizer, schedule, initial state) for ``config``; ``example`` supplies the shapes. The
-    state has a leading member axis of length ``train.n_seeds``."""
+    state has a leading member axis of length ``train.n_seeds``; ``abstract`` gives only its shapes and
+    dtypes (a template for restoring a checkpoint)."""
     from dismax.diffusion.training import init_ensemble, make_optimizer
 
     network = build_denoiser(config.model.denoiser, lattice_head=config.model.lattice_diffusion)
     t = config.train
     optimizer = make_optimizer(t.lr, t.beta1, t.beta2, t.eps, t.clip_value)
-    state = init_ensemble(network, optimizer, tuple(jnp.asarray(a[0]) for a in _batch(example, slice(0, 1))),
-                          member_seeds(config))
+    example = tuple(jnp.asarray(a[0]) for a in _batch(example, slice(0, 1)))
+    seeds = jnp.asarray(member_seeds(config), jnp.int32)
+    state = (jax.eval_shape(lambda: init_ensemble(network, optimizer, example, seeds)) if abstract
+             else init_ensemble(network, optimizer, example, seeds))
     return network, optimizer, schedule_of(config), state
 
 
@@ -259,7 +264,7 @@ def _from_checkpoint(state, n_seeds: int):
 
 def restore_state(checkpointer, like_state, n_seeds: int, which: str = "latest"):
     """(step, member-stacked state, meta) of the latest or best checkpoint, or None."""
-    like = _to_checkpoint(like_state, n_seeds)
+    like = jax.eval_shape(lambda s: _to_checkpoint(s, n_seeds), like_state)
     restored = checkpointer.restore_best(like) if which == "best" else checkpointer.restore(like)
     if restored is None:
         return None
@@ -435,7 +440,7 @@ def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, check
         raise DismaxConfigError(f"config key 'sample.reference_index' is {sample_config.reference_index}; the "
                                 f"validation set has {len(val_set)} structures")
     reference = val_set[sample_config.reference_index]
-    network, _, schedule, state = build(config, reference)
+    network, _, schedule, state = build(config, reference, abstract=True)
     checkpointer = Checkpointer(run.checkpoints, keep=config.train.keep_checkpoints)
     restored = restore_state(checkpointer, state, config.train.n_seeds, checkpoint)
     checkpointer.close()

@@ -72,19 +72,22 @@ def learning_rates(opt_state) -> np.ndarray:
     return np.atleast_1d(np.asarray(opt_state[-1].hyperparams["learning_rate"], np.float64))
 
 
+@partial(jax.jit, static_argnums=(0, 1))
 def init_state(network, optimizer, example, key) -> TrainState:
     """Initialise parameters on one example crystal (frac (N,3), lattice (3,3), species (N,))."""
     init_key, state_key = jax.random.split(key)
     frac, lattice, species = example
-    params = jax.jit(network.init)(init_key, frac, lattice, species, jnp.int32(1))
+    params = network.init(init_key, frac, lattice, species, jnp.int32(1))
     return TrainState(params=params, ema_params=jax.tree.map(jnp.copy, params), opt_state=optimizer.init(params),
                       step=jnp.zeros((), jnp.int32), key=state_key)
 
 
+@partial(jax.jit, static_argnums=(0, 1))
 def init_ensemble(network, optimizer, example, seeds) -> TrainState:
-    """States of the members stacked on a leading axis; member k is exactly ``init_state(.., PRNGKey(seeds[k]))``."""
-    states = [init_state(network, optimizer, example, jax.random.PRNGKey(int(s))) for s in seeds]
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+    """States of the members stacked on a leading axis; member k equals ``init_state(.., PRNGKey(seeds[k]))``
+    (seeds: (M,) int array)."""
+    keys = jax.vmap(jax.random.PRNGKey)(seeds)
+    return jax.vmap(lambda key: init_state(network, optimizer, example, key))(keys)
 
 
 def member_state(state: TrainState, index: int) -> TrainState:
