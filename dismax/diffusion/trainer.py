@@ -198,9 +198,7 @@ def build(config: Config, example: Crystals, abstract: bool = False):
     t = config.train
     optimizer = make_optimizer(t.lr, t.beta1, t.beta2, t.eps, t.clip_value)
     example = tuple(jnp.asarray(a[0]) for a in _batch(example, slice(0, 1)))
-    seeds = jnp.asarray(member_seeds(config), jnp.int32)
-    state = (jax.eval_shape(lambda: init_ensemble(network, optimizer, example, seeds)) if abstract
-             else init_ensemble(network, optimizer, example, seeds))
+    state = init_ensemble(network, optimizer, example, member_seeds(config), abstract)
     return network, optimizer, schedule_of(config), state
 
 
@@ -259,12 +257,12 @@ def _to_checkpoint(state, n_seeds: int):
 
 
 def _from_checkpoint(state, n_seeds: int):
-    return jax.tree.map(lambda x: x[None], state) if n_seeds == 1 else state
+    return jax.tree.map(lambda x: np.asarray(x)[None], state) if n_seeds == 1 else state
 
 
 def restore_state(checkpointer, like_state, n_seeds: int, which: str = "latest"):
     """(step, member-stacked state, meta) of the latest or best checkpoint, or None."""
-    like = jax.eval_shape(lambda s: _to_checkpoint(s, n_seeds), like_state)
+    like = _to_checkpoint(jax.eval_shape(lambda s: s, like_state), n_seeds)
     restored = checkpointer.restore_best(like) if which == "best" else checkpointer.restore(like)
     if restored is None:
         return None
@@ -296,7 +294,7 @@ def train(config: Config, run: RunDir) -> None:
         start_epoch = int(meta["epoch"])
         plateaus = [dict(p) for p in (meta["plateau"] if isinstance(meta["plateau"], list) else [meta["plateau"]])]
         run.truncate_metrics(lambda row: row.get("epoch", 0) <= start_epoch)
-        log.info("resumed from epoch %d (step %d)", start_epoch, int(state.step[0]))
+        log.info("resumed from epoch %d (step %d)", start_epoch, int(np.asarray(state.step)[0]))
     mesh, sharding = batch_placement(t.batch_size)
     if sharding is not None and mesh.devices.size > 1:
         log.info("batches sharded over %d devices", mesh.devices.size)
@@ -332,7 +330,7 @@ def train(config: Config, run: RunDir) -> None:
         seconds = time.perf_counter() - started
         for m, seed in enumerate(seeds):
             row = {"epoch": epoch} | ({"member": m, "seed": seed} if t.n_seeds > 1 else {})
-            row |= {"step": int(state.step[m]), "train_loss": float(train_losses["loss"][m]),
+            row |= {"step": int(np.asarray(state.step)[m]), "train_loss": float(train_losses["loss"][m]),
                     "val_loss": float(val["loss"][m]), "val_loss_ema": float(val_ema["loss"][m])}
             if lattice_diffusion:
                 row |= {"train_coord_loss": float(train_losses["coord_loss"][m]),
@@ -343,7 +341,7 @@ def train(config: Config, run: RunDir) -> None:
         log.info("epoch %d: train %s, val %s (EMA %s), lr %s", epoch, _fmt(train_losses["loss"]), _fmt(val["loss"]),
                  _fmt(val_ema["loss"]), _fmt(lrs, "%.2e"))
         if epoch % t.checkpoint_every == 0 or epoch == t.epochs:
-            checkpointer.save(int(state.step[0]), _to_checkpoint(state, t.n_seeds),
+            checkpointer.save(int(np.asarray(state.step)[0]), _to_checkpoint(state, t.n_seeds),
                               meta={"epoch": epoch, "plateau": plateaus},
                               metric=float(np.mean(val_ema["loss"])) if validate else None)
             _plot_losses(run)

@@ -82,17 +82,22 @@ def init_state(network, optimizer, example, key) -> TrainState:
                       step=jnp.zeros((), jnp.int32), key=state_key)
 
 
-@partial(jax.jit, static_argnums=(0, 1))
-def init_ensemble(network, optimizer, example, seeds) -> TrainState:
-    """States of the members stacked on a leading axis; member k equals ``init_state(.., PRNGKey(seeds[k]))``
-    (seeds: (M,) int array)."""
-    keys = jax.vmap(jax.random.PRNGKey)(seeds)
-    return jax.vmap(lambda key: init_state(network, optimizer, example, key))(keys)
+def init_ensemble(network, optimizer, example, seeds, abstract: bool = False) -> TrainState:
+    """States of the members stacked on a leading axis (host arrays): member k is exactly
+    ``init_state(.., PRNGKey(seeds[k]))``. ``abstract`` gives only shapes and dtypes (a restore template)."""
+    if abstract:
+        one = jax.eval_shape(lambda: init_state(network, optimizer, example, jax.random.PRNGKey(0)))
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct((len(seeds), *x.shape), x.dtype), one)
+    states = [init_state(network, optimizer, example, jax.random.PRNGKey(int(s))) for s in seeds]
+    return jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *states)
 
 
 def member_state(state: TrainState, index: int) -> TrainState:
-    """One member of an ensemble state (drops the leading axis)."""
-    return jax.tree.map(lambda x: x[index], state)
+    """One member of an ensemble state (drops the leading axis; host-side indexing, no compilation).
+    Abstract leaves (``jax.ShapeDtypeStruct``) give abstract members."""
+    if isinstance(jax.tree.leaves(state)[0], jax.ShapeDtypeStruct):
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state)
+    return jax.tree.map(lambda x: np.asarray(x)[index], state)
 
 
 def denoising_losses(network, params, batch, key, schedule: SigmaSchedule,
