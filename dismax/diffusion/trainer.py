@@ -212,13 +212,14 @@ def epoch_batches(train_set: Crystals, seeds, epoch: int, batch_size: int):
 
 def batch_placement(batch_size: int, mesh=None):
     """(mesh, sharding) for member-stacked batches (M, B, ...): the batch axis split over the mesh's
-    devices, or (mesh, None) when B does not divide evenly (then everything stays on one device)."""
+    devices, or (mesh, None) with one device or when B does not divide evenly (then everything stays on
+    the default device)."""
     from jax.sharding import NamedSharding, PartitionSpec
 
     from dismax.devices import DATA_AXIS, data_mesh
 
     mesh = data_mesh() if mesh is None else mesh
-    if batch_size % mesh.devices.size:
+    if mesh.devices.size == 1 or batch_size % mesh.devices.size:
         return mesh, None
     return mesh, NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
 
@@ -296,7 +297,7 @@ def train(config: Config, run: RunDir) -> None:
         run.truncate_metrics(lambda row: row.get("epoch", 0) <= start_epoch)
         log.info("resumed from epoch %d (step %d)", start_epoch, int(np.asarray(state.step)[0]))
     mesh, sharding = batch_placement(t.batch_size)
-    if sharding is not None and mesh.devices.size > 1:
+    if sharding is not None:
         log.info("batches sharded over %d devices", mesh.devices.size)
     elif mesh.devices.size > 1:
         log.warning("train.batch_size %d does not divide over %d devices; training on one device", t.batch_size,

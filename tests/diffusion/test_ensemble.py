@@ -10,34 +10,38 @@ import jax.numpy as jnp
 import numpy as np
 
 from dismax.diffusion.denoisers import DenoiserConfig, build_denoiser
-from dismax.diffusion.noise import SigmaSchedule
+from dismax.diffusion.noise import BetaSchedule, SigmaSchedule
 from dismax.diffusion.trainer import epoch_batches
-from dismax.diffusion.training import (ensemble_train_step, init_ensemble, init_state, make_optimizer, member_state,
-                                       train_step)
+from dismax.diffusion.training import (LatticeDiffusion, ensemble_train_step, init_ensemble, init_state,
+                                       make_optimizer, member_state, train_step)
 from dismax.structures import Crystals
 
+# The same sizes, settings and call forms as the end-to-end test in test_trainer_lattice.py, so both share
+# the compiled ensemble step.
 TINY = DenoiserConfig(name="cspnet", hidden=8, n_layers=1, n_freq=2, time_dim=8)
-SCHEDULE = SigmaSchedule(0.005, 0.1, 100)
+SCHEDULE = SigmaSchedule(0.005, 0.1, 50)
 
 
-def _crystals(n=6, n_atoms=5, seed=0):
+def _crystals(n=6, n_atoms=8, seed=0):
     rng = np.random.default_rng(seed)
     return Crystals(rng.random((n, n_atoms, 3)).astype(np.float32),
-                    np.repeat(np.eye(3, dtype=np.float32)[None] * 4.0, n, 0),
-                    np.tile(np.array([13, 13, 28, 28, 28], np.int32), (n, 1)))
+                    np.repeat(np.eye(3, dtype=np.float32)[None] * 5.0, n, 0),
+                    np.tile(np.array([13] * 4 + [28] * 4, np.int32), (n, 1)))
 
 
 def test_member_k_of_an_ensemble_equals_training_seed_k_alone():
     data = _crystals()
     seeds = [42, 43]
-    network, optimizer = build_denoiser(TINY), make_optimizer(1e-3)
+    network = build_denoiser(TINY, lattice_head=True)
+    optimizer = make_optimizer(1e-3, 0.9, 0.999, 1e-8, 0.5)
     example = (jnp.asarray(data.frac[0]), jnp.asarray(data.lattice[0]), jnp.asarray(data.species[0]))
-    options = dict(network=network, optimizer=optimizer, schedule=SCHEDULE, ema_decay=0.9)
+    options = dict(network=network, optimizer=optimizer, schedule=SCHEDULE, ema_decay=0.9,
+                   lattice_diffusion=LatticeDiffusion(BetaSchedule(50), 1.0))
     ensemble = init_ensemble(network, optimizer, example, seeds)
     alone = init_state(network, optimizer, example, jax.random.PRNGKey(seeds[1]))
     for a, b in zip(jax.tree.leaves(member_state(ensemble, 1)), jax.tree.leaves(alone)):
         np.testing.assert_array_equal(a, b)
-    for epoch in (1, 2):
+    for epoch in (1, 2):  # epoch 1 teacher-forced, epoch 2 with the lattice loss
         ensemble_batches = [tuple(map(np.asarray, b)) for b in epoch_batches(data, seeds, epoch, 2)]
         alone_batches = [tuple(map(np.asarray, b)) for b in epoch_batches(data, [seeds[1]], epoch, 2)]
         assert len(ensemble_batches) == 3
@@ -45,9 +49,10 @@ def test_member_k_of_an_ensemble_equals_training_seed_k_alone():
             for x, y in zip(batch, single):
                 np.testing.assert_array_equal(x[1], y[0])  # member 1 sees seed 43's data order
             assert not np.array_equal(batch[0][0], batch[0][1])  # the members' orders differ
-            ensemble, losses = ensemble_train_step(ensemble, batch, **options)
-            alone, loss = train_step(alone, tuple(x[0] for x in single), **options)
+            ensemble, losses = ensemble_train_step(ensemble, batch, epoch == 1, **options)
+            alone, loss = train_step(alone, tuple(x[0] for x in single), epoch == 1, **options)
             np.testing.assert_allclose(np.asarray(losses["loss"])[1], float(loss), rtol=1e-5)
+        assert (np.asarray(losses["lattice_loss"]) > 0).all() == (epoch == 2)
     assert np.asarray(ensemble.step)[1] == int(alone.step) == 6
     member = member_state(ensemble, 1)
     # Adam normalises each update, so a rounding difference can move a parameter by up to ~one step (lr)
@@ -64,31 +69,36 @@ SHARDED_SCRIPT = textwrap.dedent(
     import jax, jax.numpy as jnp, numpy as np
     from dismax.devices import data_mesh
     from dismax.diffusion.denoisers import DenoiserConfig, build_denoiser
-    from dismax.diffusion.noise import BetaSchedule, SigmaSchedule
+    from dismax.diffusion.noise import SigmaSchedule
     from dismax.diffusion.trainer import batch_placement, place
-    from dismax.diffusion.training import LatticeDiffusion, ensemble_train_step, init_ensemble, make_optimizer
+    from dismax.diffusion.training import TrainState, ensemble_train_step, make_optimizer
 
     assert len(jax.devices()) == 4, jax.devices()
-    network = build_denoiser(DenoiserConfig(name="cspnet", hidden=8, n_layers=1, n_freq=2, time_dim=8),
-                             lattice_head=True)
+    network = build_denoiser(DenoiserConfig(name="cspnet", hidden=8, n_layers=1, n_freq=2, time_dim=8))
     optimizer = make_optimizer(1e-3)
     rng = np.random.default_rng(0)
     batch = (rng.random((2, 4, 5, 3)).astype(np.float32),
              (np.eye(3) * 4.0 + 0.1 * rng.normal(size=(2, 4, 3, 3))).astype(np.float32),
              np.full((2, 4, 5), 14, np.int32))
-    example = tuple(jnp.asarray(x[0, 0]) for x in batch)
-    options = dict(network=network, optimizer=optimizer, schedule=SigmaSchedule(0.005, 0.1, 100), ema_decay=0.9,
-                   lattice_diffusion=LatticeDiffusion(BetaSchedule(100)))
+    # random host-side parameters for two members (no compiled initialiser needed)
+    shapes = jax.eval_shape(network.init, jax.random.PRNGKey(0), *(jnp.asarray(x[0, 0]) for x in batch), 1)
+    params = jax.tree.map(lambda s: (0.3 * rng.normal(size=(2, *s.shape))).astype(s.dtype), shapes)
+    options = dict(network=network, optimizer=optimizer, schedule=SigmaSchedule(0.005, 0.1, 100), ema_decay=0.9)
     assert batch_placement(6, data_mesh())[1] is None  # 6 does not split over 4 devices
+    assert batch_placement(4, data_mesh(jax.devices()[:1]))[1] is None  # one device: default placement
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
         mesh, sharding = batch_placement(4, data_mesh(devices))
-        state = init_ensemble(network, optimizer, example, [1, 2])
+        state = TrainState(params, params, jax.vmap(optimizer.init)(params), np.zeros(2, np.int32),
+                           np.stack([np.asarray(jax.random.PRNGKey(s)) for s in (1, 2)]))
         for _ in range(2):
             state, placed = place(state, batch, mesh, sharding)
-            assert len(placed[0].sharding.device_set) == len(devices)
-            assert placed[0].addressable_shards[0].data.shape == (2, 4 // len(devices), 5, 3)
+            if len(devices) > 1:
+                assert len(placed[0].sharding.device_set) == 4
+                assert placed[0].addressable_shards[0].data.shape == (2, 1, 5, 3)
+                assert len(state.params["params"]["coord_head"]["kernel"].sharding.device_set) == 4
             state, losses = ensemble_train_step(state, placed, False, **options)
+        assert len(losses["loss"].sharding.device_set) == len(devices)
         results.append((np.asarray(losses["loss"]), [np.asarray(x) for x in jax.tree.leaves(state.params)]))
     (loss1, params1), (loss4, params4) = results
     np.testing.assert_allclose(loss1, loss4, rtol=1e-5)
