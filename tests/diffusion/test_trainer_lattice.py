@@ -52,6 +52,10 @@ def test_lattice_diffusion_ensemble_with_teacher_forcing_trains_and_samples(tmp_
     assert np.abs(lattices[0] - lattices[1]).max() > 1e-6
     with pytest.raises(DismaxInputError, match="member"):
         sample(run, 1, tmp_path / "x.extxyz", member=2)
+    # a longer run resumes both members (their learning-rate plateaus and states) after epoch 2
+    train(_config(train_file, val_file, epochs=3), run)
+    rows = run.read_metrics()
+    assert [(r["epoch"], r["member"], r["step"]) for r in rows[4:]] == [(3, 0, 9), (3, 1, 9)]
 
 
 def test_lattice_diffusion_config_errors(tmp_path):
