@@ -14,7 +14,8 @@ class DenoiserConfig:
 
     cspnet: hidden, n_layers, n_freq, time_dim, remat. equivariant: hidden_irreps, n_layers, l_max,
     n_neighbors, n_images (periodic images per side searched for neighbours), cutoff (Å), n_radial,
-    radial_hidden, time_dim.
+    radial_hidden, time_dim, global_frequencies (0 = off: per-axis frequencies of the cell-wide Fourier
+    context added to the equivariant network).
     """
 
     name: str = "cspnet"
@@ -31,6 +32,7 @@ class DenoiserConfig:
     cutoff: float = 6.0
     n_radial: int = 8
     radial_hidden: int = 64
+    global_frequencies: int = 0
 
 
 DENOISERS = ("cspnet", "equivariant")
@@ -57,6 +59,7 @@ def build_denoiser(cfg: DenoiserConfig, lattice_head: bool = False):
         return EquivariantDenoiser(hidden_irreps=cfg.hidden_irreps, n_layers=cfg.n_layers, l_max=cfg.l_max,
                                    n_neighbors=cfg.n_neighbors, n_images=cfg.n_images, cutoff=cfg.cutoff,
                                    n_radial=cfg.n_radial, radial_hidden=cfg.radial_hidden,
-                                   time_dim=cfg.time_dim, max_atomic_num=cfg.max_atomic_num)
+                                   time_dim=cfg.time_dim, max_atomic_num=cfg.max_atomic_num,
+                                   global_frequencies=cfg.global_frequencies)
     raise DismaxConfigError(f"config key 'model.denoiser.name' is {cfg.name!r}; valid denoisers are: "
                             f"{', '.join(DENOISERS)}")

@@ -7,6 +7,13 @@ envelope. Node features start as scalars from the species and time embeddings. T
 Cartesian vector per atom, v (Å-like, rotates with the cell), converted to a normalised fractional score
 s = v L⁻¹ V^{1/3}: a Cartesian displacement maps to a fractional one through L⁻¹, and V^{1/3} keeps the
 output O(1) for any cell size. The fractional score is therefore invariant to rotating the cell.
+
+Optional global context (``global_frequencies`` F > 0, the hybrid of spec §5.4 C): every atom also gets
+the mean over all atoms of the CSPNet pair Fourier features, computed in O(N·F) from per-axis structure
+factors (:func:`dismax.nn.periodic.mean_fourier_context`), as extra input scalars, and a linear head on the
+final scalars adds a fractional score. Both are functions of fractional coordinates only, hence invariant to
+rotating the cell, so the network stays rotation-equivariant. A local K-neighbour graph cannot tell where
+the cell-wide lattice lies at intermediate noise; the Bragg phases relative to each atom can.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import jax.numpy as jnp
 
 from dismax.geometry import knn
 from dismax.nn.equivariant import Interaction
-from dismax.nn.periodic import sinusoidal_time_embedding
+from dismax.nn.periodic import mean_fourier_context, sinusoidal_time_embedding
 from dismax.nn.radial import bessel_basis, polynomial_envelope
 
 
@@ -34,6 +41,7 @@ class EquivariantDenoiser(nn.Module):
     radial_hidden: int = 64
     time_dim: int = 128
     max_atomic_num: int = 100
+    global_frequencies: int = 0
 
     @nn.compact
     def __call__(self, frac, lattice, species, t):
@@ -48,10 +56,16 @@ class EquivariantDenoiser(nn.Module):
         n_scalars = e3nn.Irreps(self.hidden_irreps).filter(keep=["0e"]).num_irreps
         node = nn.Embed(self.max_atomic_num + 1, n_scalars, name="species_embedding")(species)
         time = jnp.broadcast_to(sinusoidal_time_embedding(t, self.time_dim), (n_atoms, self.time_dim))
-        scalars = nn.Dense(n_scalars, name="node_time_mix")(jnp.concatenate([node, time], axis=-1))
+        inputs = [node, time]
+        if self.global_frequencies:
+            inputs.append(mean_fourier_context(frac, self.global_frequencies))
+        scalars = nn.Dense(n_scalars, name="node_time_mix")(jnp.concatenate(inputs, axis=-1))
         h = e3nn.IrrepsArray(f"{n_scalars}x0e", scalars)
         for i in range(self.n_layers):
             h = Interaction(self.hidden_irreps, self.radial_hidden, name=f"interaction_{i}")(h, sh, radial, indices)
         cartesian = e3nn.flax.Linear("1x1o", name="vector_head")(h).array
         volume = jnp.abs(jnp.linalg.det(lattice))
-        return cartesian @ jnp.linalg.inv(lattice) * jnp.cbrt(volume)
+        score = cartesian @ jnp.linalg.inv(lattice) * jnp.cbrt(volume)
+        if self.global_frequencies:
+            score = score + nn.Dense(3, use_bias=False, name="fractional_head")(h.filter(keep="0e").array)
+        return score

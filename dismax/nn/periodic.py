@@ -21,6 +21,24 @@ def fractional_fourier_features(diff, n_freq: int):
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
+def mean_fourier_context(frac, n_freq: int):
+    """Mean over all atoms j of the Fourier features of (f_j - f_i) mod 1, for every atom i, in O(N·F).
+
+    frac (N, 3) → (N, 2·3·n_freq), the same ordering as :func:`fractional_fourier_features`. Uses
+    mean_j e^{2πik(f_j - f_i)} = S(k) e^{-2πik f_i} with the per-axis structure factor S(k) = mean_j e^{2πik f_j},
+    so it equals the mean-aggregated pair features of a dense N × N graph without building it. The phases
+    of the cell-wide Bragg reflections relative to each atom are what tells an atom where the global lattice is.
+    """
+    freqs = 2.0 * jnp.pi * jnp.arange(n_freq, dtype=frac.dtype)
+    angles = frac[..., :, None] * freqs  # (N, 3, F)
+    structure_cos, structure_sin = jnp.mean(jnp.cos(angles), axis=0), jnp.mean(jnp.sin(angles), axis=0)
+    # cos(a_j - a_i) and sin(a_j - a_i) averaged over j
+    mean_cos = structure_cos * jnp.cos(angles) + structure_sin * jnp.sin(angles)
+    mean_sin = structure_sin * jnp.cos(angles) - structure_cos * jnp.sin(angles)
+    n_atoms = frac.shape[0]
+    return jnp.concatenate([mean_sin.reshape(n_atoms, -1), mean_cos.reshape(n_atoms, -1)], axis=-1)
+
+
 def sinusoidal_time_embedding(t, dim: int):
     """Transformer-style embedding of (integer or real) time steps t (...,) → (..., dim)."""
     half = dim // 2

@@ -9,7 +9,7 @@ import pytest
 
 from dismax.diffusion.cspnet import CSPLayer
 from dismax.diffusion.denoisers import DenoiserConfig, build_denoiser
-from dismax.nn.periodic import fractional_fourier_features
+from dismax.nn.periodic import fractional_fourier_features, mean_fourier_context
 
 N_ATOMS = 10
 TINY = dict(hidden=16, n_layers=2, n_freq=6, time_dim=16, hidden_irreps="8x0e+4x1o+2x2e", n_neighbors=8,
@@ -37,10 +37,11 @@ def _transformed_batch(frac, lattice, species, permutation, shift, integer_shift
     return fracs, lattices, species_b
 
 
-@pytest.mark.parametrize("name", ["cspnet", "equivariant"])
-def test_denoiser_symmetries(name):
+@pytest.mark.parametrize("name,global_frequencies", [("cspnet", 0), ("equivariant", 0), ("equivariant", 5)])
+def test_denoiser_symmetries(name, global_frequencies):
     frac, lattice, species, permutation, shift, integer_shifts, rotation = _inputs()
-    cfg = DenoiserConfig(name=name, **(TINY if name == "cspnet" else dict(TINY, n_layers=1)))
+    cfg = DenoiserConfig(name=name, **(TINY if name == "cspnet" else dict(TINY, n_layers=1)),
+                         global_frequencies=global_frequencies)
     net = build_denoiser(cfg)
     params = jax.jit(net.init)(jax.random.PRNGKey(1), frac, lattice, species, jnp.int32(3))
     fracs, lattices, species_b = _transformed_batch(frac, lattice, species, permutation, shift, integer_shifts,
@@ -67,6 +68,16 @@ def test_denoiser_symmetries(name):
         rotated = out[4] @ (lattice_np @ rotation_np.T) / volume_third
         np.testing.assert_allclose(rotated, vectors @ rotation_np.T, atol=1e-4 * np.abs(vectors).max())
         assert np.abs(rotated - vectors).max() > 1e-2 * np.abs(vectors).max()
+
+
+def test_mean_fourier_context_equals_dense_pair_mean():
+    frac = jax.random.uniform(jax.random.PRNGKey(7), (N_ATOMS, 3))
+    dense = jnp.mean(fractional_fourier_features(jnp.mod(frac[None] - frac[:, None], 1.0), 7), axis=1)
+    np.testing.assert_allclose(mean_fourier_context(frac, 7), dense, atol=2e-6)
+    # an atom of a perfect simple-cubic grid sees |S(k)| = 1 at the grid's own frequency
+    grid = jnp.asarray([[i, j, k] for i in range(3) for j in range(3) for k in range(3)], jnp.float32) / 3
+    context = mean_fourier_context(jnp.mod(grid + 0.1, 1.0), 4)
+    np.testing.assert_allclose(context[:, 3 * 4 + 3], 1.0, atol=1e-5)  # cos, x axis, k = 3
 
 
 def test_factorised_csp_layer_equals_concatenated_edge_layer():
