@@ -262,8 +262,11 @@ def _from_checkpoint(state, n_seeds: int):
 
 
 def restore_state(checkpointer, like_state, n_seeds: int, which: str = "latest"):
-    """(step, member-stacked state, meta) of the latest or best checkpoint, or None."""
-    like = _to_checkpoint(jax.eval_shape(lambda s: s, like_state), n_seeds)
+    """(step, member-stacked state, meta) of the latest or best checkpoint, or None. The state is restored
+    onto the default device whatever devices saved it (training places it again)."""
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                        _to_checkpoint(jax.eval_shape(lambda s: s, like_state), n_seeds))
     restored = checkpointer.restore_best(like) if which == "best" else checkpointer.restore(like)
     if restored is None:
         return None
