@@ -1,7 +1,8 @@
 """Peak memory and time per training step and per sampling step of the diffusion denoisers.
 
 For each denoiser (the Dismai-Bench CSPNet 256 x 4 with 128 frequencies, with and without per-layer
-rematerialisation, and the e3nn equivariant network) at N atoms and batch B on the current JAX backend:
+rematerialisation, and the e3nn equivariant network without and with the cell-wide Fourier context) at
+N atoms and batch B on the current JAX backend:
 XLA's compiled temp-buffer size of the jitted train step and of one predictor-corrector step (2 network
 evaluations per structure), the process peak RSS, and the median wall time over a few repeats after
 compilation. Each configuration runs in its own subprocess so peak RSS is per configuration.
@@ -21,6 +22,8 @@ CONFIGS = {
     "cspnet_remat": dict(name="cspnet", hidden=256, n_layers=4, n_freq=128, time_dim=256, remat=True),
     "equivariant": dict(name="equivariant", hidden_irreps="64x0e+32x1o+16x2e", n_layers=4, n_neighbors=32,
                         cutoff=6.0, time_dim=128),
+    "equivariant_context": dict(name="equivariant", hidden_irreps="64x0e+32x1o+16x2e", n_layers=4, n_neighbors=32,
+                                cutoff=6.0, time_dim=128, global_frequencies=16),
 }
 
 
