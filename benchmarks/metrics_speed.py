@@ -139,6 +139,25 @@ def bench_rdf(rng, n_structures):
            np.abs(ours - expected).max())
 
 
+def published_crystalnn_angles(struc) -> np.ndarray:
+    """The published bond-angle computation (degrees): every pair of CrystalNN neighbours of every site of a
+    pymatgen Structure, with the published fallback of rounding the cosine to 5 decimals when arccos is NaN."""
+    from pymatgen.analysis.local_env import CrystalNN
+
+    crystalnn = CrystalNN(distance_cutoffs=None, x_diff_weight=0, porous_adjustment=False)
+    angles = []
+    for j in range(len(struc)):
+        coords = [nn["site"].coords for nn in crystalnn.get_nn_info(struc, j)]
+        for a, b in itertools.combinations(range(len(coords)), 2):
+            u, v = coords[a] - struc[j].coords, coords[b] - struc[j].coords
+            cosine = np.dot(u, v) / (np.linalg.norm(u) * np.linalg.norm(v))
+            angle = np.arccos(cosine)
+            if np.isnan(angle):
+                angle = np.arccos(round(cosine, 5))
+            angles.append(angle * 180 / np.pi)
+    return np.array(angles)
+
+
 def bench_crystalnn(rng, n_structures, workers):
     from matminer.featurizers.site.fingerprint import CrystalNNFingerprint
 
@@ -154,21 +173,7 @@ def bench_crystalnn(rng, n_structures, workers):
     report(f"a-Si motif fingerprint ({workers} proc)", reference_time, ours_time / n_structures,
            np.abs(ours[0] - expected).max())
 
-    from itertools import combinations
-
-    from pymatgen.analysis.local_env import CrystalNN
-
-    def published_angles():
-        crystalnn = CrystalNN(distance_cutoffs=None, x_diff_weight=0, porous_adjustment=False)
-        angles = []
-        for j in range(len(struc)):
-            coords = [nn["site"].coords for nn in crystalnn.get_nn_info(struc, j)]
-            for a, b in combinations(range(len(coords)), 2):
-                u, v = coords[a] - struc[j].coords, coords[b] - struc[j].coords
-                angles.append(np.degrees(np.arccos(np.dot(u, v) / (np.linalg.norm(u) * np.linalg.norm(v)))))
-        return motifs.angle_distribution(np.array(angles))
-
-    expected, reference_time = timed(published_angles)
+    expected, reference_time = timed(lambda: motifs.angle_distribution(published_crystalnn_angles(struc)))
     ours, ours_time = timed(lambda: motifs.per_structure(motifs.crystalnn_bond_angles, "angles", samples,
                                                          workers=workers))
     report(f"bond angles CrystalNN ({workers} proc)", reference_time, ours_time / n_structures,

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from benchmarks.metrics_speed import published_crystalnn_angles
 from dismax.bench import motifs as M
 
 
@@ -58,31 +59,11 @@ def test_interface_fingerprint_species_block():
         np.testing.assert_array_equal(values[row, :61], reference.featurize(structure, int(cation_sites[row])))
 
 
-def _published_angles(frac, lattice, numbers):
-    from itertools import combinations
-
-    from pymatgen.analysis.local_env import CrystalNN
-
-    structure = M._to_structure(frac, lattice, numbers)
-    crystalnn = CrystalNN(distance_cutoffs=None, x_diff_weight=0, porous_adjustment=False)
-    angles = []
-    for j in range(len(structure)):
-        coords = [nn["site"].coords for nn in crystalnn.get_nn_info(structure, j)]
-        for a, b in combinations(range(len(coords)), 2):
-            u, v = coords[a] - structure[j].coords, coords[b] - structure[j].coords
-            cosine = np.dot(u, v) / (np.linalg.norm(u) * np.linalg.norm(v))
-            angle = np.arccos(cosine)
-            if np.isnan(angle):
-                angle = np.arccos(round(cosine, 5))
-            angles.append(angle * 180 / np.pi)
-    return np.array(angles)
-
-
 def test_bond_angles_equal_published_computation_and_diamond():
     import pandas as pd
 
     frac, lattice, numbers = diamond(noise=0.2, seed=1)
-    expected = _published_angles(frac, lattice, numbers)
+    expected = published_crystalnn_angles(M._to_structure(frac, lattice, numbers))
     ours = M.crystalnn_bond_angles(frac, lattice, numbers)
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-12)
     edges = np.arange(0, 180 + 0.5, 0.5)
