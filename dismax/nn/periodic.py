@@ -29,14 +29,12 @@ def mean_fourier_context(frac, n_freq: int):
     so it equals the mean-aggregated pair features of a dense N × N graph without building it. The phases
     of the cell-wide Bragg reflections relative to each atom are what tells an atom where the global lattice is.
     """
-    freqs = 2.0 * jnp.pi * jnp.arange(n_freq, dtype=frac.dtype)
-    angles = frac[..., :, None] * freqs  # (N, 3, F)
-    structure_cos, structure_sin = jnp.mean(jnp.cos(angles), axis=0), jnp.mean(jnp.sin(angles), axis=0)
-    # cos(a_j - a_i) and sin(a_j - a_i) averaged over j
-    mean_cos = structure_cos * jnp.cos(angles) + structure_sin * jnp.sin(angles)
-    mean_sin = structure_sin * jnp.cos(angles) - structure_cos * jnp.sin(angles)
-    n_atoms = frac.shape[0]
-    return jnp.concatenate([mean_sin.reshape(n_atoms, -1), mean_cos.reshape(n_atoms, -1)], axis=-1)
+    sin, cos = jnp.split(fractional_fourier_features(frac, n_freq), 2, axis=-1)  # each (N, 3F)
+    structure_sin, structure_cos = jnp.mean(sin, axis=0), jnp.mean(cos, axis=0)
+    # sin(a_j - a_i) and cos(a_j - a_i) averaged over j
+    mean_sin = structure_sin * cos - structure_cos * sin
+    mean_cos = structure_cos * cos + structure_sin * sin
+    return jnp.concatenate([mean_sin, mean_cos], axis=-1)
 
 
 def sinusoidal_time_embedding(t, dim: int):
