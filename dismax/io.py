@@ -274,12 +274,14 @@ def read_extxyz(path, fixed_composition: bool = True,
     return Crystals.concatenate(parts)
 
 
-def read_structure_set(path) -> StructureSet:
-    """All frames of an extxyz file whose atom counts may differ (e.g. a post-processed set), validated."""
+def read_structure_set(path, with_info: bool = False) -> StructureSet | tuple[StructureSet, list[dict]]:
+    """All frames of an extxyz file whose atom counts may differ (e.g. a post-processed set), validated;
+    with ``with_info`` also each frame's info dict."""
     path = Path(path)
     _check_readable(path)
-    return StructureSet.from_ase([_parse_frame(path, index, start, comment, text)
-                                  for index, start, comment, text in _iter_frame_texts(path)])
+    frames = [_parse_frame(path, index, start, comment, text) for index, start, comment, text in _iter_frame_texts(path)]
+    structures = StructureSet.from_ase(frames)
+    return (structures, [_frame_info(atoms) for atoms in frames]) if with_info else structures
 
 
 # ---------------------------------------------------------------------- writing
