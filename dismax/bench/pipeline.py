@@ -301,8 +301,10 @@ def records_csv(records: list[dict]) -> str:
     return csv_text(columns, [[record.get(c, "") for c in columns] for record in records])
 
 
-def write_report(out_dir: str | Path, family: str, metrics: dict, records: list[dict], curves: dict) -> Path:
-    """metrics.json, metrics.csv, structures.csv and PNG plots into out_dir (atomic); returns the JSON path."""
+def write_report(out_dir: str | Path, family: str, metrics: dict, records: list[dict], curves: dict,
+                 plots: bool = True) -> Path:
+    """metrics.json, metrics.csv, structures.csv and (with ``plots``) PNG plots into out_dir (atomic);
+    returns the JSON path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps({"family": family, "metrics": metrics}, indent=2))
@@ -310,7 +312,8 @@ def write_report(out_dir: str | Path, family: str, metrics: dict, records: list[
         ["metric", "value", "ci_low", "ci_high"],
         [[name, e["value"], e["ci_low"], e["ci_high"]] for name, e in metrics.items() if isinstance(e, dict)]))
     atomic_write_text(out / "structures.csv", records_csv(records))
-    _plots(out, family, curves)
+    if plots:
+        _plots(out, family, curves)
     return out / "metrics.json"
 
 

@@ -230,15 +230,13 @@ def _curve_plots(family: str, model: str, results: dict[int, dict], out: Path) -
         generated = _pooled(results, "gen_cluster")
         figure, axis = plt.subplots(figsize=(10, 3.6))
         positions = np.arange(first["train_cluster"].shape[1])
-        for offset, data, label in ((-0.2, first["train_cluster"], "training"), (0.2, generated, "generated")):
-            parts = axis.boxplot(data, positions=positions + offset, widths=0.35, showfliers=False,
-                                 patch_artist=True, manage_ticks=False)
-            for box in parts["boxes"]:
-                box.set_alpha(0.5)
-            axis.plot([], [], label=label)
+        for offset, data, label in ((-0.15, first["train_cluster"], "training"), (0.15, generated, "generated")):
+            axis.errorbar(positions + offset, data.mean(axis=0), yerr=data.std(axis=0), fmt="o", ms=3, lw=1,
+                          label=label)
         axis.set(xlabel="cluster (0–2 monomers Cr Fe Ni, then dimers by shell)", ylabel="probability",
                  title=f"{model}: cluster-count distributions")
-        save(figure, "clusters", "Distribution of per-structure cluster probabilities (boxes: quartiles)")
+        axis.legend(fontsize="small")
+        save(figure, "clusters", "Per-structure cluster probabilities: mean ± standard deviation over structures")
     if "train_energy" in first:
         generated = np.concatenate([r["curves"]["gen_energy"] for r in results.values()])
         reference = first["train_energy"].mean()

@@ -382,7 +382,7 @@ def stage_score(bench: Bench, entry: ModelEntry, seed: int, directory: Path) -> 
                                                             sorted(statuses.items())]))
     train = read_extxyz(bench.data_dir / "train.extxyz")
     result = score(bench.config.family, train, structures, score_options(bench), statuses, n_generated)
-    write_report(directory, bench.config.family, result.metrics, result.rows, result.curves)
+    write_report(directory, bench.config.family, result.metrics, result.rows, result.curves, plots=False)
     buffer = io.BytesIO()
     np.savez(buffer, **{k: np.asarray(v) for k, v in result.curves.items()})
     atomic_write_bytes(directory / "curves.npz", buffer.getvalue())
@@ -534,6 +534,8 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory (resumable)")
     parser.add_argument("--replicates", type=int, default=ScoreOptions.n_replicates, help="bootstrap replicates")
     parser.add_argument("--workers", type=int, default=None, help="CrystalNN processes (default: all cores)")
+    parser.add_argument("--angle-cutoff", type=float, default=ScoreOptions.angle_cutoff,
+                        help=f"Å, fast cutoff bond-angle variant ({ScoreOptions.angle_cutoff})")
 
 
 def run_score(args: argparse.Namespace) -> int:
@@ -545,5 +547,6 @@ def run_score(args: argparse.Namespace) -> int:
     config = BenchConfig(family=args.family, dataset=DatasetSection(train_file=str(Path(args.train).resolve())),
                          models=(ModelEntry(name="generated", generated=str(Path(args.gen).resolve())),),
                          n_generated=n_generated, relax=RelaxSection(potential=args.relax),
-                         metrics=MetricsSection(n_replicates=args.replicates, workers=args.workers))
+                         metrics=MetricsSection(n_replicates=args.replicates, workers=args.workers,
+                                                angle_cutoff=args.angle_cutoff))
     return _finish(Bench(config, Path(args.out).resolve(), Path(args.out)))
