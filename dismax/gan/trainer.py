@@ -391,9 +391,8 @@ def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, check
     in the training file, each element's atoms contiguous, as the generator was trained); they are
     generated and written in batches of ``batch_size`` so memory does not grow with ``n``.
     """
-    import ase.io
-
     from dismax.config import load_config
+    from dismax.io import write_extxyz_frames
 
     config = load_config(run.config_path, config_class=Config)
     setup, template, state = restore_state(run, config, checkpoint)
@@ -410,7 +409,7 @@ def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, check
             for index, start in enumerate(progress(range(0, n, batch_size), desc="generating")):
                 frac = np.asarray(generate_batch(one, jax.random.fold_in(jax.random.PRNGKey(seed), index)))
                 count = min(batch_size, n - start)
-                ase.io.write(handle, _crystals(frac[:count], template).to_ase(), format="extxyz")
+                write_extxyz_frames(handle, _crystals(frac[:count], template), target=out)
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):
