@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from dismax.config import load_config
-    from dismax.runs import RunDir
+    from dismax.runs import RunDir, exclusive_lock
     from dismax.train import model_module
 
     args = build_parser().parse_args(argv)
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         options["batch_size"] = args.batch_size
     if args.sampler is not None:
         options["sampler"] = args.sampler
-    module.sample(run, args.n, Path(args.out), args.seed, **options)
+    with exclusive_lock(Path(args.out), "output"):
+        module.sample(run, args.n, Path(args.out), args.seed, **options)
     print(args.out)
     return 0
 

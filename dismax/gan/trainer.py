@@ -29,7 +29,7 @@ from dismax.data.registry import dataset_files
 from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.gan.steps import (GanSetup, ensemble_sampler, ensemble_step_fn, generate, init_ensemble,
                               member_state)
-from dismax.runs import RunDir, atomic_write_text, log, progress
+from dismax.runs import RunDir, atomic_write_text, log, progress, temp_prefix
 from dismax.structures import Crystals, sort_into_blocks, species_blocks
 
 TEMPLATE_FILE = "cryingan_template.json"
@@ -403,7 +403,7 @@ def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, check
     generate_batch = jax.jit(lambda s, k: generate(setup, s, k, batch_size))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(out), suffix=".tmp", dir=out.parent)
     try:
         with os.fdopen(fd, "w") as handle:
             for index, start in enumerate(progress(range(0, n, batch_size), desc="generating")):
