@@ -93,6 +93,23 @@ def require_valid(structures: Crystals | StructureSet, source: str, min_distance
             raise DismaxInputError(f"{source}, structure {index}: {verdict.reason}")
 
 
+def partition(structures: StructureSet, min_distance: float | None = None, n_atoms: int | None = None
+              ) -> tuple[StructureSet | None, list[int], list[dict]]:
+    """Split generated structures into the usable ones (None if none), their input indices, and one
+    status row ``{"id", "status", "reason"}`` per rejected structure (input index kept)."""
+    verdicts = screen(structures, min_distance, n_atoms)
+    usable = [i for i, v in enumerate(verdicts) if v.ok]
+    rejected = [{"id": i, "status": v.status, "reason": v.reason} for i, v in enumerate(verdicts) if not v.ok]
+    return (structures.select(usable) if usable else None), usable, rejected
+
+
+def merge_status_rows(rows: list[dict], ids: list[int], rejected: list[dict]) -> list[dict]:
+    """Status rows of the usable structures (``rows[k]["id"]`` = k, renumbered to ``ids[k]``) and of the
+    rejected ones, in input order."""
+    renumbered = [{**row, "id": ids[int(row["id"])]} for row in rows]
+    return sorted(renumbered + rejected, key=lambda row: row["id"])
+
+
 def count_failed(verdicts: list[Verdict]) -> dict[str, int]:
     """Number of structures per non-ok status (for "% failed" summaries)."""
     return dict(Counter(v.status for v in verdicts if not v.ok))

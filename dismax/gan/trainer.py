@@ -140,13 +140,12 @@ class TrainingData:
 
 def load_training_data(config: Config, path: Path | None = None) -> TrainingData:
     """Read, validate (same lattice, same composition), sort into species blocks, compute distances."""
-    from dismax.data.loader import cubic_translations
+    from dismax.data.loader import cubic_translations, read_training_structures
     from dismax.gan.features import check_search_radius
-    from dismax.io import read_extxyz
 
     path = Path(path) if path is not None else dataset_files(
         config.data.dataset, config.data.size, config.data.dataset_seed, config.data.train_file)[0]
-    crystals = read_extxyz(path)
+    crystals = read_training_structures(path)
     if config.data.max_structures is not None:
         crystals = crystals[: config.data.max_structures]
     lattice = np.asarray(crystals.lattice, np.float64)
