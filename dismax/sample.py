@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from dismax.config import load_config
-    from dismax.runs import RunDir
+    from dismax.runs import RunDir, exclusive_lock
     from dismax.train import model_module
 
     args = build_parser().parse_args(argv)
@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         raise DismaxError(f"run directory '{run.path}' has no checkpoints yet; train first")
     if args.n < 1:
         raise DismaxError(f"--n must be at least 1, got {args.n}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise DismaxError(f"--batch-size must be at least 1, got {args.batch_size}")
     config = load_config(run.config_path)
     module = model_module(config.model.name)
     options = {"member": args.member, "checkpoint": args.checkpoint}
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         options["batch_size"] = args.batch_size
     if args.sampler is not None:
         options["sampler"] = args.sampler
-    module.sample(run, args.n, Path(args.out), args.seed, **options)
+    with exclusive_lock(Path(args.out), "output"):
+        module.sample(run, args.n, Path(args.out), args.seed, **options)
     print(args.out)
     return 0
 

@@ -22,12 +22,9 @@ models and seeds go on and the report lists the failure.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import io
 import json
-import logging
 import re
-import shutil
 import time
 import traceback
 from dataclasses import dataclass
@@ -38,7 +35,7 @@ import numpy as np
 import yaml
 
 from dismax.bench import report
-from dismax.bench.cli import add_score_options, default_cache, postprocess, print_metrics, write_postprocessed
+from dismax.bench.cli import check_scored_structures, default_cache, postprocess_file, write_postprocessed
 from dismax.bench.pipeline import (FAMILIES, ScoreOptions, check_family, read_status, records_csv, score,
                                    write_report)
 from dismax.bench.postprocess import MAX_ITER, MIN_DIST
@@ -47,7 +44,7 @@ from dismax.data.registry import available as available_datasets
 from dismax.data.registry import ensure_dataset
 from dismax.errors import DismaxConfigError, DismaxError, DismaxInputError
 from dismax.io import read_extxyz, read_structure_set, write_extxyz
-from dismax.relax.cli import relax_file
+from dismax.relax import cli as relax_cli
 from dismax.relax.potentials import POTENTIALS
 from dismax.runs import RunDir, atomic_write_bytes, atomic_write_text, log, progress
 from dismax.train import model_module, prepare_run
@@ -306,11 +303,11 @@ def stage_postprocess(bench: Bench, entry: ModelEntry, seed: int, directory: Pat
     """Move atoms apart (interface, a-Si) or assign alloy lattice sites; gen_clean.extxyz + status.csv."""
     section = bench.config.postprocess
     source = bench.stage_dir(entry.name, seed, "sample") / "gen.extxyz"
-    structures = read_structure_set(source)
-    accepted, rows = postprocess(bench.config.family, structures, section.reference_compatible, section.alignment,
-                                 section.variant, section.min_dist, section.max_iter, str(source))
+    accepted, rows, n_structures = postprocess_file(bench.config.family, source, section.reference_compatible,
+                                                    section.alignment, section.variant, section.min_dist,
+                                                    section.max_iter)
     write_postprocessed(directory, accepted, rows)
-    return {"n_accepted": 0 if accepted is None else len(accepted), "n_input": len(structures)}
+    return {"n_accepted": 0 if accepted is None else len(accepted), "n_input": n_structures}
 
 
 def stage_relax(bench: Bench, entry: ModelEntry, seed: int, directory: Path) -> dict:
@@ -319,7 +316,8 @@ def stage_relax(bench: Bench, entry: ModelEntry, seed: int, directory: Path) -> 
     source = bench.stage_dir(entry.name, seed, "postprocess") / "gen_clean.extxyz"
     if section.potential == "none" or source.stat().st_size == 0:
         return {"potential": section.potential, "relaxed": False}
-    relax_file(source, directory, section.potential, section.fmax, section.max_steps, section.chunk_size)
+    relax_cli.run(argparse.Namespace(input=source, out=directory, potential=section.potential, fmax=section.fmax,
+                                     max_steps=section.max_steps, chunk_size=section.chunk_size, batching="auto"))
     return {"potential": section.potential, "relaxed": True}
 
 
@@ -381,6 +379,8 @@ def stage_score(bench: Bench, entry: ModelEntry, seed: int, directory: Path) -> 
     atomic_write_text(directory / "status.csv", records_csv([{"id": i, "status": s} for i, s in
                                                             sorted(statuses.items())]))
     train = read_extxyz(bench.data_dir / "train.extxyz")
+    if structures is not None:
+        check_scored_structures(bench.config.family, train, structures, str(directory / "gen.extxyz"))
     result = score(bench.config.family, train, structures, score_options(bench), statuses, n_generated)
     write_report(directory, bench.config.family, result.metrics, result.rows, result.curves, plots=False)
     buffer = io.BytesIO()

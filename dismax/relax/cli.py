@@ -33,43 +33,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    relax_file(args.input, args.out, args.potential, args.fmax, args.max_steps, args.chunk_size, args.batching)
-    return 0
+    from dismax.relax.potentials import get_potential
+    from dismax.runs import exclusive_lock
+
+    if args.fmax <= 0 or args.max_steps < 0 or args.chunk_size < 1:
+        raise DismaxInputError("--fmax must be > 0, --max-steps >= 0 and --chunk-size >= 1")
+    potential = get_potential(args.potential)
+    with exclusive_lock(args.out, "relaxation output folder"):
+        return _relax(args, potential)
 
 
-def relax_file(input_path: Path, out: Path, potential_name: str, fmax: float = 0.05, max_steps: int = 1000,
-               chunk_size: int = 32, batching: str = "auto") -> None:
-    """Relax every structure of the extxyz file ``input_path`` into ``out`` (resumable; see module docstring)."""
+def _relax(args: argparse.Namespace, potential) -> int:
+    """Relax the structures of ``args.input`` not yet in ``args.out`` (the caller holds its lock)."""
     from dismax.io import iter_extxyz_chunks
     from dismax.relax.driver import relax_chunks
     from dismax.relax.output import RelaxOutput
-    from dismax.relax.potentials import get_potential
     from dismax.runs import progress
 
-    input_path, out = Path(input_path), Path(out)
-    if fmax <= 0 or max_steps < 0 or chunk_size < 1:
-        raise DismaxInputError("--fmax must be > 0, --max-steps >= 0 and --chunk-size >= 1")
-    potential = get_potential(potential_name)
-    total = sum(len(c) for c in iter_extxyz_chunks(input_path, chunk_size, fixed_composition=False))
-    output = RelaxOutput(out, {
-        "input": str(input_path.resolve()), "n_structures": total, "potential": potential_name,
-        "fmax": fmax, "max_steps": max_steps,
+    total = sum(len(c) for c in iter_extxyz_chunks(args.input, args.chunk_size, fixed_composition=False))
+    output = RelaxOutput(args.out, {
+        "input": str(args.input.resolve()), "n_structures": total, "potential": args.potential,
+        "fmax": args.fmax, "max_steps": args.max_steps,
     })
     pending = total - len(output.done)
     if output.done:
         print(f"resuming: {len(output.done)} of {total} structures already relaxed", file=sys.stderr)
-    batching = None if batching == "auto" else batching
+    batching = None if args.batching == "auto" else args.batching
     bar = progress(total=pending, desc="relax")
     start = 0
-    for chunk in iter_extxyz_chunks(input_path, chunk_size, fixed_composition=False):
+    for chunk in iter_extxyz_chunks(args.input, args.chunk_size, fixed_composition=False):
         ids = np.arange(start, start + len(chunk))
         start += len(chunk)
         todo = np.array([i not in output.done for i in ids])
         if not todo.any():
             continue
-        for done_ids, result in relax_chunks(chunk[np.flatnonzero(todo)], potential, fmax, max_steps,
-                                             chunk_size, batching=batching, ids=ids[todo]):
+        for done_ids, result in relax_chunks(chunk[np.flatnonzero(todo)], potential, args.fmax, args.max_steps,
+                                             args.chunk_size, batching=batching, ids=ids[todo]):
             output.append(done_ids, result)
             bar.update(len(done_ids))
     bar.close()
-    print(f"relaxed {total} structures into {out}", file=sys.stderr)
+    print(f"relaxed {total} structures into {args.out}", file=sys.stderr)
+    return 0
