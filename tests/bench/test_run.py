@@ -91,7 +91,7 @@ def _bench_config(tmp_path, train, name="bench", **changes):
               "models": [{"name": "given", "generated": str(train)}], "n_generated": 3,
               "metrics": {"n_replicates": 10}}
     config.update(changes)
-    path = tmp_path / f"{name}.yaml"
+    path = tmp_path / f"bench_{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
