@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         raise DismaxError(f"run directory '{run.path}' has no checkpoints yet; train first")
     if args.n < 1:
         raise DismaxError(f"--n must be at least 1, got {args.n}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise DismaxError(f"--batch-size must be at least 1, got {args.batch_size}")
     config = load_config(run.config_path)
     module = model_module(config.model.name)
     options = {"member": args.member, "checkpoint": args.checkpoint}
