@@ -85,8 +85,9 @@ def _arrays(crystals: Crystals) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _estimate_dict(estimate: bootstrap.Estimate | None, value: float | None = None) -> dict:
     if estimate is None:
         return {"value": value, "ci_low": None, "ci_high": None}
-    return {"value": estimate.value, "ci_low": estimate.ci_low, "ci_high": estimate.ci_high,
-            "lower_error": estimate.lower_error, "upper_error": estimate.upper_error}
+    entry = {"value": estimate.value, "ci_low": estimate.ci_low, "ci_high": estimate.ci_high,
+             "lower_error": estimate.lower_error, "upper_error": estimate.upper_error}
+    return {**entry, "warning": estimate.warning} if estimate.warning else entry
 
 
 def _distances(name: str, train_mean, per_structure, indices) -> dict:
