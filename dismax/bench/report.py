@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dismax.bench.alloy import SRO_COLUMNS
+from dismax.cluster_expansion import SRO_LABELS
 from dismax.bench.pipeline import save_figure
 from dismax.bench.published import RELAXATION, RELAXATION_SOURCES, SOURCES, published_table
 from dismax.io import read_extxyz, read_structure_set
@@ -219,7 +219,7 @@ def _curve_plots(family: str, model: str, results: dict[int, dict], out: Path) -
         generated = _pooled(results, "gen_sro")
         figure, axes = plt.subplots(2, 6, figsize=(16, 5))
         bins = np.linspace(-1, 1, 41)
-        for k, (axis, name) in enumerate(zip(axes.ravel(), SRO_COLUMNS)):
+        for k, (axis, name) in enumerate(zip(axes.ravel(), SRO_LABELS)):
             axis.hist(first["train_sro"][:, k], bins, alpha=0.5, density=True, label="training")
             axis.hist(generated[:, k], bins, alpha=0.5, density=True, label="generated")
             axis.set_title(name, fontsize=9)
