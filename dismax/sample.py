@@ -7,7 +7,10 @@ import sys
 from pathlib import Path
 
 from dismax.cli import main_wrapper
+from dismax.config import load_config
 from dismax.errors import DismaxError
+from dismax.models import model_module
+from dismax.runs import RunDir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,10 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dismax.config import load_config
-    from dismax.runs import RunDir
-    from dismax.train import model_module
-
     args = build_parser().parse_args(argv)
     run = RunDir(args.run_dir)
     if not run.config_path.is_file():

@@ -48,7 +48,7 @@ def test_cryingan_two_steps_match_the_reference():
 
 def test_diffusion_two_steps_match_the_reference():
     from dismax.diffusion import trainer
-    from dismax.diffusion.training import ensemble_train_step, member_state
+    from dismax.diffusion.trainer import ensemble_train_step, member_state
     from dismax.structures import Crystals
 
     ref = np.load(REFERENCES / "diffusion.npz")
