@@ -17,7 +17,6 @@ import itertools
 import json
 from pathlib import Path
 
-import ase.io
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,7 +30,7 @@ from dismax.gan.features import bond_distances, check_search_radius
 from dismax.gan.steps import (GanSetup, ensemble_sampler, ensemble_step_fn, generate, init_ensemble,
                               member_state)
 from dismax.geometry import pairwise_minimum_image_distances
-from dismax.io import read_extxyz, write_extxyz
+from dismax.io import read_extxyz, write_extxyz, write_extxyz_frames
 from dismax.runs import RunDir, atomic_write, atomic_write_text, log, progress
 from dismax.structures import Crystals, sort_into_blocks, species_blocks
 from dismax.training import (Panel, TrainingTask, check_data_source, check_loop_config, load_run_state,
@@ -248,7 +247,7 @@ def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, check
         for index, start in enumerate(progress(range(0, n, batch_size), desc="generating")):
             frac = np.asarray(generate_batch(one, jax.random.fold_in(jax.random.PRNGKey(seed), index)))
             count = min(batch_size, n - start)
-            ase.io.write(handle, _crystals(frac[:count], template).to_ase(), format="extxyz")
+            write_extxyz_frames(handle, _crystals(frac[:count], template), target=out)
 
     atomic_write(out, write)
     return out
