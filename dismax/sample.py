@@ -10,7 +10,7 @@ from dismax.cli import main_wrapper
 from dismax.config import load_config
 from dismax.errors import DismaxError
 from dismax.models import model_module
-from dismax.runs import RunDir
+from dismax.runs import RunDir, exclusive_lock
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         raise DismaxError(f"run directory '{run.path}' has no checkpoints yet; train first")
     if args.n < 1:
         raise DismaxError(f"--n must be at least 1, got {args.n}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise DismaxError(f"--batch-size must be at least 1, got {args.batch_size}")
     config = load_config(run.config_path)
     module = model_module(config.model.name)
     options = {"member": args.member, "checkpoint": args.checkpoint}
@@ -45,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         options["batch_size"] = args.batch_size
     if args.sampler is not None:
         options["sampler"] = args.sampler
-    module.sample(run, args.n, Path(args.out), args.seed, **options)
+    with exclusive_lock(Path(args.out), "output"):
+        module.sample(run, args.n, Path(args.out), args.seed, **options)
     print(args.out)
     return 0
 

@@ -18,7 +18,7 @@ from dismax.cli import main_wrapper
 from dismax.config import load_config, save_config, to_dict
 from dismax.errors import DismaxError
 from dismax.models import MODELS, model_module
-from dismax.runs import RunDir, log
+from dismax.runs import RunDir, exclusive_lock, log
 from dismax.training import BUDGET_KEYS
 
 
@@ -62,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
     model = model_module(config.model.name)
     model.check(config)
-    run = prepare_run(config, run_dir)
-    log.info("%s run in %s", "resuming" if run.has_checkpoints else "starting", run.path)
-    model.train(config, run)
+    with exclusive_lock(run_dir, "run directory"):
+        run = prepare_run(config, run_dir)
+        log.info("%s run in %s", "resuming" if run.has_checkpoints else "starting", run.path)
+        model.train(config, run)
     log.info("done: results in %s", run.path)
     return 0
 

@@ -46,13 +46,13 @@ import numpy as np
 import optax
 
 from dismax.config import load_config
-from dismax.data.loader import BatchLoader
+from dismax.data.loader import BatchLoader, read_training_structures
 from dismax.data.registry import dataset_files
 from dismax.diffusion.denoisers import DenoiserConfig, build_denoiser
 from dismax.diffusion.noise import BetaSchedule, SigmaSchedule, noise_coordinates, noise_lattice
 from dismax.diffusion.sampling import annealed_langevin, predictor_corrector, predictor_corrector_lattice
 from dismax.errors import DismaxConfigError, DismaxInputError
-from dismax.io import read_extxyz, write_extxyz
+from dismax.io import write_extxyz
 from dismax.runs import RunDir, atomic_write_text, log, progress
 from dismax.structures import Crystals
 from dismax.training import (LoopConfig, Panel, TrainingTask, check_data_source, check_loop_config,
@@ -274,7 +274,7 @@ def load_data(config: DataConfig) -> tuple[Crystals, Crystals]:
     """Training and validation sets (numpy Crystals, float32); both must have the same atom count."""
     train_path, val_path = dataset_files(config.dataset, config.size, config.dataset_seed, config.train_file,
                                          config.val_file)
-    train, val = read_extxyz(train_path), read_extxyz(val_path)
+    train, val = read_training_structures(train_path), read_training_structures(val_path)
     if config.max_train:
         train = train[: config.max_train]
     if config.max_val:

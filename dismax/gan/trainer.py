@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dismax.config import load_config
-from dismax.data.loader import BatchLoader
+from dismax.data.loader import BatchLoader, read_training_structures
 from dismax.data.registry import dataset_files
 from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.gan.config import Config, DataConfig, EnsembleConfig, ModelConfig, TrainConfig
@@ -30,7 +30,7 @@ from dismax.gan.features import bond_distances, check_search_radius
 from dismax.gan.steps import (GanSetup, ensemble_sampler, ensemble_step_fn, generate, init_ensemble,
                               member_state)
 from dismax.geometry import pairwise_minimum_image_distances
-from dismax.io import read_extxyz, write_extxyz, write_extxyz_frames
+from dismax.io import write_extxyz, write_extxyz_frames
 from dismax.runs import RunDir, atomic_write, atomic_write_text, log, progress
 from dismax.structures import Crystals, sort_into_blocks, species_blocks
 from dismax.training import (Panel, TrainingTask, check_data_source, check_loop_config, load_run_state,
@@ -95,7 +95,7 @@ def load_training_data(config: Config, path: Path | None = None) -> TrainingData
     """Read, validate (same lattice, same composition), sort into species blocks, compute distances."""
     path = Path(path) if path is not None else dataset_files(
         config.data.dataset, config.data.size, config.data.dataset_seed, config.data.train_file)[0]
-    crystals = read_extxyz(path)
+    crystals = read_training_structures(path)
     if config.data.max_structures is not None:
         crystals = crystals[: config.data.max_structures]
     lattice = np.asarray(crystals.lattice, np.float64)
