@@ -19,6 +19,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from dismax import cluster_expansion
 from dismax.bench import alloy as alloy_metrics
 from dismax.bench import bootstrap, motifs
 from dismax.bench.rdf import bin_centres, rdf
@@ -84,8 +85,9 @@ def _arrays(crystals: Crystals) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _estimate_dict(estimate: bootstrap.Estimate | None, value: float | None = None) -> dict:
     if estimate is None:
         return {"value": value, "ci_low": None, "ci_high": None}
-    return {"value": estimate.value, "ci_low": estimate.ci_low, "ci_high": estimate.ci_high,
-            "lower_error": estimate.lower_error, "upper_error": estimate.upper_error}
+    entry = {"value": estimate.value, "ci_low": estimate.ci_low, "ci_high": estimate.ci_high,
+             "lower_error": estimate.lower_error, "upper_error": estimate.upper_error}
+    return {**entry, "warning": estimate.warning} if estimate.warning else entry
 
 
 def _distances(name: str, train_mean, per_structure, indices) -> dict:
@@ -133,17 +135,17 @@ def score_alloy(train: StructureSet, generated: StructureSet, options: ScoreOpti
             vacancies.append(alloy_metrics.reference_vacancy_estimate(cart, result.lattice, basis) if flag else 0)
     else:
         vacancies = [result.n_vacancies for result in cleaned]
-    energies = alloy_metrics.formation_energy(counts.counts)
-    sro = alloy_metrics.warren_cowley(counts.counts)
+    energies = cluster_expansion.energy_per_atom(counts.counts)
+    sro = cluster_expansion.warren_cowley(counts.counts)
     for row, vacancy, energy, sro_row in zip(accepted_rows, vacancies, energies, sro):
         row.update(n_vacancies=vacancy, formation_energy=float(energy),
-                   **{f"sro_{c}": float(v) for c, v in zip(alloy_metrics.SRO_COLUMNS, sro_row)})
+                   **{f"sro_{c}": float(v) for c, v in zip(cluster_expansion.SRO_LABELS, sro_row)})
     indices = _indices(len(cleaned), options)
     train_probabilities = train_counts.probabilities
     metrics = _distances("d_cluster", train_probabilities.mean(axis=0), counts.probabilities, indices)
     metrics["pct_vacancy"] = _estimate_dict(bootstrap.mean_estimate(100.0 * (np.array(vacancies) > 0), indices))
-    curves = dict(train_energy=alloy_metrics.formation_energy(train_counts.counts), gen_energy=energies,
-                  train_sro=alloy_metrics.warren_cowley(train_counts.counts), gen_sro=sro,
+    curves = dict(train_energy=cluster_expansion.energy_per_atom(train_counts.counts), gen_energy=energies,
+                  train_sro=cluster_expansion.warren_cowley(train_counts.counts), gen_sro=sro,
                   train_fingerprint=train_probabilities.mean(axis=0),
                   gen_fingerprint=counts.probabilities.mean(axis=0))
     return Score(metrics, rows, curves)
@@ -334,7 +336,7 @@ def _plots(out: Path, family: str, curves: dict) -> None:
         save(figure, "bond_angles.png")
     if "train_sro" in curves:
         figure, axes = plt.subplots(2, 6, figsize=(16, 5))
-        for k, (axis, name) in enumerate(zip(axes.ravel(), alloy_metrics.SRO_COLUMNS)):
+        for k, (axis, name) in enumerate(zip(axes.ravel(), cluster_expansion.SRO_LABELS)):
             bins = np.linspace(-1, 1, 41)
             axis.hist(curves["train_sro"][:, k], bins, alpha=0.5, density=True, label="training")
             axis.hist(curves["gen_sro"][:, k], bins, alpha=0.5, density=True, label="generated")
