@@ -45,7 +45,7 @@ from dismax.data.registry import ensure_dataset
 from dismax.errors import DismaxConfigError, DismaxError, DismaxInputError
 from dismax.io import read_extxyz, read_structure_set, write_extxyz
 from dismax.relax import cli as relax_cli
-from dismax.relax.potentials import POTENTIALS
+from dismax.potentials import POTENTIALS
 from dismax.runs import RunDir, atomic_write_bytes, atomic_write_text, log, progress
 from dismax.train import model_module, prepare_run
 
@@ -89,7 +89,7 @@ class PostprocessSection:
 
 @dataclass(frozen=True)
 class RelaxSection:
-    """``potential`` none (alloys; no JAX potential for the interface) or a name of ``relax.potentials``."""
+    """``potential`` none (alloys; no JAX potential for the interface) or a name of ``dismax.potentials.POTENTIALS``."""
 
     potential: str = "none"
     fmax: float = 0.05
