@@ -46,9 +46,10 @@ from dismax.data.registry import ensure_dataset
 from dismax.errors import DismaxConfigError, DismaxError, DismaxInputError
 from dismax.io import read_extxyz, read_structure_set, write_extxyz
 from dismax.relax import cli as relax_cli
-from dismax.relax.potentials import POTENTIALS
-from dismax.runs import RunDir, atomic_write_bytes, atomic_write_text, exclusive_lock, log, progress
+from dismax.relax.driver import DEFAULT_CHUNK_SIZE, DEFAULT_FMAX, DEFAULT_MAX_STEPS
 from dismax.models import model_module
+from dismax.potentials import POTENTIALS
+from dismax.runs import RunDir, atomic_write_bytes, atomic_write_text, exclusive_lock, log, progress
 from dismax.train import prepare_run
 
 STAGES = ("train", "sample", "postprocess", "relax", "score")
@@ -91,12 +92,12 @@ class PostprocessSection:
 
 @dataclass(frozen=True)
 class RelaxSection:
-    """``potential`` none (alloys; no JAX potential for the interface) or a name of ``relax.potentials``."""
+    """``potential`` none (alloys; no JAX potential for the interface) or a name of ``dismax.potentials.POTENTIALS``."""
 
     potential: str = "none"
-    fmax: float = 0.05
-    max_steps: int = 1000
-    chunk_size: int = 32
+    fmax: float = DEFAULT_FMAX
+    max_steps: int = DEFAULT_MAX_STEPS
+    chunk_size: int = DEFAULT_CHUNK_SIZE
 
 
 @dataclass(frozen=True)
