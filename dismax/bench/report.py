@@ -15,7 +15,7 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -149,49 +149,27 @@ def _pyplot():
     return plt
 
 
-def _loss_plot(bench: "Bench", model: str, path: Path) -> bool:
+def _training_plot(bench: "Bench", model: str, path: Path, columns: Callable[[list[str]], list[str]],
+                   ylabel: str, title: str) -> bool:
+    """Columns of the training runs' metrics.csv (chosen by ``columns(header)``) against the epoch, all seeds."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 3.6))
     drawn = False
     for seed in bench.config.seeds:
         rows = RunDir(bench.stage_dir(model, seed, "train")).read_metrics()
-        if not rows:
-            continue
-        x_key = "epoch" if "epoch" in rows[0] else "step" if "step" in rows[0] else None
-        for key in LOSS_KEYS:
-            points = [(r[x_key] if x_key else k, r[key]) for k, r in enumerate(rows)
+        for key in columns(list(rows[0])) if rows else []:
+            points = [(r.get("epoch", k), r[key]) for k, r in enumerate(rows)
                       if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
             if points:
-                axis.plot(*zip(*points), lw=1, label=f"{key} (seed {seed})")
+                axis.plot(*zip(*points), marker="o" if len(points) < 30 else None, ms=3, lw=1,
+                          label=f"{key.removeprefix('bench_')} (seed {seed})")
                 drawn = True
     if not drawn:
         plt.close(figure)
         return False
-    axis.set(xlabel="epoch", ylabel="loss", title=f"{model}: training curves")
+    axis.set(xlabel="epoch", ylabel=ylabel, title=f"{model}: {title}")
     if all(v > 0 for line in axis.get_lines() for v in line.get_ydata()):
         axis.set_yscale("log")
-    axis.legend(fontsize="small")
-    save_figure(figure, path)
-    return True
-
-
-def _benchmark_plot(bench: "Bench", model: str, path: Path) -> bool:
-    """The in-training benchmark metrics (``bench_*`` columns of metrics.csv) against the epoch."""
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(6, 3.6))
-    drawn = False
-    for seed in bench.config.seeds:
-        rows = RunDir(bench.stage_dir(model, seed, "train")).read_metrics()
-        for key in [k for k in (rows[0] if rows else {}) if k.startswith("bench_")]:
-            points = [(r["epoch"], r[key]) for r in rows
-                      if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
-            if points:
-                axis.plot(*zip(*points), marker="o", ms=3, lw=1, label=f"{key[6:]} (seed {seed})")
-                drawn = True
-    if not drawn:
-        plt.close(figure)
-        return False
-    axis.set(xlabel="epoch", ylabel="distance to training set", title=f"{model}: benchmark metrics during training")
     axis.legend(fontsize="small")
     save_figure(figure, path)
     return True
@@ -326,9 +304,12 @@ def write(bench: "Bench") -> dict:
         metrics = {name: summarise(results, name) for name in METRICS[family]}
         summaries[entry.name] = {"n_seeds": len(results), "metrics": metrics, "relaxation": _relax_summary(results)}
         plots = []
-        if _loss_plot(bench, entry.name, figures / f"{entry.name}_losses.png"):
+        if _training_plot(bench, entry.name, figures / f"{entry.name}_losses.png",
+                          lambda header: [k for k in LOSS_KEYS if k in header], "loss", "training curves"):
             plots.append(("Training curves", f"{entry.name}_losses.png"))
-        if _benchmark_plot(bench, entry.name, figures / f"{entry.name}_bench_metrics.png"):
+        if _training_plot(bench, entry.name, figures / f"{entry.name}_bench_metrics.png",
+                          lambda header: [k for k in header if k.startswith("bench_")], "distance to training set",
+                          "benchmark metrics during training"):
             plots.append(("Benchmark metrics of samples drawn during training (eval.every)",
                           f"{entry.name}_bench_metrics.png"))
         plots += _curve_plots(family, entry.name, results, figures)
