@@ -60,26 +60,43 @@ def make_task(model: str, config, run: RunDir):
 
 
 def sharded_equals_single_device(model: str, directory: Path) -> None:
+    """Every step's metrics agree to 1e-5 (relative) and every parameter to 1e-5, except the biases of layers
+    followed by BatchNorm (CryinGAN generator, VAE convolutions): their exact gradient is 0, so Adam turns
+    rounding noise into ±lr steps that differ with the reduction order; they may differ by 2·lr per step."""
     assert len(jax.devices()) == 4, jax.devices()
     config = tiny_config(model, directory / "data")
-    finals = []
+    finals, metrics = [], []
+    lr = getattr(config.train, "lr", None) or getattr(config.train, "lr_gen", None)
     for n_devices in (1, 4):
         run = RunDir(directory / f"run{n_devices}").create()
         task = make_task(model, config, run)
-        step, seen = task.step, []
+        step, seen, recorded = task.step, [], []
 
-        def recording_step(state, batch, epoch, index, step=step, seen=seen):
+        def recording_step(state, batch, epoch, index, step=step, seen=seen, recorded=recorded):
             seen.append(max(len(leaf.sharding.device_set) if hasattr(leaf, "sharding") else 1
                             for leaf in jax.tree.leaves(batch)))
-            return step(state, batch, epoch, index)
+            state, values = step(state, batch, epoch, index)
+            recorded.append({k: np.asarray(v) for k, v in values.items()})
+            return state, values
 
         task.step = recording_step
         state = train_loop(task, config.train, run, mesh=data_mesh(jax.devices()[:n_devices]))
         assert seen and set(seen) == {n_devices}, seen
-        finals.append([np.asarray(leaf) for leaf in jax.tree.leaves(state)])
-    for single, sharded in zip(*finals):
-        np.testing.assert_allclose(sharded, single, rtol=1e-5, atol=1e-5)
-    print("OK", model, len(finals[0]), "leaves")
+        finals.append(jax.tree_util.tree_flatten_with_path(state)[0])
+        metrics.append(recorded)
+    for single, sharded in zip(*metrics):
+        for key in single:
+            np.testing.assert_allclose(sharded[key], single[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    n_steps, loose = len(metrics[0]), []
+    for (path, single), (_, sharded) in zip(*finals):
+        name = jax.tree_util.keystr(path)
+        single, sharded = np.asarray(single), np.asarray(sharded)
+        if np.allclose(sharded, single, rtol=1e-5, atol=1e-5):
+            continue
+        assert "bias" in name and np.abs(sharded - single).max() <= 2 * lr * n_steps, name
+        loose.append(name)
+    assert len(loose) <= 6, loose
+    print("OK", model, len(finals[0]), "leaves;", len(loose), "BatchNorm-preceded biases within 2·lr per step")
 
 
 if __name__ == "__main__":
