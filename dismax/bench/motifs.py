@@ -29,6 +29,7 @@ import numpy as np
 
 from dismax.bench.periodic import float64
 from dismax.errors import DismaxInputError
+from dismax.geometry import minimum_image
 
 MAX_CN = 24
 # CN -> list of (label, pymatgen order-parameter type, parameters or None), in fingerprint order after "wt"
@@ -166,8 +167,7 @@ def _cutoff_angle_histogram(frac, lattice, cutoff, edges, max_neighbours):
     """Angle-bin counts (n_bins,) of one structure from all pairs of neighbours closer than ``cutoff``, and a
     flag set when some atom has more than ``max_neighbours`` such neighbours."""
     n_atoms, n_bins = frac.shape[0], edges.shape[0] - 1
-    delta = frac[None, :, :] - frac[:, None, :]
-    vectors = (delta - jnp.round(delta)) @ lattice                            # (N, N, 3) r_j - r_i
+    vectors = minimum_image(frac[None, :, :] - frac[:, None, :], lattice, n_images=0)   # (N, N, 3) r_j - r_i
     distance = jnp.linalg.norm(vectors, axis=-1) + jnp.where(jnp.eye(n_atoms, dtype=bool), jnp.inf, 0.0)
     negative, neighbours = jax.lax.top_k(-distance, max_neighbours)
     bonded = -negative < cutoff                                                # (N, K)
