@@ -31,6 +31,7 @@ def os_error_message(exc: OSError) -> str:
               errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
               errno.ENOENT: "no such file or folder", errno.EROFS: "read-only file system",
               errno.ENOTDIR: "a parent of the path is not a folder",
+              errno.EEXIST: "exists and is not a folder",
               errno.EISDIR: "is a folder, expected a file"}.get(exc.errno, exc.strerror or type(exc).__name__)
     where = f" ('{exc.filename}')" if exc.filename else ""
     return f"{reason}{where}"

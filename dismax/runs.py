@@ -308,10 +308,22 @@ class RunDir:
         log.addHandler(handler)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is now (tests and notebooks replace it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """One stderr handler for the 'dismax' logger (idempotent)."""
     if not any(getattr(h, "_dismax", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("[dismax] %(message)s"))
         handler._dismax = True
         log.addHandler(handler)

@@ -14,6 +14,9 @@ import pytest
 from dismax.runs import LockedError, atomic_write_text, exclusive_lock, make_staging_dir, remove_leftovers, temp_prefix
 
 
+# the holder is forked from this (JAX-importing) process; it runs only Python code and sleeps
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
+
 
 def _hold(target, ready):
     with exclusive_lock(target, "run directory"):
