@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from dismax.data import BUILDERS
+from dismax.data import BUILDERS, BUILT_FILES
 from dismax.errors import DismaxInputError
 from dismax.runs import atomic_write_text, log
 
@@ -67,7 +67,7 @@ def build_dataset(name: str, size: str = "small", seed: int = 0, out_dir: str | 
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         _builder(name)(size=size, seed=seed, out_dir=staging)
-        missing = [f for f in DATASET_FILES if not (staging / f).is_file()]
+        missing = [f for f in BUILT_FILES.get(name, DATASET_FILES) if not (staging / f).is_file()]
         if missing:
             raise RuntimeError(f"builder of '{name}' did not write {missing}")
         if target.exists():
