@@ -120,3 +120,31 @@ def test_charge_search_is_bounded_for_many_element_compositions(source, monkeypa
         assert charge_neutral({"Mg": 1, "O": 1}, max_combinations=10_000) is True  # small ones are searched
     finally:
         chemistry.oxidation_states.cache_clear()
+
+
+def _exhaustive_neutral(amounts, pauling_test):
+    """Reference: every product of oxidation states, Pauling test on the assignment found."""
+    import itertools
+
+    counts = integer_composition(amounts)
+    symbols = sorted(counts)
+    if all(chemistry._is_metal(s) for s in symbols):
+        return True
+    for states in itertools.product(*(chemistry.oxidation_states(s) for s in symbols)):
+        if len(symbols) < 2 or sum(q * counts[s] for q, s in zip(states, symbols)) != 0:
+            continue
+        cations = [chemistry._electronegativity(s) for q, s in zip(states, symbols) if q > 0]
+        anions = [chemistry._electronegativity(s) for q, s in zip(states, symbols) if q < 0]
+        if not pauling_test or (cations and anions and max(cations) <= min(anions)):
+            return True
+    return False
+
+
+def test_charge_sum_search_agrees_with_the_exhaustive_product():
+    compositions = [{"Na": 1, "Cl": 2}, {"Cs": 1, "Au": 1}, {"Li": 1, "Fe": 0.5, "Mn": 0.5, "P": 1, "O": 4},
+                    {"S": 1, "O": 2}, {"N": 1, "H": 3}, {"Li": 0.8, "Mg": 0.1, "Cl": 1},
+                    {"Sr": 0.7, "La": 0.3, "Ti": 0.65, "Ga": 0.35, "O": 3}, {"Zn": 1, "Se": 0.6, "S": 0.4},
+                    {"Li": 0.98, "Co": 1.01, "O": 2.03}, {"Ca": 0.7, "Ce": 0.15, "F": 2}, {"Ga": 1, "As": 1}]
+    for amounts in compositions:
+        for pauling_test in (True, False):
+            assert charge_neutral(amounts, pauling_test=pauling_test) == _exhaustive_neutral(amounts, pauling_test)
