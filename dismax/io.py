@@ -190,8 +190,9 @@ def _iter_frame_texts(path: Path) -> Iterator[tuple[int, int, str, str]]:
         raise _input_error(path, None, "file is empty (no structures)")
 
 
-def _parse_frame(path: Path, index: int, start: int, comment: str, text: str):
-    """One validated ASE ``Atoms`` from a frame's text."""
+def _parse_frame(path: Path, index: int, start: int, comment: str, text: str, allow_nonfinite: bool = False):
+    """One validated ASE ``Atoms`` from a frame's text (``allow_nonfinite``: NaN/inf coordinates are left for
+    :mod:`dismax.validation` to give the structure a status)."""
     import ase.io
 
     try:
@@ -214,7 +215,8 @@ def _parse_frame(path: Path, index: int, start: int, comment: str, text: str):
         raise _input_error(path, index, f"non-periodic boundary conditions pbc=\"{flags}\"; dismax needs "
                            "pbc=\"T T T\"")
     try:
-        _check_cell_and_positions(lattice, np.asarray(atoms.positions, float), "position")
+        positions = np.zeros((1, 3)) if allow_nonfinite else np.asarray(atoms.positions, float)
+        _check_cell_and_positions(lattice, positions, "position")
     except _Problem as problem:
         raise _input_error(path, index, str(problem)) from None
     return atoms
@@ -274,12 +276,19 @@ def read_extxyz(path, fixed_composition: bool = True,
     return Crystals.concatenate(parts)
 
 
-def read_structure_set(path) -> StructureSet:
-    """All frames of an extxyz file whose atom counts may differ (e.g. a post-processed set), validated."""
+def read_structure_set(path, allow_nonfinite: bool = False,
+                       with_info: bool = False) -> StructureSet | tuple[StructureSet, list[dict]]:
+    """All frames of an extxyz file whose atom counts may differ (e.g. a post-processed set), validated.
+
+    ``allow_nonfinite`` reads generated structures with NaN/inf coordinates too, so each keeps its
+    index and gets a status from :func:`dismax.validation.screen` instead of failing the whole file;
+    ``with_info`` also returns each frame's info dict."""
     path = Path(path)
     _check_readable(path)
-    return StructureSet.from_ase([_parse_frame(path, index, start, comment, text)
-                                  for index, start, comment, text in _iter_frame_texts(path)])
+    frames = [_parse_frame(path, index, start, comment, text, allow_nonfinite)
+              for index, start, comment, text in _iter_frame_texts(path)]
+    structures = StructureSet.from_ase(frames)
+    return (structures, [_frame_info(atoms) for atoms in frames]) if with_info else structures
 
 
 # ---------------------------------------------------------------------- writing

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dismax import validation
 from dismax.bench import alloy
 from dismax.bench.pipeline import FAMILIES, ScoreOptions, read_status, records_csv, score, write_report
 from dismax.bench.postprocess import MAX_ITER, MIN_DIST, move_atoms_apart
@@ -89,13 +90,27 @@ def write_postprocessed(out: Path, accepted: StructureSet | None, rows: list[dic
     atomic_write_text(out / "status.csv", records_csv(rows))
 
 
+def postprocess_file(family: str, path: str | Path, reference_compatible: bool = False,
+                     alignment: str = DEFAULTS.alignment, variant: str = DEFAULTS.reference_variant,
+                     min_dist: float = MIN_DIST, max_iter: int = MAX_ITER) -> tuple[StructureSet | None, list[dict], int]:
+    """Post-process the structures of an extxyz file: (accepted or None, one status row per frame, frames).
+
+    Frames with NaN/inf coordinates keep their ID with status ``rejected_nan``."""
+    structures = read_structure_set(path, allow_nonfinite=True)
+    usable, ids, rejected = validation.partition(structures)
+    accepted, rows = None, []
+    if usable is not None:
+        accepted, rows = postprocess(family, usable, reference_compatible, alignment, variant, min_dist, max_iter,
+                                     source=str(path))
+    return accepted, validation.merge_status_rows(rows, ids, rejected), len(structures)
+
+
 def run_postprocess(args: argparse.Namespace) -> int:
-    structures = read_structure_set(args.input)
-    accepted, rows = postprocess(args.family, structures, args.reference_compatible, args.alignment, args.variant,
-                                 args.min_dist, args.max_iter, source=args.input)
+    accepted, rows, n_structures = postprocess_file(args.family, args.input, args.reference_compatible,
+                                                    args.alignment, args.variant, args.min_dist, args.max_iter)
     out = Path(args.out)
     write_postprocessed(out, accepted, rows)
-    print(f"{0 if accepted is None else len(accepted)}/{len(structures)} structures accepted -> "
+    print(f"{0 if accepted is None else len(accepted)}/{n_structures} structures accepted -> "
           f"{out / 'gen_clean.extxyz'}")
     return 0
 
@@ -134,6 +149,13 @@ def score_options(args: argparse.Namespace) -> ScoreOptions:
                         angle_cutoff=args.angle_cutoff)
 
 
+def check_scored_structures(family: str, train: Crystals, generated: StructureSet, source: str) -> None:
+    """Structures to score must not overlap and, except alloys (whose accepted structures may have
+    vacancies), have the training set's atom count."""
+    validation.require_valid(generated, source, validation.min_distance_for(family),
+                             n_atoms=None if family == "alloy" else train.n_atoms)
+
+
 def print_metrics(metrics: dict) -> None:
     """One line per Euclidean metric: value and 95 % CI."""
     for name, entry in metrics.items():
@@ -145,6 +167,7 @@ def print_metrics(metrics: dict) -> None:
 def run_metrics(args: argparse.Namespace) -> int:
     train = read_extxyz(args.train)
     generated = read_structure_set(args.gen)
+    check_scored_structures(args.family, train, generated, args.gen)
     statuses = read_status(args.status) if args.status else None
     result = score(args.family, train, generated, score_options(args), statuses, args.n_generated)
     path = write_report(args.out, args.family, result.metrics, result.rows, result.curves)
