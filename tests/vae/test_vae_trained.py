@@ -13,8 +13,8 @@ from dismax.train import prepare_run
 from dismax.vae import demo, trainer
 
 # the overfit settings: every structure is a training structure, reconstruction is scored on them
-OVERFIT = ["data.test_fraction=0", "data.val_fraction=0", "data.workers=1", "train.epochs=400",
-           "train.checkpoint_every=100"]
+OVERFIT = ["data.test_fraction=0", "data.val_fraction=0", "data.workers=1", "train.epochs=600",
+           "train.checkpoint_every=20"]
 SYMPREC = 0.01  # SpacegroupAnalyzer tolerance of the declared-group check (pymatgen's default)
 
 
