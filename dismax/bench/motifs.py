@@ -81,7 +81,7 @@ class MotifFingerprinter:
     """Computes the per-site fingerprint from CrystalNN neighbour data (order-parameter objects built once)."""
 
     def __init__(self, cation_anion: bool = False, species_fractions: Sequence[str] = (), **crystalnn_settings):
-        from pymatgen.analysis.local_env import CrystalNN, LocalStructOrderParams
+        from pymatgen.analysis.local_env import CrystalNN, LocalStructOrderParams  # heavy; CrystalNN paths only
 
         self.crystalnn = CrystalNN(cation_anion=cation_anion, **crystalnn_settings)
         self.species_fractions = tuple(species_fractions)
@@ -109,7 +109,7 @@ class MotifFingerprinter:
 
 
 def _to_structure(frac, lattice, numbers, oxidation: dict | None = None):
-    from pymatgen.core import Lattice, Structure
+    from pymatgen.core import Lattice, Structure  # heavy optional dependency; CrystalNN paths only
 
     structure = Structure(Lattice(np.asarray(lattice, float)), [int(z) for z in numbers], np.asarray(frac, float))
     if oxidation:
@@ -131,7 +131,7 @@ def motif_fingerprints(frac, lattice, numbers, site_numbers: Sequence[int] | Non
 
 def crystalnn_bond_angles(frac, lattice, numbers) -> np.ndarray:
     """All bond angles (degrees) of one structure, pooled over sites, published bond-angle CrystalNN settings."""
-    from pymatgen.analysis.local_env import CrystalNN
+    from pymatgen.analysis.local_env import CrystalNN  # heavy optional dependency; CrystalNN paths only
 
     structure = _to_structure(frac, lattice, numbers)
     crystalnn = CrystalNN(**BOND_ANGLE_CRYSTALNN)
