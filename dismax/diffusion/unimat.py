@@ -57,7 +57,13 @@ def from_unimat(video: jax.Array, species_order, composition) -> tuple[jax.Array
     pixel_species = jnp.zeros(FRAME * FRAME, jnp.int32).at[: len(order)].set(jnp.asarray(order, jnp.int32))
     values = jnp.take_along_axis(flat, pixel[..., None, None], 2)[..., 0, :]
     frac = (values + 1.0) / 2.0
-    counts = jnp.sum(jax.nn.one_hot(pixel, FRAME * FRAME, dtype=jnp.int32), 1)
-    expected = jnp.zeros(FRAME * FRAME, jnp.int32).at[: len(order)].set(jnp.asarray(composition, jnp.int32))
-    valid = jnp.all(counts == expected, -1)
-    return frac - jnp.floor(frac), pixel_species[pixel], valid
+    species = pixel_species[pixel]
+    return frac - jnp.floor(frac), species, composition_matches(species, species_order, composition)
+
+
+def composition_matches(species: jax.Array, species_order, composition) -> jax.Array:
+    """(B,) True where structure b has exactly ``composition[k]`` atoms of element ``species_order[k]`` and
+    no others (species (B, N))."""
+    order = jnp.asarray(np.asarray(species_order), species.dtype)
+    counts = jnp.sum(species[..., None] == order, 1)
+    return jnp.all(counts == jnp.asarray(composition), -1) & (jnp.sum(counts, -1) == species.shape[1])
