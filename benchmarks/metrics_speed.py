@@ -57,10 +57,11 @@ def published_cluster_count(cart, numbers, lattice, basis):
     """The published per-target search: one pymatgen neighbour-list query per cluster site."""
     from pymatgen.core import Lattice, PeriodicSite, Structure
 
+    from dismax import cluster_expansion
     from dismax.bench import alloy
 
     struc = Structure(Lattice(lattice), [int(z) for z in numbers], cart, coords_are_cartesian=True)
-    offsets, shells = alloy.cluster_offsets()
+    offsets, shells = cluster_expansion.cluster_offsets()
     offsets = alloy.rotate_offsets(offsets, basis)
     tally = {}
     inverse = np.linalg.inv(lattice)
@@ -75,8 +76,9 @@ def published_cluster_count(cart, numbers, lattice, basis):
     n = len(struc)
     values = list(np.bincount(alloy.species_codes(numbers), minlength=3) / n)
     for shell in range(7):
-        for a, b in alloy.PAIRS:
-            values.append(tally.get((shell, (alloy.ELEMENTS[a], alloy.ELEMENTS[b])), 0) / (2 * n))
+        for a, b in cluster_expansion.PAIRS:
+            label = (cluster_expansion.SPECIES[a], cluster_expansion.SPECIES[b])
+            values.append(tally.get((shell, label), 0) / (2 * n))
     return np.round(values, 5)
 
 

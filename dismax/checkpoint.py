@@ -15,6 +15,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from dismax.errors import DismaxError
+
 _BEST = "best"
 
 
@@ -95,8 +97,13 @@ class Checkpointer:
     def _restore(manager, step, like_state):
         ocp = _orbax()
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                 meta=ocp.args.JsonRestore()))
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                                     meta=ocp.args.JsonRestore()))
+        except ValueError as exc:  # orbax: a shape or tree-structure mismatch, with a many-line message
+            first = str(exc).strip().splitlines()[0][:200]
+            raise DismaxError(f"checkpoint {step} in '{manager.directory}' does not match the model built from the "
+                              f"run's config (was config.yaml edited after training?): {first}") from None
         return restored["state"], dict(restored["meta"])
 
 

@@ -75,14 +75,15 @@ def prepare_run(config, run_dir: Path):
 
 def main(argv: list[str] | None = None) -> int:
     from dismax.config import load_config
-    from dismax.runs import log
+    from dismax.runs import exclusive_lock, log
 
     args = build_parser().parse_args(argv)
     config = load_config(args.config, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
-    run = prepare_run(config, run_dir)
-    log.info("%s run in %s", "resuming" if run.has_checkpoints else "starting", run.path)
-    model_module(config.model.name).train(config, run)
+    with exclusive_lock(run_dir, "run directory"):
+        run = prepare_run(config, run_dir)
+        log.info("%s run in %s", "resuming" if run.has_checkpoints else "starting", run.path)
+        model_module(config.model.name).train(config, run)
     log.info("done: results in %s", run.path)
     return 0
 

@@ -332,3 +332,20 @@ def test_ase_and_pymatgen_round_trips_through_files(tmp_path):
     assert [s.symbol for s in back.species] == [s.symbol for s in structure.species]
     np.testing.assert_allclose(back.lattice.matrix, structure.lattice.matrix, atol=1e-12)
     np.testing.assert_allclose(back.cart_coords, structure.cart_coords, atol=1e-6)
+
+
+def test_structure_set_round_trip_with_different_atom_counts(tmp_path):
+    from dismax.structures import StructureSet
+
+    rng = np.random.default_rng(1)
+    parts = [Crystals(rng.random((1, n, 3)), np.diag([4.0, 5.0, 6.0])[None], np.full((1, n), z, np.int32))
+             for n, z in [(3, 14), (5, 26), (3, 28)]]
+    structures = StructureSet.from_structures(parts)
+    path = dio.write_extxyz(structures, tmp_path / "set.extxyz", info=[{"id": i} for i in range(3)])
+    back = dio.read_structure_set(path)
+    assert back.atom_counts.tolist() == [3, 5, 3]
+    for a, b in zip(structures, back):
+        np.testing.assert_allclose(np.asarray(b.frac), np.asarray(a.frac), atol=1e-7)
+        np.testing.assert_array_equal(b.species, a.species)
+    with pytest.raises(DismaxInputError, match="structure 1: has 5 atoms"):
+        dio.read_extxyz(path)

@@ -21,6 +21,7 @@ import numpy as np
 
 from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.structures import Crystals
+from dismax.validation import require_valid
 
 AUGMENTATIONS = ("none", "online", "offline")
 
@@ -40,11 +41,19 @@ def translate(crystals: Crystals, shifts: np.ndarray) -> Crystals:
 
 def load_split(directory: str | Path, split: str = "train") -> Crystals:
     """The ``train`` or ``val`` structures of a dataset directory (see :mod:`dismax.data.registry`)."""
-    from dismax.io import read_extxyz
-
     if split not in ("train", "val"):
         raise DismaxInputError(f"split must be 'train' or 'val', got {split!r}")
-    return read_extxyz(Path(directory) / f"{split}.extxyz")
+    return read_training_structures(Path(directory) / f"{split}.extxyz")
+
+
+def read_training_structures(path: str | Path) -> Crystals:
+    """An extxyz file of training (or validation) structures, read and validated: one atom count and
+    composition (io), no overlapping atoms (:mod:`dismax.validation`)."""
+    from dismax.io import read_extxyz
+
+    crystals = read_extxyz(path)
+    require_valid(crystals, str(path))
+    return crystals
 
 
 @dataclass

@@ -118,13 +118,12 @@ class Config:
 # ---------------------------------------------------------------------------------------------- data
 def load_data(config: DataConfig) -> tuple[Crystals, Crystals]:
     """Training and validation sets (numpy Crystals); both must have the same atom count."""
-    from dismax.io import read_extxyz
-
+    from dismax.data.loader import read_training_structures
     from dismax.data.registry import dataset_files
 
     train_path, val_path = dataset_files(config.dataset, config.size, config.dataset_seed, config.train_file,
                                          config.val_file)
-    train, val = read_extxyz(train_path), read_extxyz(val_path)
+    train, val = read_training_structures(train_path), read_training_structures(val_path)
     if config.max_train:
         train = train[: config.max_train]
     if config.max_val:

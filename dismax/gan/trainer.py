@@ -15,8 +15,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Literal, Optional
@@ -29,7 +27,7 @@ from dismax.data.registry import dataset_files
 from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.gan.steps import (GanSetup, ensemble_sampler, ensemble_step_fn, generate, init_ensemble,
                               member_state)
-from dismax.runs import RunDir, atomic_write_text, log, progress
+from dismax.runs import RunDir, atomic_write, atomic_write_text, log, progress
 from dismax.structures import Crystals, sort_into_blocks, species_blocks
 
 TEMPLATE_FILE = "cryingan_template.json"
@@ -142,13 +140,12 @@ class TrainingData:
 
 def load_training_data(config: Config, path: Path | None = None) -> TrainingData:
     """Read, validate (same lattice, same composition), sort into species blocks, compute distances."""
-    from dismax.data.loader import cubic_translations
+    from dismax.data.loader import cubic_translations, read_training_structures
     from dismax.gan.features import check_search_radius
-    from dismax.io import read_extxyz
 
     path = Path(path) if path is not None else dataset_files(
         config.data.dataset, config.data.size, config.data.dataset_seed, config.data.train_file)[0]
-    crystals = read_extxyz(path)
+    crystals = read_training_structures(path)
     if config.data.max_structures is not None:
         crystals = crystals[: config.data.max_structures]
     lattice = np.asarray(crystals.lattice, np.float64)
@@ -264,12 +261,8 @@ def _plot_losses(run: RunDir) -> None:
         ax.set_xlabel("epoch")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    run.plots.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=run.plots)
-    os.close(fd)
-    fig.savefig(tmp, dpi=90)
+    atomic_write(run.plots / "losses.png", lambda handle: fig.savefig(handle, format="png", dpi=90), binary=True)
     plt.close(fig)
-    os.replace(tmp, run.plots / "losses.png")
 
 
 def train(config: Config, run: RunDir) -> None:
@@ -391,9 +384,8 @@ def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, check
     in the training file, each element's atoms contiguous, as the generator was trained); they are
     generated and written in batches of ``batch_size`` so memory does not grow with ``n``.
     """
-    import ase.io
-
     from dismax.config import load_config
+    from dismax.io import write_extxyz_frames
 
     config = load_config(run.config_path, config_class=Config)
     setup, template, state = restore_state(run, config, checkpoint)
@@ -403,18 +395,13 @@ def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, check
     one = member_state(state, member)
     generate_batch = jax.jit(lambda s, k: generate(setup, s, k, batch_size))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            for index, start in enumerate(progress(range(0, n, batch_size), desc="generating")):
-                frac = np.asarray(generate_batch(one, jax.random.fold_in(jax.random.PRNGKey(seed), index)))
-                count = min(batch_size, n - start)
-                ase.io.write(handle, _crystals(frac[:count], template).to_ase(), format="extxyz")
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    def write(handle):
+        for index, start in enumerate(progress(range(0, n, batch_size), desc="generating")):
+            frac = np.asarray(generate_batch(one, jax.random.fold_in(jax.random.PRNGKey(seed), index)))
+            count = min(batch_size, n - start)
+            write_extxyz_frames(handle, _crystals(frac[:count], template), target=out)
+
+    atomic_write(out, write)
     return out
 

@@ -33,15 +33,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dismax.io import iter_extxyz_chunks
-    from dismax.relax.driver import relax_chunks
-    from dismax.relax.output import RelaxOutput
     from dismax.relax.potentials import get_potential
-    from dismax.runs import progress
+    from dismax.runs import exclusive_lock
 
     if args.fmax <= 0 or args.max_steps < 0 or args.chunk_size < 1:
         raise DismaxInputError("--fmax must be > 0, --max-steps >= 0 and --chunk-size >= 1")
     potential = get_potential(args.potential)
+    with exclusive_lock(args.out, "relaxation output folder"):
+        return _relax(args, potential)
+
+
+def _relax(args: argparse.Namespace, potential) -> int:
+    """Relax the structures of ``args.input`` not yet in ``args.out`` (the caller holds its lock)."""
+    from dismax.io import iter_extxyz_chunks
+    from dismax.relax.driver import relax_chunks
+    from dismax.relax.output import RelaxOutput
+    from dismax.runs import progress
+
     total = sum(len(c) for c in iter_extxyz_chunks(args.input, args.chunk_size, fixed_composition=False))
     output = RelaxOutput(args.out, {
         "input": str(args.input.resolve()), "n_structures": total, "potential": args.potential,
