@@ -276,15 +276,19 @@ def read_extxyz(path, fixed_composition: bool = True,
     return Crystals.concatenate(parts)
 
 
-def read_structure_set(path, allow_nonfinite: bool = False) -> StructureSet:
+def read_structure_set(path, allow_nonfinite: bool = False,
+                       with_info: bool = False) -> StructureSet | tuple[StructureSet, list[dict]]:
     """All frames of an extxyz file whose atom counts may differ (e.g. a post-processed set), validated.
 
     ``allow_nonfinite`` reads generated structures with NaN/inf coordinates too, so each keeps its
-    index and gets a status from :func:`dismax.validation.screen` instead of failing the whole file."""
+    index and gets a status from :func:`dismax.validation.screen` instead of failing the whole file;
+    ``with_info`` also returns each frame's info dict."""
     path = Path(path)
     _check_readable(path)
-    return StructureSet.from_ase([_parse_frame(path, index, start, comment, text, allow_nonfinite)
-                                  for index, start, comment, text in _iter_frame_texts(path)])
+    frames = [_parse_frame(path, index, start, comment, text, allow_nonfinite)
+              for index, start, comment, text in _iter_frame_texts(path)]
+    structures = StructureSet.from_ase(frames)
+    return (structures, [_frame_info(atoms) for atoms in frames]) if with_info else structures
 
 
 # ---------------------------------------------------------------------- writing

@@ -10,7 +10,10 @@ from pathlib import Path
 import yaml
 
 from dismax.cli import main_wrapper
+from dismax.config import load_config
 from dismax.errors import DismaxError
+from dismax.models import model_module
+from dismax.runs import RunDir, exclusive_lock
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,10 +68,6 @@ def check_free_space(run, n: int, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dismax.config import load_config
-    from dismax.runs import RunDir, exclusive_lock
-    from dismax.train import model_module
-
     args = build_parser().parse_args(argv)
     if args.n < 1:
         raise DismaxError(f"--n must be at least 1, got {args.n}")

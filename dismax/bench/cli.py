@@ -90,17 +90,27 @@ def write_postprocessed(out: Path, accepted: StructureSet | None, rows: list[dic
     atomic_write_text(out / "status.csv", records_csv(rows))
 
 
-def run_postprocess(args: argparse.Namespace) -> int:
-    structures = read_structure_set(args.input, allow_nonfinite=True)
-    usable, ids, rejected = validation.partition(structures)  # e.g. NaN coordinates: rejected_nan, ID kept
+def postprocess_file(family: str, path: str | Path, reference_compatible: bool = False,
+                     alignment: str = DEFAULTS.alignment, variant: str = DEFAULTS.reference_variant,
+                     min_dist: float = MIN_DIST, max_iter: int = MAX_ITER) -> tuple[StructureSet | None, list[dict], int]:
+    """Post-process the structures of an extxyz file: (accepted or None, one status row per frame, frames).
+
+    Frames with NaN/inf coordinates keep their ID with status ``rejected_nan``."""
+    structures = read_structure_set(path, allow_nonfinite=True)
+    usable, ids, rejected = validation.partition(structures)
     accepted, rows = None, []
     if usable is not None:
-        accepted, rows = postprocess(args.family, usable, args.reference_compatible, args.alignment, args.variant,
-                                     args.min_dist, args.max_iter, source=args.input)
-    rows = validation.merge_status_rows(rows, ids, rejected)
+        accepted, rows = postprocess(family, usable, reference_compatible, alignment, variant, min_dist, max_iter,
+                                     source=str(path))
+    return accepted, validation.merge_status_rows(rows, ids, rejected), len(structures)
+
+
+def run_postprocess(args: argparse.Namespace) -> int:
+    accepted, rows, n_structures = postprocess_file(args.family, args.input, args.reference_compatible,
+                                                    args.alignment, args.variant, args.min_dist, args.max_iter)
     out = Path(args.out)
     write_postprocessed(out, accepted, rows)
-    print(f"{0 if accepted is None else len(accepted)}/{len(structures)} structures accepted -> "
+    print(f"{0 if accepted is None else len(accepted)}/{n_structures} structures accepted -> "
           f"{out / 'gen_clean.extxyz'}")
     return 0
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
+from ase.data import chemical_symbols
 
 from dismax import cluster_expansion
 from dismax.bench import alloy as alloy_metrics
@@ -29,6 +30,7 @@ from dismax.structures import Crystals, StructureSet, as_structure_set
 
 INTERFACE_CATIONS = {"Li": 3, "Co": 27, "Sc": 21}
 SI = 14
+FAMILY_ELEMENTS = {"alloy": {24, 26, 28}, "a_si": {SI}, "interface": {3, 8, 17, 21, 27}}
 ANGLE_CUTOFF = 2.85   # Å, neighbour cutoff of the fast bond-angle variant (d_angle_cutoff)
 
 
@@ -147,7 +149,8 @@ def score_alloy(train: StructureSet, generated: StructureSet, options: ScoreOpti
     curves = dict(train_energy=cluster_expansion.energy_per_atom(train_counts.counts), gen_energy=energies,
                   train_sro=cluster_expansion.warren_cowley(train_counts.counts), gen_sro=sro,
                   train_fingerprint=train_probabilities.mean(axis=0),
-                  gen_fingerprint=counts.probabilities.mean(axis=0))
+                  gen_fingerprint=counts.probabilities.mean(axis=0), train_cluster=train_probabilities,
+                  gen_cluster=counts.probabilities)
     return Score(metrics, rows, curves)
 
 
@@ -229,34 +232,49 @@ def score_interface(train: StructureSet, generated: StructureSet, options: Score
     return Score(metrics, [{} for _ in range(len(generated))], curves)
 
 
+def check_family(family: str, structures: Crystals | StructureSet, source: str) -> None:
+    """Raise ``DismaxInputError`` when ``structures`` contain elements the family's systems do not have."""
+    groups = structures.groups if isinstance(structures, StructureSet) else (structures,)
+    found = set(np.unique(np.concatenate([np.asarray(c.species).ravel() for c in groups])).tolist())
+    foreign = sorted(found - FAMILY_ELEMENTS[family])
+    if foreign:
+        allowed = ", ".join(chemical_symbols[z] for z in sorted(FAMILY_ELEMENTS[family]))
+        raise DismaxInputError(f"{source}: contains {', '.join(chemical_symbols[z] for z in foreign)}, which the "
+                               f"{family} family does not have (its elements: {allowed}); a file of another family?")
+
+
 SCORERS: dict[str, Callable[[StructureSet, StructureSet, ScoreOptions], Score]] = {
     "alloy": score_alloy, "a_si": score_a_si, "interface": score_interface}
 FAMILIES = tuple(SCORERS)
 
 
 # ---------------------------------------------------------------------- driver
-def score(family: str, train: Crystals | StructureSet, generated: Crystals | StructureSet,
+def score(family: str, train: Crystals | StructureSet, generated: Crystals | StructureSet | None,
           options: ScoreOptions = ScoreOptions(), statuses: dict[int, str] | None = None,
           n_generated: int | None = None) -> Score:
     """Metrics, per-structure rows and curves of generated vs training structures of one family.
 
-    ``generated`` is already post-processed and, for interface / a-Si, relaxed. ``statuses`` (ID -> status
-    of earlier steps): the generated structures are the IDs with status ``ok``, in increasing order; the
-    others count as failed. % failed = 100 - 100 * n_ok / ``n_generated`` (default: number of IDs).
+    ``generated`` is already post-processed and, for interface / a-Si, relaxed (None when every structure
+    failed earlier, which needs ``statuses``). ``statuses`` (ID -> status of earlier steps): the generated
+    structures are the IDs with status ``ok``, in increasing order; the others count as failed.
+    % failed = 100 - 100 * n_ok / ``n_generated`` (default: number of IDs).
     """
     if family not in SCORERS:
         raise DismaxInputError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
-    generated = as_structure_set(generated)
+    generated = None if generated is None else as_structure_set(generated)
+    n_frames = 0 if generated is None else len(generated)
     if statuses:
         rows = [{"id": i, "status": s} for i, s in sorted(statuses.items())]
         ok_rows = [r for r in rows if r["status"] == "ok"]
-        if len(ok_rows) != len(generated):
+        if len(ok_rows) != n_frames:
             raise DismaxInputError(f"status file lists {len(ok_rows)} ok structures but the generated file "
-                                   f"has {len(generated)}")
+                                   f"has {n_frames}")
+    elif generated is None:
+        raise DismaxInputError("no generated structures to score")
     else:
-        rows = [{"id": i, "status": "ok"} for i in range(len(generated))]
+        rows = [{"id": i, "status": "ok"} for i in range(n_frames)]
         ok_rows = list(rows)
-    family_score = SCORERS[family](as_structure_set(train), generated, options)
+    family_score = SCORERS[family](as_structure_set(train), generated, options) if n_frames else Score({}, [], {})
     for row, update in zip(ok_rows, family_score.rows):
         row.update(update)
     metrics = dict(family_score.metrics)
@@ -285,8 +303,10 @@ def records_csv(records: list[dict]) -> str:
     return csv_text(columns, [[record.get(c, "") for c in columns] for record in records])
 
 
-def write_report(out_dir: str | Path, family: str, metrics: dict, records: list[dict], curves: dict) -> Path:
-    """metrics.json, metrics.csv, structures.csv and PNG plots into out_dir (atomic); returns the JSON path."""
+def write_report(out_dir: str | Path, family: str, metrics: dict, records: list[dict], curves: dict,
+                 plots: bool = True) -> Path:
+    """metrics.json, metrics.csv, structures.csv and (with ``plots``) PNG plots into out_dir (atomic);
+    returns the JSON path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps({"family": family, "metrics": metrics}, indent=2))
@@ -294,7 +314,8 @@ def write_report(out_dir: str | Path, family: str, metrics: dict, records: list[
         ["metric", "value", "ci_low", "ci_high"],
         [[name, e["value"], e["ci_low"], e["ci_high"]] for name, e in metrics.items() if isinstance(e, dict)]))
     atomic_write_text(out / "structures.csv", records_csv(records))
-    _plots(out, family, curves)
+    if plots:
+        _plots(out, family, curves)
     return out / "metrics.json"
 
 

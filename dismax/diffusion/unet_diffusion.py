@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dismax.diffusion.training import TrainState
+from dismax.diffusion.trainer import TrainState
 
 COSINE_OFFSET = 0.008
 LOWRES_SAMPLE_NOISE = 0.2

@@ -13,10 +13,10 @@ structure in which the interface-region atoms — the first ``region_counts[k]``
 randomly permuted among atoms of the same element; ``all`` permutes all atoms within their elements (the
 paper's failing control); ``none`` trains on the data as they are. Copies are drawn once from the seed.
 
-Training runs ``train.steps`` steps over batches of the shared :class:`dismax.data.loader.BatchLoader`,
-writes ``metrics.csv`` every ``train.log_every`` steps, and every ``train.checkpoint_every`` steps a
-checkpoint (with the validation loss of the EMA parameters on fixed noise); a killed run resumes from the
-newest checkpoint.
+Training runs the shared loop (:func:`dismax.training.train_loop`) for ``train.epochs`` epochs of the
+(augmented) training set, batch 8: the paper's 150,000 steps are 1,000 epochs of 1,200 structures, or 20
+epochs of the 60,000 augmented interface structures. The validation loss of the EMA parameters (fixed noise)
+selects the best checkpoint.
 
 ``sample(run, n, out)`` decodes generated images/videos with the ground-truth lattice of validation
 structure ``sample.reference_index``; structures whose composition differs from the dataset's are failed.
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -36,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dismax.config import load_config
 from dismax.data.loader import BatchLoader
 from dismax.diffusion.crystens import crystens_scale, from_crystens, lattice_parameters, space_groups, to_crystens
 from dismax.diffusion.trainer import DataConfig, load_data
@@ -43,8 +43,11 @@ from dismax.diffusion.unet import UNet
 from dismax.diffusion.unet_diffusion import Cascade, eval_losses, init_state, make_optimizer, sample_cascade, train_step
 from dismax.diffusion.unimat import check_species_order, composition_matches, from_unimat, to_unimat
 from dismax.errors import DismaxConfigError, DismaxInputError
+from dismax.io import write_extxyz
 from dismax.runs import RunDir, atomic_write_text, log, progress
 from dismax.structures import Crystals
+from dismax.training import (LoopConfig, Panel, TrainingTask, check_data_source, check_loop_config,
+                             load_run_state, train_loop)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,16 +75,16 @@ class AugmentConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    steps: int = 150_000
+class TrainConfig(LoopConfig):
+    """The shared loop keys (epochs of the augmented data) and Imagen's optimiser settings."""
+
+    epochs: int = 1000
     batch_size: int = 8
+    val_every: int = 10
     lr: float = 1e-4
     beta1: float = 0.9
     beta2: float = 0.99
     ema_decay: float = 0.9999
-    log_every: int = 100
-    checkpoint_every: int = 5000
-    keep_checkpoints: int = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,8 +210,10 @@ def permutation_copies(data: Crystals, config: AugmentConfig, seed: int) -> tupl
 
 
 # ------------------------------------------------------------------------------------------ training
-def _check(config: Config) -> None:
+def check(config: Config) -> None:
+    """Every config error, before anything is written."""
     t, m = config.train, config.model
+    check_loop_config(t)
     if len(m.layer_attns) != len(m.dim_mults) or len(m.sr_layer_attns) != len(m.dim_mults):
         raise DismaxConfigError(f"config keys 'model.layer_attns' and 'model.sr_layer_attns' need one entry per "
                                 f"level of 'model.dim_mults' ({len(m.dim_mults)})")
@@ -218,14 +223,14 @@ def _check(config: Config) -> None:
     if m.name == "crystens" and m.low_size % 2 ** (len(m.dim_mults) - 1):
         raise DismaxConfigError(f"config key 'model.low_size' is {m.low_size}; it must be divisible by "
                                 f"{2 ** (len(m.dim_mults) - 1)} for {len(m.dim_mults)} U-Net levels")
-    for key, value in (("train.steps", t.steps), ("train.batch_size", t.batch_size), ("train.log_every", t.log_every),
-                       ("train.checkpoint_every", t.checkpoint_every), ("sample.n_steps", config.sample.n_steps),
-                       ("sample.batch_size", config.sample.batch_size)):
+    for key, value in (("sample.n_steps", config.sample.n_steps), ("sample.batch_size", config.sample.batch_size)):
         if value < 1:
             raise DismaxConfigError(f"config key '{key}' is {value}; it must be at least 1")
     if len(config.augment.region_species) != len(config.augment.region_counts):
         raise DismaxConfigError("config keys 'augment.region_species' and 'augment.region_counts' must have the "
                                 "same length")
+    d = config.data
+    check_data_source(d.dataset, d.size, d.dataset_seed, d.train_file, d.val_file)
 
 
 def build(config: Config, data: Crystals, abstract: bool = False):
@@ -238,53 +243,42 @@ def build(config: Config, data: Crystals, abstract: bool = False):
     return rep, cascade, optimizer, (jax.eval_shape(init) if abstract else jax.jit(init)())
 
 
-def train(config: Config, run: RunDir) -> None:
-    from dismax.checkpoint import Checkpointer
+def _arrays(data: Crystals, groups: np.ndarray) -> dict:
+    return {"frac": data.frac, "lattice": data.lattice, "species": data.species, "space_group": groups}
 
-    _check(config)
+
+def train(config: Config, run: RunDir) -> None:
+    check(config)
     t = config.train
     train_set, val_set = load_data(config.data)
     rep, cascade, optimizer, state = build(config, train_set)
     augmented, source = permutation_copies(train_set, config.augment, config.seed)
     groups = space_groups(train_set.frac, train_set.lattice, train_set.species)[source]
-    val_groups = space_groups(val_set.frac, val_set.lattice, val_set.species)
-    loader = BatchLoader(augmented, t.batch_size, seed=config.seed)
+    loader = BatchLoader(_arrays(augmented, groups), t.batch_size, seed=config.seed)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
-    log.info("%s: %d parameters, data %s per structure, %d training structures (%d with augmentation '%s'), "
-             "%d validation", config.model.name, n_params, "×".join(map(str, rep.shape)), len(train_set),
-             len(augmented), config.augment.permute, len(val_set))
-    checkpointer = Checkpointer(run.checkpoints, keep=t.keep_checkpoints)
-    restored = checkpointer.restore(state)
-    if restored is not None:
-        _, state, meta = restored
-        loader.restore(meta["loader"])
-        run.truncate_metrics(lambda row: row.get("step", 0) <= loader.step)
-        log.info("resumed at step %d", loader.step)
-    val_index = np.arange(min(len(val_set), t.batch_size))
-    val_x0 = _encode(rep, val_set.frac[val_index], val_set.lattice[val_index], val_set.species[val_index],
-                     val_groups[val_index])
-    window, started = [], time.perf_counter()
-    for step in progress(range(loader.step, t.steps), total=t.steps, initial=loader.step, desc=config.model.name):
-        batch = loader.batch(step)
-        x0 = _encode(rep, batch.frac, batch.lattice, batch.species, groups[loader.indices(step)[0]])
-        state, losses = train_step(state, x0, cascade, optimizer, t.ema_decay)
-        loader.step = step + 1
-        window.append(losses)
-        last = step + 1 == t.steps
-        if (step + 1) % t.log_every == 0 or last:
-            means = {k: float(np.mean([float(w[k]) for w in window])) for k in window[0]}
-            if not np.isfinite(means["loss"]):
-                raise DismaxInputError(f"training loss became {means['loss']} at step {step + 1}; lower train.lr")
-            seconds = time.perf_counter() - started
-            run.append_metrics({"step": step + 1, **{f"train_{k}": v for k, v in means.items()},
-                                "seconds_per_step": seconds / len(window)})
-            log.info("step %d: loss %.4f (%.2f s/step)", step + 1, means["loss"], seconds / len(window))
-            window, started = [], time.perf_counter()
-        if (step + 1) % t.checkpoint_every == 0 or last:
-            val = eval_losses(state.ema_params, val_x0, jax.random.PRNGKey(config.seed + 1), cascade)
-            log.info("step %d: validation loss (EMA) %.4f", step + 1, float(val["loss"]))
-            checkpointer.save(step + 1, state, meta={"loader": loader.state()}, metric=float(val["loss"]))
-    checkpointer.close()
+    log.info("%s: %d parameters, data %s per structure, %d training structures (%d with augmentation '%s', "
+             "%d steps per epoch), %d validation", config.model.name, n_params, "×".join(map(str, rep.shape)),
+             len(train_set), len(augmented), config.augment.permute, loader.steps_per_epoch, len(val_set))
+    val = val_set[: min(len(val_set), t.batch_size)]
+    val_x0 = _encode(rep, **_arrays(val, space_groups(val.frac, val.lattice, val.species)))
+
+    def step(state, batch, epoch, index):
+        return train_step(state, _encode(rep, **batch), cascade, optimizer, t.ema_decay)
+
+    def evaluate(state, epoch):
+        losses = eval_losses(state.ema_params, val_x0, jax.random.PRNGKey(config.seed + 1), cascade)
+        return state, {"val_loss": losses["loss"]}
+
+    def sample_task(state, member, n, key):
+        frac, species, valid = generate(state.ema_params, rep, cascade, key, n, config.sample.n_steps)
+        return Crystals(frac, jnp.broadcast_to(jnp.asarray(val.lattice[:1]), (n, 3, 3)), species)
+
+    columns = ("loss", *(("base", "sr") if cascade.sr is not None else ("base",)))
+    task = TrainingTask(name=config.model.name, state=state, loaders=[loader], step=step, members=[{}],
+                        evaluate=evaluate, eval_columns=("val_loss",),
+                        monitor=lambda values: float(np.mean(values["val_loss"])), sample=sample_task,
+                        loss_column="loss", panels=(Panel("noise-regression loss", (*columns, "val_loss"), True),))
+    train_loop(task, t, run)
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -297,10 +291,6 @@ def generate(params, rep: Representation, cascade: Cascade, key, n_structures: i
 def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, checkpoint: str = "latest",
            batch_size: int | None = None, **options) -> Path:
     """Write the valid ones of ``n`` generated structures to ``out`` (see the module docstring)."""
-    from dismax.checkpoint import Checkpointer
-    from dismax.config import load_config
-    from dismax.io import write_extxyz
-
     config = load_config(run.config_path, config_class=Config)
     if member != 0:
         raise DismaxInputError(f"--member {member}: run '{run.path}' has a single {config.model.name} model")
@@ -309,12 +299,7 @@ def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, check
         raise DismaxConfigError(f"config key 'sample.reference_index' is {config.sample.reference_index}; the "
                                 f"validation set has {len(val_set)} structures")
     rep, cascade, _, like = build(config, train_set, abstract=True)
-    checkpointer = Checkpointer(run.checkpoints, keep=config.train.keep_checkpoints)
-    restored = checkpointer.restore_best(like) if checkpoint == "best" else checkpointer.restore(like)
-    checkpointer.close()
-    if restored is None:
-        raise DismaxInputError(f"run directory '{run.path}' has no {checkpoint} checkpoint")
-    state = restored[1]
+    state, _ = load_run_state(run, like, checkpoint)
     params = state.ema_params if config.sample.use_ema else state.params
     reference = val_set[config.sample.reference_index]
     chunk = batch_size or config.sample.batch_size

@@ -6,9 +6,10 @@ import pytest
 
 from dismax.config import load_config
 from dismax.diffusion.unet_diffusion import alpha_sigma, log_snr, noise_to
-from dismax.diffusion.unet_trainer import (AugmentConfig, Config, ModelConfig, _check, permutable_atoms,
+from dismax.diffusion.unet_trainer import (AugmentConfig, Config, ModelConfig, check, permutable_atoms,
                                            permutation_copies, representation)
 from dismax.errors import DismaxConfigError, DismaxInputError
+from dismax.io import write_extxyz
 from tests.diffusion.unet_cells import alloy_cells, cartesian_rms, interface_cells
 
 
@@ -72,14 +73,17 @@ def test_representation_round_trip_in_model_space(kind):
 
 
 def test_shipped_configs_load_and_check(tmp_path):
+    data = tmp_path / "cells.extxyz"
+    write_extxyz(alloy_cells(1), data)
+    files = [f"data.train_file={data}", f"data.val_file={data}"]
     for name in ("crystens", "unimat"):
         for family in ("alloy", "a_si", "interface", "alloy_small"):
-            config = load_config(f"configs/{name}_{family}.yaml")
+            config = load_config(f"configs/{name}_{family}.yaml", files)
             assert config.model.name == name
-            _check(config)
+            check(config)
     assert load_config("configs/unimat_interface.yaml").augment.permute == "interface"
     assert load_config("configs/unimat_interface.yaml").model.layer_attns == (False, True, True)
     with pytest.raises(DismaxConfigError, match="one entry per level"):
-        _check(load_config("configs/unimat_alloy.yaml", ["model.layer_attns=[true]"]))
+        check(load_config("configs/unimat_alloy.yaml", ["model.layer_attns=[true]"]))
     with pytest.raises(DismaxConfigError, match="low_size"):
-        _check(load_config("configs/crystens_alloy.yaml", ["model.low_size=30"]))
+        check(load_config("configs/crystens_alloy.yaml", ["model.low_size=30"]))
