@@ -87,7 +87,7 @@ def test_alloy_score_report_equals_bench_metrics_by_hand(tmp_path, alloy_files):
 
 
 def _bench_config(tmp_path, train, name="bench", **changes):
-    config = {"family": "alloy", "dataset": {"train_file": str(train)},
+    config = {"family": "alloy", "dataset": {"train_file": str(train), "val_file": str(train)},
               "models": [{"name": "given", "generated": str(train)}], "n_generated": 3,
               "metrics": {"n_replicates": 10}}
     config.update(changes)
@@ -133,3 +133,101 @@ def test_bad_input_is_one_error_line_and_keeps_finished_stages(tmp_path, alloy_f
     table = capsys.readouterr().out
     assert table.splitlines()[0].split() == ["model", "seed", "train", "sample", "postprocess", "relax", "score"]
     assert "given" in table and table.count("done") == 7
+
+
+TINY_MODEL = """
+model:
+  name: diffusion
+  denoiser: {name: cspnet, hidden: 8, n_layers: 1, n_freq: 2, time_dim: 8}
+  n_steps: 20
+train: {epochs: 2, batch_size: 2, val_every: 1, checkpoint_every: 1, ema_decay: 0.9}
+sample: {n_steps: 3, batch_size: 2}
+"""
+
+
+def _kill_during(argv, stage_dir, rng, env, timeout=900):
+    """Start the command, SIGKILL it at a random moment once ``stage_dir`` exists; False if it finished first."""
+    import subprocess
+    import time
+
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not stage_dir.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(rng.uniform(0.0, 1.5))
+    finished = process.poll() is not None
+    process.kill()
+    process.wait()
+    return not finished
+
+
+@pytest.mark.slow
+def test_sigkill_in_every_stage_then_rerun_gives_identical_results(tmp_path, alloy_files):
+    import os
+    import subprocess
+    import sys
+
+    train, _ = alloy_files
+    rng = np.random.default_rng(3)
+    noisy = _batch([((c / 14.4) % 1, np.eye(3) * 14.4, n) for c, n in (random_alloy(rng, 0.1) for _ in range(2))])
+    write_extxyz(noisy, tmp_path / "given.extxyz")
+    (tmp_path / "tiny.yaml").write_text(TINY_MODEL)
+    config = _bench_config(tmp_path, train, "kill", seeds=[0], n_generated=2,
+                           models=[{"name": "tiny", "config": "tiny.yaml"},
+                                   {"name": "given", "generated": str(tmp_path / "given.extxyz")}],
+                           report={"n_pictures": 1}, eval={"every": 1, "n_samples": 2})
+    env = dict(os.environ, DISMAX_NO_PROGRESS="1")
+    command = [sys.executable, "-m", "dismax.bench", "run", "--config", str(config), "--out"]
+    subprocess.run(command + [str(tmp_path / "reference")], env=env, check=True, capture_output=True)
+
+    out = tmp_path / "killed"
+    stages = [out / "data"] + [out / model / "0" / stage for model in ("tiny", "given")
+                               for stage in ("train", "sample", "postprocess", "relax", "score")] + [out / "report"]
+    kills = 0
+    for stage_dir in stages:
+        finished = {p: p.read_bytes() for p in out.rglob("done.json") if p.parent.name != "report"}
+        if (stage_dir / "done.json").exists():
+            continue
+        kills += _kill_during(command + [str(out)], stage_dir, rng, env)
+        assert {p: p.read_bytes() for p in finished} == finished      # nothing finished was redone
+    assert kills >= 5
+    finished = {p: p.read_bytes() for p in out.rglob("done.json") if p.parent.name != "report"}
+    subprocess.run(command + [str(out)], env=env, check=True, capture_output=True)
+    assert {p: p.read_bytes() for p in finished} == finished
+    for name in ("metrics.json", "report.md"):
+        assert (out / name).read_bytes() == (tmp_path / "reference" / name).read_bytes()
+    assert json.loads((out / "metrics.json").read_text())["models"]["given"]["metrics"]["d_cluster"]["mean"] > 0
+    header = (out / "tiny" / "0" / "train" / "metrics.csv").read_text().splitlines()[0]
+    assert "bench_d_cluster" in header.split(",")
+    timings = json.loads((out / "timings.json").read_text())
+    assert {"data", "tiny/0/train", "given/0/score", "report", "total"} <= set(timings)
+
+
+@pytest.mark.parametrize("name", ["a_si_small", "alloy_small", "alloy", "a_si", "interface"])
+def test_shipped_bench_configs_load_with_their_model_configs(name, tmp_path):
+    from pathlib import Path
+
+    from dismax.bench.run import load_bench_config, model_config
+
+    config, base = load_bench_config(Path(__file__).parents[2] / "configs" / "bench" / f"{name}.yaml")
+    assert name.startswith(config.family.split("_")[0])
+    for entry in config.models:
+        assert model_config(entry, base, config.seeds[-1], tmp_path).seed == config.seeds[-1]
+    assert (config.n_generated, len(config.seeds)) == ((1000, 3) if "small" not in name else (config.n_generated, 1))
+
+
+def test_in_training_benchmark_evaluation_scores_each_member(alloy_files):
+    from types import SimpleNamespace
+
+    from dismax.bench.evaluation import benchmark_evaluation
+    from dismax.io import read_extxyz
+
+    train_file, uniform_file = alloy_files
+    train, uniform = read_extxyz(train_file), read_extxyz(uniform_file)
+    samples = {0: train, 1: uniform}                     # member 0 reproduces the data, member 1 is noise
+    task = SimpleNamespace(members=[{"member": 0}, {"member": 1}],
+                           sample=lambda state, member, n, key: samples[member][:n])
+    evaluation = benchmark_evaluation("alloy", train, every=2, n_samples=3)
+    assert evaluation.columns == ("bench_d_cluster",) and evaluation.every == 2
+    values = evaluation.evaluate(task, None, 3)["bench_d_cluster"]
+    assert values[0] == pytest.approx(0.0, abs=1e-12) and np.isnan(values[1])
