@@ -318,26 +318,6 @@ def pairwise_minimum_image_distances(frac: jax.Array, lattice: jax.Array,
     return jax.vmap(single)(frac, lattice)
 
 
-@partial(jax.jit, static_argnames="n_images")
-def all_pair_distances(frac: jax.Array, lattice: jax.Array, n_images: ImageCounts) -> jax.Array:
-    """Distances (B, N, N, M) in Å from atom i to every listed image of atom j.
-
-    Entry [b, i, j, m] is |(c_ij + image_offsets(n_images)[m]) @ lattice| with c_ij = frac[j] - frac[i]
-    wrapped into [-1/2, 1/2) (so the true image is offset_m - floor(frac[j] - frac[i] + 1/2)). With
-    ``n_images = images_needed(lattice, cutoff)`` every pair within ``cutoff`` appears, also for cells
-    smaller than twice the cutoff. Entry [b, i, i, 0] is the zero self-distance.
-    """
-    _check_batched(frac, lattice, "all_pair_distances")
-    offsets = image_offsets(n_images)
-
-    def single(frac_one, lattice_one):
-        centred, _ = _centred_difference(frac_one)
-        offset_cart = _to_cart(jnp.asarray(offsets, frac_one.dtype), lattice_one)
-        return _safe_norm(_to_cart(centred, lattice_one)[:, :, None, :] + offset_cart)
-
-    return jax.vmap(single)(frac, lattice)
-
-
 # ------------------------------------------------------------------------------------ nearest neighbours
 class Neighbors(NamedTuple):
     """Fixed-K nearest neighbours of every atom (a pytree).

@@ -118,19 +118,6 @@ def test_minimum_image_exact_for_a_strongly_skewed_cell():
     assert np.all(nearby_only >= reference - 1e-4) and np.any(nearby_only > reference + 0.1)
 
 
-def test_all_pair_distances_contain_every_pair_within_cutoff(batch):
-    frac, lattice, structures = batch
-    cutoff = 7.0  # larger than half of every width of the small cell
-    counts = geometry.images_needed(_cells(), cutoff)
-    distances = np.asarray(geometry.all_pair_distances(frac, lattice, counts))
-    assert distances.shape == (4, N_ATOMS, N_ATOMS, len(geometry.image_offsets(counts)))
-    for b, structure in enumerate(structures):
-        found = distances[b][(distances[b] > 1e-6) & (distances[b] <= cutoff)]
-        reference = structure.get_neighbor_list(cutoff)[3]
-        assert len(found) == len(reference)
-        np.testing.assert_allclose(np.sort(found), np.sort(reference), atol=1e-4)
-
-
 # ---------------------------------------------------------------------------------- neighbour lists
 def test_neighbor_list_matches_pymatgen(batch):
     frac, lattice, structures = batch
