@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dismax import cluster_expansion
 from dismax.data import alloy
 
 
@@ -29,19 +30,20 @@ def fitted_icet_expansion(n_configurations: int, seed: int):
     from ase import Atoms
     from icet import ClusterExpansion, ClusterSpace
 
-    lattice = alloy.fcc_lattice()
+    lattice = cluster_expansion.fcc_lattice()
     template = Atoms("Fe" * lattice.n_sites, scaled_positions=lattice.frac, cell=lattice.lattice, pbc=True)
     primitive = Atoms("Fe", cell=[[0, 1.8, 1.8], [1.8, 0, 1.8], [1.8, 1.8, 0]], pbc=True)
-    space = ClusterSpace(primitive, cutoffs=[6.8], chemical_symbols=list(alloy.SPECIES))
+    space = ClusterSpace(primitive, cutoffs=[6.8], chemical_symbols=list(cluster_expansion.SPECIES))
     rng = np.random.default_rng(seed)
-    occupations = np.stack([rng.permutation(np.repeat(np.arange(3), alloy.COMPOSITION))
+    occupations = np.stack([rng.permutation(np.repeat(np.arange(3), cluster_expansion.COMPOSITION))
                             for _ in range(n_configurations)])
-    counts = np.asarray(jax.vmap(lambda o: alloy.pair_counts(o, lattice))(jnp.asarray(occupations)))
-    energies = alloy.energy_per_atom(alloy.cluster_vectors(counts))
+    counts = np.asarray(jax.vmap(lambda o: cluster_expansion.pair_counts(o, lattice))(jnp.asarray(occupations)))
+    energies = cluster_expansion.energy_per_atom(
+        cluster_expansion.cluster_vectors(counts, cluster_expansion.COMPOSITION))
     vectors = []
     for occupation in occupations:
         atoms = template.copy()
-        atoms.set_chemical_symbols([alloy.SPECIES[s] for s in occupation])
+        atoms.set_chemical_symbols([cluster_expansion.SPECIES[s] for s in occupation])
         vectors.append(space.get_cluster_vector(atoms))
     vectors = np.asarray(vectors)
     parameters, *_ = np.linalg.lstsq(vectors, energies, rcond=None)
@@ -54,7 +56,7 @@ def time_icet(expansion, template, occupation, temperature: float, steps: int, s
     from mchammer.ensembles import CanonicalEnsemble
 
     atoms = template.copy()
-    atoms.set_chemical_symbols([alloy.SPECIES[s] for s in occupation])
+    atoms.set_chemical_symbols([cluster_expansion.SPECIES[s] for s in occupation])
     calculator = ClusterExpansionCalculator(atoms, expansion)
     ensemble = CanonicalEnsemble(structure=atoms, calculator=calculator, temperature=temperature,
                                  random_seed=seed, ensemble_data_write_interval=2 * steps,
@@ -88,7 +90,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    n_sites = alloy.fcc_lattice().n_sites
+    n_sites = cluster_expansion.fcc_lattice().n_sites
     attempts = args.passes * n_sites
     print(f"model: 4x4x4 FCC Fe154 Ni51 Cr51, T = {args.temperature:g} K, {args.passes} passes "
           f"= {attempts} swap attempts per chain; jax {jax.__version__} on {jax.devices()[0].platform}")
@@ -106,7 +108,8 @@ def main() -> None:
         expansion, template, rmse, n_parameters = fitted_icet_expansion(args.fit_configurations, args.seed)
         print(f"icet {icet.__version__}: {n_parameters} cluster-space parameters fitted to dismax energies of "
               f"{args.fit_configurations} random configurations, RMSE {rmse:.2e} eV/atom")
-        occupation = np.random.default_rng(args.seed).permutation(np.repeat(np.arange(3), alloy.COMPOSITION))
+        species_of_site = np.repeat(np.arange(3), cluster_expansion.COMPOSITION)
+        occupation = np.random.default_rng(args.seed).permutation(species_of_site)
         elapsed, acceptance = time_icet(expansion, template, occupation, args.temperature, attempts, args.seed)
         rows.append(("icet CanonicalEnsemble, 1 chain", attempts / elapsed, acceptance, elapsed))
 

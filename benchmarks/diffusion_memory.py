@@ -40,7 +40,7 @@ def measure(label: str, n_atoms: int, batch: int, repeats: int) -> dict:
     from dismax.diffusion.denoisers import DenoiserConfig, build_denoiser
     from dismax.diffusion.noise import SigmaSchedule
     from dismax.diffusion.sampling import predictor_corrector
-    from dismax.diffusion.training import init_state, make_optimizer, train_step
+    from dismax.diffusion.trainer import init_state, make_optimizer, train_step
 
     network = build_denoiser(DenoiserConfig(**CONFIGS[label]))
     schedule = SigmaSchedule(0.005, 0.1, 1000)

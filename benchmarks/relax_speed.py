@@ -49,8 +49,9 @@ def main() -> None:
     from ase.optimize import FIRE
 
     from dismax.io import read_extxyz
-    from dismax.relax.driver import default_batching, relax
-    from dismax.relax.potentials import amorphous_sw
+    from dismax.potentials import amorphous_sw
+    from dismax.potentials.jaxmd import default_batching
+    from dismax.relax.driver import relax
     from dismax.structures import Crystals
 
     base = read_extxyz(args.structures)[: args.n] if args.structures else a_si_structures(args.n, args.seed)

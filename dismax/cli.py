@@ -1,24 +1,59 @@
-"""Shared CLI plumbing: a dismax error becomes one line on stderr and exit code 2, no traceback."""
+"""Shared CLI plumbing: every problem the user can fix becomes one ``error:`` line on stderr and exit code 2.
+
+Mapped centrally here, so every entry point (``dismax.train``, ``dismax.sample``, ``dismax.data``,
+``dismax.bench``) behaves the same: dismax errors, invalid options (argparse usage errors) and operating-
+system errors (permission denied, missing folder, disk full) print one line and return 2, no traceback.
+"""
 
 from __future__ import annotations
 
+import argparse
+import errno
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
+from unittest import mock
 
 from dismax.errors import DismaxError
 from dismax.runs import setup_logging
 
 
+class UsageError(DismaxError):
+    """An invalid command-line option (what argparse would report with its usage block)."""
+
+
+def _usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    raise UsageError(f"{parser.prog}: {message} (see {parser.prog} --help)")
+
+
+def os_error_message(exc: OSError) -> str:
+    """One sentence for an operating-system error, naming the file it concerns."""
+    reason = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+              errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+              errno.ENOENT: "no such file or folder", errno.EROFS: "read-only file system",
+              errno.ENOTDIR: "a parent of the path is not a folder",
+              errno.EEXIST: "exists and is not a folder",
+              errno.EISDIR: "is a folder, expected a file"}.get(exc.errno, exc.strerror or type(exc).__name__)
+    where = f" ('{exc.filename}')" if exc.filename else ""
+    return f"{reason}{where}"
+
+
 def main_wrapper(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run ``main(argv)``; a ``DismaxError`` is printed as ``error: ...`` and turns into exit code 2."""
+    """Run ``main(argv)``; a ``DismaxError``, an argparse usage error or an ``OSError`` is printed as
+    ``error: ...`` and turns into exit code 2."""
     setup_logging()
     try:
-        code = main(argv)
+        with mock.patch.object(argparse.ArgumentParser, "error", _usage_error):
+            code = main(argv)
     except DismaxError as exc:
-        message = " ".join(str(exc).split())
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(os_error_message(exc))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     return int(code or 0)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return 2

@@ -16,6 +16,8 @@ from typing import Any, Iterable
 import yaml
 
 from dismax.errors import DismaxConfigError
+from dismax.models import model_module
+from dismax.runs import atomic_write_text
 
 
 def from_dict(cls, data: dict | None, where: str = "") -> Any:
@@ -102,12 +104,10 @@ def read_yaml(path: str | Path) -> dict:
 def load_config(path: str | Path, overrides: Iterable[str] = (), config_class=None):
     """Load a YAML config, apply dotted overrides and build its frozen dataclass.
 
-    Without ``config_class`` the class is the one registered for ``model.name`` (see :mod:`dismax.train`).
+    Without ``config_class`` the class is the one registered for ``model.name`` (see :mod:`dismax.models`).
     """
     data = merge(read_yaml(path), parse_overrides(overrides))
     if config_class is None:
-        from dismax.train import model_module
-
         name = (data.get("model") or {}).get("name")
         config_class = model_module(name).Config
     return from_dict(config_class, data)
@@ -115,8 +115,6 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), config_class=No
 
 def save_config(config, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically."""
-    from dismax.runs import atomic_write_text
-
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(config), sort_keys=False))
 
 

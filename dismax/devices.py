@@ -21,9 +21,10 @@ def data_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Sharding that splits the leading (batch) axis over the 'data' axis."""
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+def batch_sharding(mesh: Mesh, axis: int = 0) -> NamedSharding:
+    """Sharding that splits the batch axis ``axis`` (0, or 1 after a leading ensemble-member axis) over the
+    'data' axis."""
+    return NamedSharding(mesh, PartitionSpec(*([None] * axis), DATA_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -31,19 +32,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def shard_batch(tree, mesh: Mesh):
-    """Place every array leaf of ``tree`` split along its leading axis over the mesh's devices.
+def shard_batch(tree, mesh: Mesh, axis: int = 0):
+    """Place every array leaf of ``tree`` split along its batch axis ``axis`` over the mesh's devices.
 
-    The leading axis must be divisible by the number of devices.
+    The batch axis must be divisible by the number of devices.
     """
     n = mesh.devices.size
     for leaf in jax.tree.leaves(tree):
-        if np.ndim(leaf) == 0 or np.shape(leaf)[0] % n:
-            raise DismaxError(
-                f"batch axis of size {np.shape(leaf)[0] if np.ndim(leaf) else 0} cannot be split over {n} devices; "
-                f"use a batch size divisible by {n}"
-            )
-    return jax.device_put(tree, batch_sharding(mesh))
+        size = np.shape(leaf)[axis] if np.ndim(leaf) > axis else 0
+        if size == 0 or size % n:
+            raise DismaxError(f"batch axis of size {size} cannot be split over {n} devices; "
+                              f"use a batch size divisible by {n}")
+    return jax.device_put(tree, batch_sharding(mesh, axis))
 
 
 def replicate(tree, mesh: Mesh):

@@ -24,7 +24,7 @@ import numpy as np
 
 from dismax.errors import DismaxInputError
 from dismax.runs import atomic_write
-from dismax.structures import Crystals
+from dismax.structures import Crystals, StructureSet
 
 EXTXYZ_SUFFIXES = (".extxyz", ".xyz")
 CIF_SUFFIXES = (".cif",)
@@ -190,8 +190,9 @@ def _iter_frame_texts(path: Path) -> Iterator[tuple[int, int, str, str]]:
         raise _input_error(path, None, "file is empty (no structures)")
 
 
-def _parse_frame(path: Path, index: int, start: int, comment: str, text: str):
-    """One validated ASE ``Atoms`` from a frame's text."""
+def _parse_frame(path: Path, index: int, start: int, comment: str, text: str, allow_nonfinite: bool = False):
+    """One validated ASE ``Atoms`` from a frame's text (``allow_nonfinite``: NaN/inf coordinates are left for
+    :mod:`dismax.validation` to give the structure a status)."""
     import ase.io
 
     try:
@@ -214,7 +215,8 @@ def _parse_frame(path: Path, index: int, start: int, comment: str, text: str):
         raise _input_error(path, index, f"non-periodic boundary conditions pbc=\"{flags}\"; dismax needs "
                            "pbc=\"T T T\"")
     try:
-        _check_cell_and_positions(lattice, np.asarray(atoms.positions, float), "position")
+        positions = np.zeros((1, 3)) if allow_nonfinite else np.asarray(atoms.positions, float)
+        _check_cell_and_positions(lattice, positions, "position")
     except _Problem as problem:
         raise _input_error(path, index, str(problem)) from None
     return atoms
@@ -274,6 +276,21 @@ def read_extxyz(path, fixed_composition: bool = True,
     return Crystals.concatenate(parts)
 
 
+def read_structure_set(path, allow_nonfinite: bool = False,
+                       with_info: bool = False) -> StructureSet | tuple[StructureSet, list[dict]]:
+    """All frames of an extxyz file whose atom counts may differ (e.g. a post-processed set), validated.
+
+    ``allow_nonfinite`` reads generated structures with NaN/inf coordinates too, so each keeps its
+    index and gets a status from :func:`dismax.validation.screen` instead of failing the whole file;
+    ``with_info`` also returns each frame's info dict."""
+    path = Path(path)
+    _check_readable(path)
+    frames = [_parse_frame(path, index, start, comment, text, allow_nonfinite)
+              for index, start, comment, text in _iter_frame_texts(path)]
+    structures = StructureSet.from_ase(frames)
+    return (structures, [_frame_info(atoms) for atoms in frames]) if with_info else structures
+
+
 # ---------------------------------------------------------------------- writing
 def _check_crystals(crystals: Crystals, target: Path) -> Crystals:
     """Validate a batch before writing it; returns the NumPy view."""
@@ -308,25 +325,40 @@ def _check_info(path: Path, index: int, entry: dict) -> None:
                                f"{type(value).__name__}, not a number, string or numeric array")
 
 
-def write_extxyz(crystals: Crystals, path, info: list[dict] | None = None) -> Path:
-    """Write a batch as a multi-frame extxyz file (Dismai-Bench header format), atomically.
+def write_extxyz_frames(handle, crystals: Crystals | StructureSet, info: list[dict] | None = None,
+                        target: Path | str = "<stream>") -> None:
+    """Write validated structures as extxyz frames (Dismai-Bench header format) to an open text handle.
 
-    ``info`` optionally gives one dict of extra header keys (numbers, strings, small arrays) per structure.
+    The one extxyz formatter: :func:`write_extxyz` and the append-only writers (relaxation output,
+    streamed samples) call it. ``info`` optionally gives one dict of extra header keys (numbers, strings,
+    small arrays) per structure; ``target`` names the destination in error messages.
     """
     import ase.io
 
-    path = Path(path)
-    crystals = _check_crystals(crystals, path)
+    target = Path(target)
+    groups = crystals.groups if isinstance(crystals, StructureSet) else (crystals,)
+    for group in groups:
+        _check_crystals(group, target)
+    atoms_list = crystals.to_ase() if isinstance(crystals, StructureSet) else crystals.to_numpy().to_ase()
     if info is not None:
-        if len(info) != crystals.batch_size:
-            raise _input_error(path, None, f"got {len(info)} info dicts for {crystals.batch_size} structures")
-        for b, entry in enumerate(info):
-            _check_info(path, b, entry)
-    atoms_list = crystals.to_ase()
-    for b, atoms in enumerate(atoms_list):
-        if info is not None:
-            atoms.info.update(info[b])
-    atomic_write(path, lambda handle: ase.io.write(handle, atoms_list, format="extxyz"))
+        if len(info) != len(atoms_list):
+            raise _input_error(target, None, f"got {len(info)} info dicts for {len(atoms_list)} structures")
+        for b, (atoms, entry) in enumerate(zip(atoms_list, info)):
+            _check_info(target, b, entry)
+            atoms.info.update(entry)
+    ase.io.write(handle, atoms_list, format="extxyz")
+
+
+def write_extxyz(crystals: Crystals | StructureSet, path, info: list[dict] | None = None) -> Path:
+    """Write a batch or a set as a multi-frame extxyz file (Dismai-Bench header format), atomically.
+
+    ``info`` optionally gives one dict of extra header keys (numbers, strings, small arrays) per structure.
+    Everything is validated before the file is touched.
+    """
+    path = Path(path)
+    buffer = io.StringIO()
+    write_extxyz_frames(buffer, crystals, info, path)
+    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
     return path
 
 
@@ -415,7 +447,20 @@ def _parse_cif_block(block_text: str):
     return structures[0]
 
 
-def _describe_disorder(structure) -> str:
+def _describe_disorder(block_text: str, structure) -> str:
+    """The first partially occupied atom site as the CIF names it (label and row of its _atom_site loop);
+    pymatgen's expanded structure orders sites differently, so it is only the fallback."""
+    from pymatgen.io.cif import CifFile
+
+    data = next(iter(CifFile.from_str(block_text).data.values())).data
+    labels, occupancies = data.get("_atom_site_label", []), data.get("_atom_site_occupancy", [])
+    for row, (label, occupancy) in enumerate(zip(labels, occupancies), start=1):
+        try:
+            value = float(str(occupancy).split("(")[0])
+        except ValueError:
+            continue
+        if value < 1.0 - 1e-6:
+            return f"atom site {label} (row {row} of the _atom_site loop) has occupancy {occupancy}"
     for k, site in enumerate(structure):
         if not site.is_ordered:
             occupancy = ", ".join(f"{sp}:{occ:g}" for sp, occ in site.species.items())
@@ -447,7 +492,7 @@ def _read_cif_entries(path_or_paths, allow_partial: bool) -> list[tuple[Path, in
             except _Problem as problem:
                 raise _input_error(path, index, str(problem)) from None
             if not allow_partial and not structure.is_ordered:
-                raise _input_error(path, index, f"partial occupancy ({_describe_disorder(structure)}); "
+                raise _input_error(path, index, f"partial occupancy ({_describe_disorder(block, structure)}); "
                                    "integer occupancy is required")
             entries.append((path, index, structure))
     return entries

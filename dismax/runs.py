@@ -9,20 +9,36 @@ Layout::
       plots/             PNG figures (loss curves, ...)
       samples/           generated structures (extxyz)
       train.log          the log of every session that trained in this directory
+
+Concurrency and crashes: a process that writes a run directory, a sample file, a relaxation output or a
+dataset first takes an :func:`exclusive_lock` on it (``.NAME.lock`` next to it); a second process gets a
+clear error naming the holder.
+Temporary files and staging folders carry their writer's host and PID in their name
+(``.NAME~HOST~PID~XXXX.tmp``), so whoever next takes the lock removes those of dead processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import fcntl
 import io
+import json
 import logging
 import os
+import re
+import shutil
+import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from tqdm.auto import tqdm
+
+from dismax.errors import DismaxError
 
 log = logging.getLogger("dismax")
 
@@ -35,7 +51,7 @@ def atomic_write(path: Path, write, binary: bool = False) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
@@ -63,6 +79,164 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def temp_prefix(path: Path) -> str:
+    """Name prefix of a hidden temporary file or staging folder for ``path``: ``.NAME~HOST~PID~``.
+
+    The writer's host and PID in the name let :func:`remove_leftovers` tell a killed writer's
+    leftovers from a live writer's work in progress."""
+    return f".{Path(path).name}~{_HOST}~{os.getpid()}~"
+
+
+def make_staging_dir(path: Path) -> Path:
+    """A hidden staging folder next to ``path`` (renamed onto ``path`` when complete), with ordinary
+    permissions (0777 minus the umask; mkdtemp alone gives 0700)."""
+    staging = Path(tempfile.mkdtemp(prefix=temp_prefix(path), dir=Path(path).parent))
+    staging.chmod(0o777 & ~_umask())
+    return staging
+
+
+_HOST = socket.gethostname().replace("~", "-")
+_TAGGED = re.compile(r"^\.(?P<name>.+)~(?P<host>[^~]+)~(?P<pid>\d+)~[^~]*$")
+
+
+class LockedError(DismaxError):
+    """Another process holds the lock (the message names its PID and host)."""
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with this PID exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def remove_leftovers(directory: Path, name: str | None = None, recursive: bool = False) -> list[Path]:
+    """Remove temporary files and staging folders that killed processes left in ``directory``.
+
+    Tagged leftovers (see :func:`temp_prefix`) are removed when their writer ran on this host and is
+    dead. With ``name``, untagged hidden leftovers of that target (``.NAME.*.tmp`` files and ``.NAME.*``
+    folders, as written by older versions) are removed too: call it so only while holding the target's
+    lock. Returns what was removed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    entries = directory.rglob(".*") if recursive else directory.glob(".*")
+    removed = []
+    for entry in list(entries):
+        tagged = _TAGGED.match(entry.name)
+        if tagged:
+            stale = tagged["host"] == _HOST and not pid_alive(int(tagged["pid"]))
+        else:
+            stale = (name is not None and entry.name.startswith(f".{name}.") and entry.parent == directory
+                     and not entry.name.endswith(".lock")
+                     and (entry.is_dir() or entry.name.endswith(".tmp")))
+        if not stale:
+            continue
+        try:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(entry)
+    if removed:
+        log.info("removed %d leftover(s) of interrupted runs in %s", len(removed), directory)
+    return removed
+
+
+_HELD: set[Path] = set()  # lock files this process holds (a nested lock of the same target is a no-op)
+
+
+@contextlib.contextmanager
+def exclusive_lock(target: Path, what: str, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on ``target`` (a run directory, an output file or folder, a dataset folder).
+
+    The lock file is ``.NAME.lock`` next to ``target`` (so it works before ``target`` exists); it holds
+    the holder's PID and host, and is removed on release. The lock is an OS file lock, so a killed holder
+    releases it; a lock file left by a dead PID on this host is taken over. A lock held elsewhere raises
+    :class:`LockedError` naming the holder, or with ``wait`` is waited for. On taking the lock, leftovers
+    of killed writers of ``target`` are removed. Re-entrant within a process.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = target.parent.resolve() / f".{target.name}.lock"
+    if lock_path in _HELD:
+        yield
+        return
+    fd = _acquire(lock_path, what, target, wait)
+    _HELD.add(lock_path)
+    try:
+        remove_leftovers(target.parent, target.name)
+        if target.is_dir():
+            remove_leftovers(target, recursive=True)
+        yield
+    finally:
+        _HELD.discard(lock_path)
+        with contextlib.suppress(FileNotFoundError):
+            lock_path.unlink()
+        os.close(fd)
+
+
+def _acquire(lock_path: Path, what: str, target: Path, wait: bool) -> int:
+    announced = False
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        holder = _read_holder(fd)
+        if _try_flock(fd, holder):
+            try:
+                same_file = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+            except FileNotFoundError:
+                same_file = False
+            if not same_file:  # the previous holder removed it between our open and our lock
+                os.close(fd)
+                continue
+            holder = _read_holder(fd)
+            if not holder or holder.get("host") == _HOST or not holder.get("host"):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": _HOST, "since": time.strftime(
+                    "%Y-%m-%d %H:%M:%S")}).encode(), 0)
+                os.fsync(fd)
+                return fd
+            fcntl.flock(fd, fcntl.LOCK_UN)  # written on another host: its PID cannot be checked from here
+        if not holder:  # the holder has created the file but not yet written its name
+            time.sleep(0.05)
+            holder = _read_holder(fd)
+        os.close(fd)
+        message = (f"{what} '{target}' is locked by PID {holder.get('pid', '?')} on host "
+                   f"{holder.get('host', '?')} (since {holder.get('since', '?')}): another dismax process is "
+                   f"using it; wait for it to finish or stop it")
+        if holder.get("host") not in (None, _HOST):
+            message += f" (if it no longer runs, delete {lock_path})"
+        if not wait:
+            raise LockedError(message)
+        if not announced:
+            log.info("waiting: %s", message)
+            announced = True
+        time.sleep(1.0)
+
+
+def _try_flock(fd: int, holder: dict) -> bool:
+    """Take the OS lock without blocking; where the file system has no locks, judge by the holder's PID."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        return not (holder.get("host") == _HOST and pid_alive(int(holder.get("pid", 0))))
+
+
+def _read_holder(fd: int) -> dict:
+    try:
+        return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (ValueError, UnicodeDecodeError):
+        return {}
 
 
 class RunDir:
@@ -134,10 +308,22 @@ class RunDir:
         log.addHandler(handler)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is now (tests and notebooks replace it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """One stderr handler for the 'dismax' logger (idempotent)."""
     if not any(getattr(h, "_dismax", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("[dismax] %(message)s"))
         handler._dismax = True
         log.addHandler(handler)

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
+import yaml
+
 from dismax.cli import main_wrapper
+from dismax.config import load_config
+from dismax.data.registry import dataset_dir
 from dismax.errors import DismaxError
+from dismax.models import model_module
+from dismax.runs import RunDir, exclusive_lock
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,22 +30,55 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None, help="structures per generation batch")
     parser.add_argument("--sampler", choices=("gaussian", "gmm", "kde"), default=None,
                         help="latent sampler of wyckoff_vae (default: the run config's sample.sampler)")
+    parser.add_argument("--force", action="store_true",
+                        help="sample even when the output's disk looks too small for the estimated output size")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from dismax.config import load_config
-    from dismax.runs import RunDir
-    from dismax.train import model_module
+# Upper estimates of extxyz sizes: ASE writes one '%-2s %16.8f %16.8f %16.8f' line per atom and a header
+# line (Lattice, Properties, pbc) per structure.
+EXTXYZ_BYTES_PER_ATOM = 56
+EXTXYZ_BYTES_PER_STRUCTURE = 200
 
+
+def estimated_output_bytes(run, n: int) -> int | None:
+    """Estimated size in bytes of ``n`` sampled structures as extxyz, from the atom count of the run's
+    training structures (first line of the training file); None when that file is not known or absent."""
+    data = (yaml.safe_load(run.config_path.read_text()) or {}).get("data") or {}
+    try:
+        path = Path(data["train_file"]) if data.get("train_file") else dataset_dir(
+            data["dataset"], data.get("size", "small"), data.get("dataset_seed", 0)) / "train.extxyz"
+        with open(path) as handle:
+            n_atoms = int(handle.readline())
+    except (KeyError, OSError, ValueError, DismaxError):
+        return None
+    return n * (n_atoms * EXTXYZ_BYTES_PER_ATOM + EXTXYZ_BYTES_PER_STRUCTURE)
+
+
+def check_free_space(run, n: int, out: Path) -> None:
+    """Refuse to start sampling when the disk holding ``out`` cannot hold the estimated output."""
+    needed = estimated_output_bytes(run, n)
+    folder = next((p for p in [out.absolute(), *out.absolute().parents] if p.exists()), Path("/"))
+    free = shutil.disk_usage(folder).free
+    if needed is not None and needed > free:
+        raise DismaxError(f"sampling {n} structures needs about {needed / 1e9:.3g} GB in '{folder}' but only "
+                          f"{free / 1e9:.3g} GB are free; sample fewer structures, choose another --out or pass "
+                          f"--force")
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.n < 1:
+        raise DismaxError(f"--n must be at least 1, got {args.n}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise DismaxError(f"--batch-size must be at least 1, got {args.batch_size}")
     run = RunDir(args.run_dir)
     if not run.config_path.is_file():
         raise DismaxError(f"'{run.path}' is not a dismax run directory (no config.yaml)")
     if not run.has_checkpoints:
         raise DismaxError(f"run directory '{run.path}' has no checkpoints yet; train first")
-    if args.n < 1:
-        raise DismaxError(f"--n must be at least 1, got {args.n}")
+    if not args.force:
+        check_free_space(run, args.n, Path(args.out))
     config = load_config(run.config_path)
     module = model_module(config.model.name)
     options = {"member": args.member, "checkpoint": args.checkpoint}
@@ -46,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         options["batch_size"] = args.batch_size
     if args.sampler is not None:
         options["sampler"] = args.sampler
-    module.sample(run, args.n, Path(args.out), args.seed, **options)
+    with exclusive_lock(Path(args.out), "output"):
+        module.sample(run, args.n, Path(args.out), args.seed, **options)
     print(args.out)
     return 0
 

@@ -4,18 +4,23 @@
 ``lattice`` (B, 3, 3) lattice vectors as rows, in Å (pymatgen/ASE convention; jax-md wants the transpose)
 ``species`` (B, N) atomic numbers (int32)
 
-All structures of a batch have the same number of atoms N. Conversion from and to ASE ``Atoms`` and
-pymatgen ``Structure`` lives here; file reading with validation lives in :mod:`dismax.io`.
+All structures of a batch have the same number of atoms N. Sets whose atom counts differ (post-processed
+benchmark sets: alloy site assignment leaves vacancies, relaxation drops failed structures) are a
+:class:`StructureSet`: one ``Crystals`` batch per atom count plus each structure's position in the set.
+Conversion from and to ASE ``Atoms`` and pymatgen ``Structure`` lives here; file reading with validation
+lives in :mod:`dismax.io`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ase import Atoms
 
 from dismax.errors import DismaxInputError
 
@@ -85,8 +90,6 @@ class Crystals:
 
     def to_ase(self) -> list:
         """One ASE ``Atoms`` per structure, periodic in all directions."""
-        from ase import Atoms
-
         c = self.to_numpy()
         return [
             Atoms(numbers=c.species[b], scaled_positions=c.frac[b], cell=c.lattice[b], pbc=True)
@@ -97,7 +100,7 @@ class Crystals:
     @classmethod
     def from_pymatgen(cls, structures) -> "Crystals":
         """Build a batch from ordered pymatgen ``Structure`` objects (one or a list)."""
-        from pymatgen.core import Structure
+        from pymatgen.core import Structure  # pymatgen is slow to import; only conversions need it
 
         if isinstance(structures, Structure):
             structures = [structures]
@@ -115,7 +118,7 @@ class Crystals:
 
     def to_pymatgen(self) -> list:
         """One pymatgen ``Structure`` per structure."""
-        from pymatgen.core import Lattice, Structure
+        from pymatgen.core import Lattice, Structure  # pymatgen is slow to import; only conversions need it
 
         c = self.to_numpy()
         return [
@@ -136,6 +139,98 @@ class Crystals:
         frac = np.where(frac >= 1.0 - WRAP_TOLERANCE, 0.0, frac)
         species = np.stack([a[2] for a in arrays]).astype(np.int32)
         return cls(frac, lattice, species)
+
+
+# ---------------------------------------------------------------------- variable atom counts
+@dataclass(frozen=True)
+class StructureSet:
+    """An ordered set of structures whose atom counts may differ, grouped by atom count.
+
+    ``groups`` holds one NumPy :class:`Crystals` batch per distinct atom count (in order of first
+    appearance); ``positions[g]`` (B_g,) gives the index in the set of each structure of ``groups[g]``.
+    Iterating or indexing yields single structures as ``Crystals`` of batch size 1, in set order.
+    """
+
+    groups: tuple[Crystals, ...]
+    positions: tuple[np.ndarray, ...]
+
+    @classmethod
+    def from_structures(cls, structures: Sequence[Crystals]) -> "StructureSet":
+        """Group a sequence of ``Crystals`` batches (any atom counts) into a set, keeping their order."""
+        frames: dict[int, list] = {}
+        for crystals in structures:
+            c = crystals.to_numpy()
+            for b in range(c.batch_size):
+                frames.setdefault(c.n_atoms, []).append(c[b])
+        if not frames:
+            raise DismaxInputError("no structures given")
+        index = 0
+        order: dict[int, list[int]] = {n: [] for n in frames}
+        for crystals in structures:
+            for _ in range(crystals.batch_size):
+                order[crystals.n_atoms].append(index)
+                index += 1
+        return cls(tuple(Crystals.concatenate(frames[n]) for n in frames),
+                   tuple(np.asarray(order[n], int) for n in frames))
+
+    @classmethod
+    def from_ase(cls, atoms_list) -> "StructureSet":
+        """A set from ASE ``Atoms`` of any sizes."""
+        return cls.from_structures([Crystals.from_ase(atoms) for atoms in atoms_list])
+
+    def __len__(self) -> int:
+        return int(sum(len(p) for p in self.positions))
+
+    @cached_property
+    def _locate(self) -> list[tuple[int, int]]:
+        """(group, index in group) of every structure, in set order."""
+        where = [(0, 0)] * len(self)
+        for g, positions in enumerate(self.positions):
+            for b, index in enumerate(positions):
+                where[int(index)] = (g, b)
+        return where
+
+    def __getitem__(self, index: int) -> Crystals:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"structure {index} of a set of {len(self)}")
+        g, b = self._locate[index % len(self)]
+        return self.groups[g][b]
+
+    def __iter__(self):
+        for g, b in self._locate:
+            yield self.groups[g][b]
+
+    @property
+    def atom_counts(self) -> np.ndarray:
+        """(S,) number of atoms of every structure, in set order."""
+        counts = np.zeros(len(self), int)
+        for crystals, positions in zip(self.groups, self.positions):
+            counts[positions] = crystals.n_atoms
+        return counts
+
+    def select(self, indices: Sequence[int]) -> "StructureSet":
+        """The structures at ``indices`` (in that order) as a new set."""
+        return StructureSet.from_structures([self[int(i)] for i in indices])
+
+    def as_crystals(self) -> Crystals:
+        """The whole set as one batch; raises ``DismaxInputError`` when atom counts differ."""
+        if len(self.groups) > 1:
+            counts = sorted(c.n_atoms for c in self.groups)
+            raise DismaxInputError(f"structures have different atom counts {counts}; a batch needs one count")
+        order = np.argsort(self.positions[0])
+        c = self.groups[0]
+        return Crystals(np.asarray(c.frac)[order], np.asarray(c.lattice)[order], np.asarray(c.species)[order])
+
+    def to_ase(self) -> list:
+        """One ASE ``Atoms`` per structure, in set order."""
+        return [crystals.to_ase()[0] for crystals in self]
+
+
+def as_structure_set(structures: "Crystals | StructureSet") -> StructureSet:
+    """A ``StructureSet`` view of a fixed-size batch (returned unchanged if already a set)."""
+    if isinstance(structures, StructureSet):
+        return structures
+    return StructureSet.from_structures([structures])
 
 
 # ---------------------------------------------------------------------- species blocks

@@ -1,39 +1,25 @@
 """``python -m dismax.train --config FILE [--run-dir DIR] [key=value ...]``: train a model.
 
-The config's ``model.name`` selects the model package. Each package's trainer module defines
-``Config`` (a frozen dataclass), ``train(config, run)`` and ``sample(run, n, out, seed, **options)``.
-A run directory that already holds checkpoints is resumed automatically.
+The config's ``model.name`` selects the model (:mod:`dismax.models`). The whole config is validated before
+the run directory is written, so a rejected start leaves nothing behind. A run directory that already holds
+checkpoints is resumed; only the budget keys (``train.epochs``, ``train.max_minutes``) may differ from the
+config it was started with, so a finished run is extended by a larger ``train.epochs``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
 import yaml
 
 from dismax.cli import main_wrapper
-from dismax.errors import DismaxConfigError, DismaxError
-
-MODELS: dict[str, str] = {
-    "cryingan": "dismax.gan.trainer",
-    "diffusion": "dismax.diffusion.trainer",
-    "wyckoff_vae": "dismax.vae.trainer",
-}
-
-
-def model_module(name: str | None):
-    """The trainer module registered for ``model.name``."""
-    if name not in MODELS:
-        raise DismaxConfigError(f"config key 'model.name' is {name!r}; valid model names are: {', '.join(MODELS)}")
-    try:
-        return importlib.import_module(MODELS[name])
-    except ModuleNotFoundError as exc:
-        if exc.name and MODELS[name].startswith(exc.name):
-            raise DismaxError(f"model '{name}' is not available in this version of dismax") from None
-        raise
+from dismax.config import load_config, save_config, to_dict
+from dismax.errors import DismaxError
+from dismax.models import MODELS, model_module
+from dismax.runs import RunDir, exclusive_lock, log
+from dismax.training import BUDGET_KEYS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,20 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def prepare_run(config, run_dir: Path):
-    """Create the run directory and save the resolved config; refuse to resume with a different config."""
-    from dismax.config import save_config, to_dict
-    from dismax.runs import RunDir
-
+def prepare_run(config, run_dir: Path) -> RunDir:
+    """Refuse a run directory started with a different config (other than the budget keys), then create the
+    directory and save the resolved config. Validate the config (the model's ``check``) first."""
     run = RunDir(run_dir)
     resolved = to_dict(config)
     if run.config_path.exists():
         previous = yaml.safe_load(run.config_path.read_text())
-        if previous != resolved:
-            key = _first_difference(previous, resolved)
+        key = _first_difference(previous, resolved)
+        if key is not None and key not in BUDGET_KEYS:
             raise DismaxError(
                 f"run directory '{run.path}' was started with a different config (first difference at '{key}'); "
-                "use a new --run-dir or the same config to resume"
+                f"only {' and '.join(BUDGET_KEYS)} may change when a run is resumed or extended; use a new "
+                "--run-dir or the same config"
             )
     run.create()
     save_config(config, run.config_path)
@@ -72,25 +57,28 @@ def prepare_run(config, run_dir: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dismax.config import load_config
-    from dismax.runs import log
-
     args = build_parser().parse_args(argv)
     config = load_config(args.config, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
-    run = prepare_run(config, run_dir)
-    log.info("%s run in %s", "resuming" if run.has_checkpoints else "starting", run.path)
-    model_module(config.model.name).train(config, run)
+    model = model_module(config.model.name)
+    model.check(config)
+    with exclusive_lock(run_dir, "run directory"):
+        run = prepare_run(config, run_dir)
+        log.info("%s run in %s", "resuming" if run.has_checkpoints else "starting", run.path)
+        model.train(config, run)
     log.info("done: results in %s", run.path)
     return 0
 
 
-def _first_difference(a, b, where: str = "") -> str:
+def _first_difference(a, b, where: str = "") -> str | None:
+    """Dotted key of the first difference between two config dicts (ignoring the budget keys), or None."""
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                return _first_difference(a.get(key), b.get(key), f"{where}.{key}" if where else key)
-    return where or "<root>"
+            path = f"{where}.{key}" if where else key
+            if path not in BUDGET_KEYS and a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), path)
+        return None
+    return None if a == b else (where or "<root>")
 
 
 if __name__ == "__main__":

@@ -321,6 +321,9 @@ def test_read_cif_many_paths_and_partial_occupancy(tmp_path):
     assert structures[1][1].species.get_atomic_fraction("Au") == pytest.approx(1.0)
     with pytest.raises(DismaxInputError, match=r"b\.cif, structure 0: partial occupancy"):
         dio.read_cif([ordered, disordered])
+    # the message names the site as the CIF does (label, row of the _atom_site loop), not pymatgen's order
+    with pytest.raises(DismaxInputError, match=r"atom site Au1 \(row 2 of the _atom_site loop\) has occupancy 0\.5"):
+        dio.read_cif(disordered)
 
 
 def test_ase_and_pymatgen_round_trips_through_files(tmp_path):
@@ -332,3 +335,20 @@ def test_ase_and_pymatgen_round_trips_through_files(tmp_path):
     assert [s.symbol for s in back.species] == [s.symbol for s in structure.species]
     np.testing.assert_allclose(back.lattice.matrix, structure.lattice.matrix, atol=1e-12)
     np.testing.assert_allclose(back.cart_coords, structure.cart_coords, atol=1e-6)
+
+
+def test_structure_set_round_trip_with_different_atom_counts(tmp_path):
+    from dismax.structures import StructureSet
+
+    rng = np.random.default_rng(1)
+    parts = [Crystals(rng.random((1, n, 3)), np.diag([4.0, 5.0, 6.0])[None], np.full((1, n), z, np.int32))
+             for n, z in [(3, 14), (5, 26), (3, 28)]]
+    structures = StructureSet.from_structures(parts)
+    path = dio.write_extxyz(structures, tmp_path / "set.extxyz", info=[{"id": i} for i in range(3)])
+    back = dio.read_structure_set(path)
+    assert back.atom_counts.tolist() == [3, 5, 3]
+    for a, b in zip(structures, back):
+        np.testing.assert_allclose(np.asarray(b.frac), np.asarray(a.frac), atol=1e-7)
+        np.testing.assert_array_equal(b.species, a.species)
+    with pytest.raises(DismaxInputError, match="structure 1: has 5 atoms"):
+        dio.read_extxyz(path)

@@ -176,3 +176,24 @@ def test_sort_into_blocks_and_unsort_round_trip():
     np.testing.assert_array_equal(np.asarray(restored.frac), frac)
     np.testing.assert_array_equal(np.asarray(restored.species), species)
     np.testing.assert_array_equal(np.asarray(restored.lattice), np.asarray(crystals.lattice))
+
+
+def test_structure_set_groups_by_atom_count_and_keeps_order():
+    from dismax.structures import StructureSet
+
+    rng = np.random.default_rng(0)
+    sizes = [4, 6, 4, 5, 6]
+    parts = [Crystals(rng.random((1, n, 3)), np.eye(3)[None] * (3 + k), np.full((1, n), 14, np.int32))
+             for k, n in enumerate(sizes)]
+    structures = StructureSet.from_structures(parts)
+    assert len(structures) == 5 and len(structures.groups) == 3
+    assert structures.atom_counts.tolist() == sizes
+    for part, got in zip(parts, structures):
+        np.testing.assert_array_equal(got.frac, part.frac)
+        np.testing.assert_array_equal(got.lattice, part.lattice)
+    np.testing.assert_array_equal(structures[-1].frac, parts[-1].frac)
+    assert structures.select([3, 0]).atom_counts.tolist() == [5, 4]
+    with pytest.raises(DismaxInputError, match="different atom counts"):
+        structures.as_crystals()
+    same = StructureSet.from_structures([parts[2], parts[0]]).as_crystals()
+    np.testing.assert_array_equal(same.lattice, np.stack([parts[2].lattice[0], parts[0].lattice[0]]))

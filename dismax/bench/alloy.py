@@ -4,15 +4,14 @@
   0.8 Å tolerance: the dismax routine (``assign_sites``: alignment ``none`` | ``translate`` |
   ``rotate_translate``, translation maximising matched atoms, snapping, rejection above 50 removed atoms)
   and the three published variants (``reference_cleanup``: ``as_is`` | ``translate`` | ``rotate``).
-- Cluster counting in JAX: monomer + 7 dimer shells (``count_clusters``), the 45-value conditional
-  probability fingerprint, Warren-Cowley SRO (1NN, 2NN), cluster-expansion formation energy.
+- Cluster counting in JAX: monomer + 7 dimer shells (``count_clusters``) into cluster vectors of
+  :mod:`dismax.cluster_expansion`, which also gives the fingerprint, Warren-Cowley SRO and formation energy.
 
 Species are coded 0, 1, 2 for Cr, Fe, Ni (alphabetical, the column order of the published CSVs).
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 from dataclasses import dataclass, field
 
@@ -20,41 +19,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dismax.bench.periodic import (float64, min_image_vectors, min_image_vectors_np, nearest_atom, nearest_atom_jit,
-                                   plane_spacings)
+from dismax.bench.periodic import float64
+from dismax.cluster_expansion import (ATOMIC_NUMBERS, LATTICE_CONSTANT, N_SHELLS, REPEATS, cluster_offsets,
+                                      cluster_probabilities, cluster_vectors, offset_lookup_table)
 from dismax.errors import DismaxInputError
+from dismax.geometry import displacements, minimum_image, nearest_atom, nearest_fcc_vector, perpendicular_widths
 
-ELEMENTS = ("Cr", "Fe", "Ni")
-ATOMIC_NUMBERS = (24, 26, 28)
-FCC_A = 3.6                       # Å, conventional FCC lattice constant
-REFERENCE_CELL = 4 * FCC_A        # Å, cubic 4x4x4 reference cell
+REFERENCE_CELL = REPEATS * LATTICE_CONSTANT   # Å, cubic 4x4x4 reference cell
 N_REFERENCE_SITES = 256
 SITE_MARGIN = 0.8                 # Å, atom-to-site tolerance
 BASIS_MARGIN = 0.4                # Å, 2nd-NN shell tolerance for basis detection
 MAX_REMOVED = 50                  # structures with more removed atoms are rejected
-
-# dimer shells: vector in units of a, nominal length in Å (as the published cluster list), multiplicity z/2
-SHELL_VECTORS = ((0.5, 0.5, 0.0), (1.0, 0.0, 0.0), (1.0, 0.5, 0.5), (1.0, 1.0, 0.0),
-                 (1.5, 0.5, 0.0), (1.0, 1.0, 1.0), (1.5, 1.0, 0.5))
-SHELL_LENGTHS = (2.545584, 3.6, 4.409082, 5.091169, 5.6921, 6.235383, 6.734983)
-SHELL_MULTIPLICITY = (6, 3, 12, 6, 12, 4, 24)
-PAIRS = tuple(itertools.combinations_with_replacement(range(3), 2))   # (Cr,Cr) (Cr,Fe) ... (Ni,Ni)
-PAIR_INDEX = np.zeros((3, 3), dtype=np.int32)
-for _index, (_a, _b) in enumerate(PAIRS):
-    PAIR_INDEX[_a, _b] = PAIR_INDEX[_b, _a] = _index
-
-FINGERPRINT_COLUMNS = tuple([f"0NN_{e}" for e in ELEMENTS] + [
-    f"{shell + 1}NN_{ELEMENTS[a]}-{ELEMENTS[b]}" for shell in range(7) for a, b in PAIRS])
-SRO_COLUMNS = tuple(f"{shell}NN_{label}" for shell in (1, 2)
-                    for label in ("Fe-Ni", "Cr-Fe", "Cr-Ni", "Fe-Fe", "Cr-Cr", "Ni-Ni"))
-
-
-def _load_ecis() -> np.ndarray:
-    """The 46 published chemical ECIs (eV/atom): J0 then the 45 fingerprint columns (shared table of
-    :mod:`dismax.data.alloy`, same species and pair order as ``FINGERPRINT_COLUMNS``)."""
-    from dismax.data.alloy import PUBLISHED_ECI
-
-    return np.asarray(PUBLISHED_ECI, dtype=float)
 
 
 # --------------------------------------------------------------------------- reference lattice, symmetry
@@ -80,34 +55,6 @@ def cubic_point_operations() -> np.ndarray:
     return np.array(operations)
 
 
-@functools.lru_cache(maxsize=1)
-def _cluster_offsets_cached() -> tuple[np.ndarray, np.ndarray]:
-    """All dimer orientations: offsets (134, 3) in Å and their shell index (134,) in 0..6.
-
-    Each shell vector is scaled to its nominal length, the 48 O_h operations applied, coordinates rounded
-    to 3 decimals and duplicates removed (+v and -v both kept): 12, 6, 24, 12, 24, 8, 48 orientations.
-    """
-    offsets, shells = [], []
-    operations = cubic_point_operations()
-    for shell, (vector, length) in enumerate(zip(SHELL_VECTORS, SHELL_LENGTHS)):
-        vector = np.asarray(vector) * (length / np.linalg.norm(vector))
-        unique = {tuple(np.round(op @ vector, 3) + 0.0) for op in operations}
-        for offset in sorted(unique):
-            offsets.append(offset)
-            shells.append(shell)
-    return np.array(offsets), np.array(shells, dtype=np.int32)
-
-
-def cluster_offsets() -> tuple[np.ndarray, np.ndarray]:
-    """All dimer orientations: offsets (134, 3) in Å and their shell index (134,) in 0..6.
-
-    Each shell vector is scaled to its nominal length, the 48 O_h operations applied, coordinates rounded
-    to 3 decimals and duplicates removed (+v and -v both kept): 12, 6, 24, 12, 24, 8, 48 orientations.
-    """
-    offsets, shells = _cluster_offsets_cached()
-    return offsets.copy(), shells.copy()
-
-
 def rotate_offsets(offsets: np.ndarray, basis: np.ndarray) -> np.ndarray:
     """Offsets (K, 3) expressed in a rotated basis (rows a, b, c) and rescaled to their own lengths."""
     rotated = offsets @ basis
@@ -124,13 +71,13 @@ def find_fcc_basis(cart: np.ndarray, lattice: np.ndarray, margin: float = BASIS_
     90° to a, c = a × b. Returns (None, -1) when no atom qualifies.
     """
     cart = np.asarray(cart, float)
-    vectors = min_image_vectors_np(cart, cart, lattice)
+    vectors = displacements(cart, cart, np.asarray(lattice, float))
     distances = np.linalg.norm(vectors, axis=-1)
     np.fill_diagonal(distances, np.inf)
-    in_shell = (distances >= FCC_A - margin) & (distances <= FCC_A + margin)
+    in_shell = (distances >= LATTICE_CONSTANT - margin) & (distances <= LATTICE_CONSTANT + margin)
     for centre in np.flatnonzero(in_shell.sum(axis=1) == 6):
         neighbours = np.flatnonzero(in_shell[centre])
-        neighbours = neighbours[np.argsort(np.abs(distances[centre, neighbours] - FCC_A), kind="stable")]
+        neighbours = neighbours[np.argsort(np.abs(distances[centre, neighbours] - LATTICE_CONSTANT), kind="stable")]
         axis_a = vectors[centre, neighbours[0]] / distances[centre, neighbours[0]]
         for other in neighbours[1:]:
             axis_b = vectors[centre, other] / distances[centre, other]
@@ -202,10 +149,13 @@ def _rotated_sites(basis: np.ndarray) -> np.ndarray:
     return rotated[keep] * 3 + 0.5
 
 
+_nearest_atom_jit = jax.jit(nearest_atom)
+
+
 def _within(points_cart: np.ndarray, atoms_cart: np.ndarray, lattice: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if len(atoms_cart) == 0:
         return np.zeros(len(points_cart), dtype=int), np.full(len(points_cart), np.inf)
-    index, distance = nearest_atom_jit(jnp.asarray(points_cart), jnp.asarray(atoms_cart),
+    index, distance = _nearest_atom_jit(jnp.asarray(points_cart), jnp.asarray(atoms_cart),
                                    jnp.ones(len(atoms_cart), bool), jnp.asarray(lattice))
     return np.asarray(index), np.asarray(distance)
 
@@ -217,7 +167,7 @@ def _match_sites(site_cart: np.ndarray, atom_cart: np.ndarray, lattice: np.ndarr
     Returns the matched atom per site (-1 = empty), the number of surplus atoms within the margin of an
     already matched site, and the number of atoms farther than the margin from every site.
     """
-    vectors = min_image_vectors_np(site_cart, atom_cart, lattice)
+    vectors = displacements(site_cart, atom_cart, lattice)
     distances = np.linalg.norm(vectors, axis=-1)
     site_index, atom_index = np.nonzero(distances <= margin)
     order = np.argsort(distances[site_index, atom_index], kind="stable")
@@ -307,8 +257,11 @@ def reference_cleanup(frac: np.ndarray, numbers: np.ndarray, lattice: np.ndarray
     """The published clean-up scripts: ``as_is`` (CryinGAN), ``translate`` (DiffCSP), ``rotate`` (CDVAE).
 
     as_is / translate: every reference site (in order) takes the species of the closest atom within the
-    margin and keeps its ideal coordinates; never rejects. translate first shifts the sites so that the atom
-    closest (within 5 Å) to fractional (1e-6, 1e-6, 1e-6) sits on the origin site. rotate: see
+    margin and keeps its ideal coordinates; never rejects. Unused atoms are counted as ``n_discarded``
+    (surplus atoms within the margin of a site another atom filled, which the published scripts drop
+    silently, spec Q13) or ``n_off_lattice`` (farther than the margin from every site). translate first
+    shifts the sites so that the atom closest (within 5 Å) to fractional (1e-6, 1e-6, 1e-6) sits on the
+    origin site. rotate: see
     ``dismai_bench.md`` §3.2(c) (atoms keep their own fractional coordinates; > 50 removed -> rejected).
     """
     frac = np.asarray(frac, float)
@@ -326,13 +279,22 @@ def reference_cleanup(frac: np.ndarray, numbers: np.ndarray, lattice: np.ndarray
                 return CleanedAlloy(np.zeros((0, 3)), np.zeros(0, int), ref_lattice, len(numbers), -1,
                                     status="rejected_no_anchor")
             site_frac = (site_frac + frac[index[0]] - probe_frac) % 1.0
-        index, distance = _within(site_frac @ ref_lattice, atom_cart, lattice)
+        site_cart = site_frac @ ref_lattice
+        # Spec Q17: the published lookup (pymatgen get_neighbor_list with exclude_self=True) never finds
+        # generated atom 0 when it sits within 1e-8 Å of its site, so a structure exactly on the lattice
+        # loses that atom and counts a vacancy. dismax follows the paper's definition here, also in
+        # reference-compatible mode: any atom within the margin fills the site.
+        index, distance = _within(site_cart, atom_cart, lattice)
         filled = distance <= margin
         kept_numbers = numbers[index[filled]]
         order = np.argsort(kept_numbers, kind="stable")
-        n_discarded = len(numbers) - len(np.unique(index[filled]))
+        used = np.zeros(len(numbers), bool)
+        used[index[filled]] = True
+        _, site_distance = _within(atom_cart, site_cart, lattice)
+        near_site = site_distance <= margin
         return CleanedAlloy(site_frac[filled][order], kept_numbers[order], ref_lattice, len(numbers),
-                            int(n_sites - filled.sum()), n_discarded=n_discarded)
+                            int(n_sites - filled.sum()), n_discarded=int((near_site & ~used).sum()),
+                            n_off_lattice=int((~near_site).sum()))
     if variant != "rotate":
         raise DismaxInputError(f"unknown reference clean-up variant {variant!r}; use as_is, translate or rotate")
     basis, centre = find_fcc_basis(atom_cart, lattice, normalise_c=True)
@@ -353,7 +315,7 @@ def reference_cleanup(frac: np.ndarray, numbers: np.ndarray, lattice: np.ndarray
     def near_accepted(point_cart: np.ndarray) -> bool:
         if not accepted:
             return False
-        vectors = min_image_vectors_np(point_cart[None], frac[accepted] @ ref_lattice, ref_lattice)[0]
+        vectors = displacements(point_cart[None], frac[accepted] @ ref_lattice, ref_lattice)[0]
         return bool(np.min(np.linalg.norm(vectors, axis=-1)) <= margin)
 
     for j in range(len(numbers)):
@@ -394,12 +356,13 @@ def _targets(cart, offsets, lattice, reference_rounding):
 
 
 def _encode_pairs(codes, target_codes, shells):
-    """Ordered pair counts per shell (7, 6) and the 1NN empty-target flag from target species (N, K)."""
+    """Ordered pair counts (7, 3, 3) (centre species, target species) and the 1NN empty-target flag from
+    target species (N, K)."""
     valid = codes >= 0
     found = valid[:, None] & (target_codes >= 0)
-    pairs = jnp.asarray(PAIR_INDEX)[jnp.clip(codes, 0)[:, None], jnp.clip(target_codes, 0)]
-    flat = (shells[None, :] * 6 + pairs).ravel()
-    counts = jnp.zeros(42).at[flat].add(found.ravel().astype(jnp.float64)).reshape(7, 6)
+    pairs = jnp.clip(codes, 0)[:, None] * 3 + jnp.clip(target_codes, 0)
+    flat = (shells[None, :] * 9 + pairs).ravel()
+    counts = jnp.zeros(N_SHELLS * 9).at[flat].add(found.ravel().astype(jnp.float64)).reshape(N_SHELLS, 3, 3)
     empty_1nn = jnp.any(valid[:, None] & (target_codes < 0) & (shells[None, :] == 0))
     return counts, empty_1nn
 
@@ -418,24 +381,6 @@ def _pair_counts_scan(cart, codes, lattice, offsets, shells, margin, reference_r
     return _encode_pairs(codes, target_codes.T, shells)
 
 
-def _offset_table(offsets_unrotated: np.ndarray) -> np.ndarray:
-    """Lookup (7, 7, 7) from an FCC vector in units of a/2 (components -3..3) to its offset index, or -1."""
-    table = np.full((7, 7, 7), -1, dtype=np.int32)
-    integers = np.round(offsets_unrotated / (FCC_A / 2)).astype(int) + 3
-    table[integers[:, 0], integers[:, 1], integers[:, 2]] = np.arange(len(offsets_unrotated))
-    return table
-
-
-def _nearest_fcc_vector(u):
-    """Closest point of the FCC lattice {n in Z^3, sum(n) even} to u (..., 3) in units of a/2."""
-    rounded = jnp.round(u)
-    error = u - rounded
-    odd = (jnp.sum(rounded, axis=-1) % 2) != 0
-    worst = jnp.argmax(jnp.abs(error), axis=-1)
-    flip = jax.nn.one_hot(worst, 3, dtype=u.dtype) * jnp.where(error >= 0, 1.0, -1.0)
-    return jnp.where(odd[..., None], rounded + flip, rounded)
-
-
 @jax.jit
 def _pair_counts_pairwise(cart, codes, lattice, offsets, shells, margin, reference_rounding, basis, table):
     """Target species from the pair vectors: every pair vector is decoded to its closest FCC lattice vector
@@ -444,8 +389,8 @@ def _pair_counts_pairwise(cart, codes, lattice, offsets, shells, margin, referen
     leaves the minimum-image cell (checked by the caller)."""
     n_atoms, n_offsets = cart.shape[0], offsets.shape[0]
     valid = codes >= 0
-    vectors = min_image_vectors(cart, cart, lattice)                       # (N, N, 3): r_j - r_i
-    lattice_vector = _nearest_fcc_vector(vectors @ jnp.linalg.inv(basis * (FCC_A / 2)))
+    vectors = displacements(cart, cart, lattice)                          # (N, N, 3): r_j - r_i
+    lattice_vector = nearest_fcc_vector(vectors @ jnp.linalg.inv(basis * (LATTICE_CONSTANT / 2)))
     integers = lattice_vector.astype(jnp.int32) + 3
     inside = jnp.all((integers >= 0) & (integers <= 6), axis=-1)
     integers = jnp.clip(integers, 0, 6)
@@ -455,7 +400,7 @@ def _pair_counts_pairwise(cart, codes, lattice, offsets, shells, margin, referen
     targets = _targets(cart, offsets, lattice, reference_rounding)          # (N, K, 3)
     chosen = targets[jnp.arange(n_atoms)[:, None], best_offset]             # (N, N, 3)
     delta = (cart[None, :, :] - chosen) @ jnp.linalg.inv(lattice)
-    distance = jnp.linalg.norm((delta - jnp.round(delta)) @ lattice, axis=-1)
+    distance = jnp.linalg.norm(minimum_image(delta, lattice, n_images=0), axis=-1)
     usable = inside & valid[:, None] & valid[None, :] & (distance <= margin)
     distance = jnp.where(usable, distance, jnp.inf)
     key = (jnp.arange(n_atoms)[:, None] * n_offsets + best_offset).ravel()
@@ -471,14 +416,15 @@ def _pairwise_is_exact(offsets: np.ndarray, lattice: np.ndarray, margin: float) 
     """True when every offset's ball of radius margin (+ rounding slack) stays inside the fractional
     minimum-image cell, so pair vectors computed by minimum image reach every target."""
     frac = np.abs(offsets @ np.linalg.inv(lattice))
-    slack = (margin + 0.05) / plane_spacings(lattice)
+    slack = (margin + 0.05) / perpendicular_widths(lattice)
     return bool(np.all(frac + slack[None, :] < 0.5))
 
 
 @dataclass
 class ClusterCounts:
-    """Per-structure cluster counts: ``counts`` (B, 45) un-divided normalised counts (column order
-    ``FINGERPRINT_COLUMNS``), ``has_vacancy_1nn`` (B,) whether a 1NN target was empty."""
+    """Per-structure cluster counts: ``counts`` (B, 45) cluster vectors (un-divided normalised counts,
+    column order ``cluster_expansion.CLUSTER_LABELS``), ``has_vacancy_1nn`` (B,) whether a 1NN target was
+    empty."""
 
     counts: np.ndarray
     has_vacancy_1nn: np.ndarray
@@ -495,24 +441,22 @@ def count_clusters_one(cart: np.ndarray, numbers: np.ndarray, lattice: np.ndarra
 
     Every atom is a centre; every dimer orientation (rotated by ``basis`` rows, identity if None) points to
     a target whose species is that of the closest atom within ``margin`` Å; clusters with an empty target
-    are skipped. Ordered counts are divided by 2N (monomers by N). ``reference_compatible`` reproduces the
-    published search (fractional targets rounded to 3 decimals, +1e-6 Å, values rounded to 5 decimals).
+    are skipped. The ordered counts become a cluster vector (:func:`cluster_expansion.cluster_vectors`).
+    ``reference_compatible`` reproduces the published search (fractional targets rounded to 3 decimals, +1e-6 Å, values rounded to 5 decimals).
     """
     codes = species_codes(numbers)
     unrotated, shells = cluster_offsets()
     basis = np.eye(3) if basis is None else np.asarray(basis, float)
     offsets = rotate_offsets(unrotated, basis)
-    n_atoms = len(codes)
     lattice = np.asarray(lattice, float)
     arguments = (jnp.asarray(cart, jnp.float64), jnp.asarray(codes), jnp.asarray(lattice),
                  jnp.asarray(offsets, jnp.float64), jnp.asarray(shells), margin, reference_compatible)
     if _pairwise_is_exact(offsets, lattice, margin):
         shell_counts, empty_1nn = _pair_counts_pairwise(*arguments, jnp.asarray(basis),
-                                                        jnp.asarray(_offset_table(unrotated)))
+                                                        jnp.asarray(offset_lookup_table()))
     else:
         shell_counts, empty_1nn = _pair_counts_scan(*arguments)
-    shell_counts = np.asarray(shell_counts)
-    values = np.concatenate([np.bincount(codes, minlength=3) / n_atoms, shell_counts.ravel() / (2 * n_atoms)])
+    values = cluster_vectors(np.asarray(shell_counts), np.bincount(codes, minlength=3))
     if reference_compatible:
         values = np.round(values, 5)
     return values, bool(empty_1nn)
@@ -543,42 +487,6 @@ def count_clusters(structures: list[CleanedAlloy], reference_compatible: bool = 
     return ClusterCounts(np.array(rows).reshape(-1, 45), np.array(flags, bool))
 
 
-def cluster_probabilities(counts: np.ndarray) -> np.ndarray:
-    """45-value conditional-probability fingerprint (B, 45): dimer columns divided by the multiplicity."""
-    divisors = np.concatenate([np.ones(3), np.repeat(SHELL_MULTIPLICITY, 6)])
-    return np.asarray(counts) / divisors
-
-
-def formation_energy(counts: np.ndarray) -> np.ndarray:
-    """Cluster-expansion formation energy per atom (B,) in eV/atom from the un-divided counts (B, 45)."""
-    ecis = _load_ecis()
-    return ecis[0] + np.asarray(counts) @ ecis[1:]
-
-
-def warren_cowley(counts: np.ndarray) -> np.ndarray:
-    """Warren-Cowley SRO (B, 12), columns ``SRO_COLUMNS`` (1NN then 2NN; symmetrised for unlike pairs)."""
-    counts = np.asarray(counts, float)
-    fractions = counts[:, :3]
-    columns = []
-    for shell in (0, 1):
-        c = counts[:, 3 + 6 * shell: 9 + 6 * shell]
-        pair = np.zeros((len(counts), 3, 3))
-        for index, (a, b) in enumerate(PAIRS):
-            pair[:, a, b] = pair[:, b, a] = c[:, index]
-        diag = np.arange(3)
-        denominators = pair.sum(axis=2) + pair[:, diag, diag]        # D_X = 2 c_XX + sum_{Z != X} c_XZ
-        with np.errstate(divide="ignore", invalid="ignore"):
-            def unlike(x, y):
-                return 1 - 0.5 * (pair[:, x, y] / denominators[:, x] / fractions[:, y]
-                                  + pair[:, x, y] / denominators[:, y] / fractions[:, x])
-
-            def like(x):
-                return 1 - 2 * pair[:, x, x] / denominators[:, x] / fractions[:, x]
-
-            columns += [unlike(1, 2), unlike(0, 1), unlike(0, 2), like(1), like(0), like(2)]
-    return np.stack(columns, axis=1)
-
-
 @float64
 def reference_vacancy_estimate(cart: np.ndarray, lattice: np.ndarray, basis: np.ndarray,
                                margin: float = 1.2) -> int:
@@ -592,7 +500,7 @@ def reference_vacancy_estimate(cart: np.ndarray, lattice: np.ndarray, basis: np.
     dummies: list[np.ndarray] = []
     for target in targets[distance > margin]:
         if dummies:
-            vectors = min_image_vectors_np(target[None], np.array(dummies), lattice)[0]
+            vectors = displacements(target[None], np.array(dummies), lattice)[0]
             if np.min(np.linalg.norm(vectors, axis=-1)) <= margin:
                 continue
         dummies.append(target)

@@ -1,129 +1,176 @@
-"""``python -m dismax.bench postprocess|metrics``: argument parsers and entry points."""
+"""``python -m dismax.bench postprocess|metrics``: argument parsers and entry points.
+
+Every default comes from the library (``postprocess``, ``alloy``, ``pipeline.ScoreOptions``); the
+per-structure fingerprint cache lives under dismax's one cache root (``data.registry.cache_root``).
+"""
 
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 from pathlib import Path
 
-import numpy as np
-
+from dismax import validation
+from dismax.bench import alloy
+from dismax.bench.pipeline import FAMILIES, ScoreOptions, read_status, records_csv, score, write_report
+from dismax.bench.postprocess import MAX_ITER, MIN_DIST, move_atoms_apart
+from dismax.data.registry import cache_root
 from dismax.errors import DismaxInputError
+from dismax.io import read_extxyz, read_structure_set, write_extxyz
+from dismax.runs import atomic_write_text, progress
+from dismax.structures import Crystals, StructureSet
 
-FAMILY_CHOICES = ("alloy", "a_si", "interface")
+ALIGNMENTS = ("none", "translate", "rotate_translate")
+REFERENCE_VARIANTS = ("as_is", "translate", "rotate")
+DEFAULTS = ScoreOptions()
 
 
-def _default_cache() -> Path:
-    root = os.environ.get("DISMAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dismax")
-    return Path(root) / "bench"
+def default_cache() -> Path:
+    """Where per-structure fingerprints are cached between runs."""
+    return cache_root() / "bench"
 
 
 def add_postprocess_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--family", required=True, choices=FAMILY_CHOICES)
+    parser.add_argument("--family", required=True, choices=FAMILIES)
     parser.add_argument("--in", "--input", dest="input", required=True, help="generated structures (extxyz)")
     parser.add_argument("--out", required=True, help="output directory: gen_clean.extxyz and status.csv")
     parser.add_argument("--reference-compatible", action="store_true",
                         help="reproduce the published scripts (raw-displacement move-apart, published clean-up)")
-    parser.add_argument("--alignment", default="translate", choices=("none", "translate", "rotate_translate"),
+    parser.add_argument("--alignment", default=DEFAULTS.alignment, choices=ALIGNMENTS,
                         help="alloy site assignment alignment (dismax mode)")
-    parser.add_argument("--variant", default="as_is", choices=("as_is", "translate", "rotate"),
+    parser.add_argument("--variant", default=DEFAULTS.reference_variant, choices=REFERENCE_VARIANTS,
                         help="published alloy clean-up variant (reference-compatible mode)")
-    parser.add_argument("--min-dist", type=float, default=1.5, help="move-apart threshold in Å")
-    parser.add_argument("--max-iter", type=int, default=100)
+    parser.add_argument("--min-dist", type=float, default=MIN_DIST, help=f"move-apart threshold in Å ({MIN_DIST})")
+    parser.add_argument("--max-iter", type=int, default=MAX_ITER)
 
 
-def _write_extxyz(path: Path, structures) -> None:
-    from ase import Atoms
-    from ase.io import write
+def postprocess(family: str, structures: StructureSet, reference_compatible: bool = False,
+                alignment: str = DEFAULTS.alignment, variant: str = DEFAULTS.reference_variant,
+                min_dist: float = MIN_DIST, max_iter: int = MAX_ITER,
+                source: str = "generated structures") -> tuple[StructureSet | None, list[dict]]:
+    """Accepted structures (None if none) and one status row per input structure.
 
-    frames = [Atoms(numbers=numbers, scaled_positions=frac, cell=lattice, pbc=True)
-              for frac, lattice, numbers in structures]
-    write(path, frames, format="extxyz")
-
-
-def _write_status(path: Path, rows: list[dict]) -> None:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def run_postprocess(args: argparse.Namespace) -> int:
-    from dismax.bench import alloy
-    from dismax.bench.pipeline import read_structures
-
-    structures = read_structures(args.input)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    Alloys: lattice-site assignment (or the published clean-up variant); interface / a-Si: move atoms apart.
+    """
     rows, kept = [], []
-    if args.family == "alloy":
-        for index, (frac, lattice, numbers) in enumerate(structures):
-            if args.reference_compatible:
-                result = alloy.reference_cleanup(frac, numbers, lattice, args.variant)
+    if family == "alloy":
+        for index, structure in enumerate(structures):
+            c = structure.to_numpy()
+            frac, lattice, numbers = c.frac[0], c.lattice[0], c.species[0]
+            if reference_compatible:
+                result = alloy.reference_cleanup(frac, numbers, lattice, variant)
             else:
-                result = alloy.assign_sites(frac, numbers, lattice, alignment=args.alignment)
+                result = alloy.assign_sites(frac, numbers, lattice, alignment=alignment)
             rows.append({"id": index, "status": result.status, "n_removed": result.n_removed,
                          "n_vacancies": result.n_vacancies, "n_discarded": result.n_discarded})
             if result.ok:
-                kept.append((result.frac, result.lattice, result.numbers))
+                kept.append(Crystals(result.frac[None], result.lattice[None], result.numbers[None]))
     else:
-        from dismax.bench.postprocess import move_atoms_apart
-
-        sizes = {len(numbers) for _, _, numbers in structures}
-        if len(sizes) != 1:
-            raise DismaxInputError(f"{args.input}: move-apart needs equal atom counts, found {sorted(sizes)}")
-        frac = np.stack([s[0] for s in structures])
-        lattice = np.stack([s[1] for s in structures])
-        result = move_atoms_apart(frac, lattice, args.min_dist, args.max_iter, args.reference_compatible)
-        for index, (_, lattice_one, numbers) in enumerate(structures):
+        if len(structures.groups) != 1:
+            counts = sorted(c.n_atoms for c in structures.groups)
+            raise DismaxInputError(f"{source}: move-apart needs equal atom counts, found {counts}")
+        batch = structures.as_crystals()
+        result = move_atoms_apart(batch.frac, batch.lattice, min_dist, max_iter, reference_compatible)
+        for index in range(len(batch)):
             ok = bool(result.ok[index])
             rows.append({"id": index, "status": "ok" if ok else "rejected_too_close",
                          "iterations": int(result.iterations[index]), "first_count": int(result.first_count[index])})
             if ok:
-                kept.append((result.frac[index], lattice_one, numbers))
-    _write_extxyz(out / "gen_clean.extxyz", kept)
-    _write_status(out / "status.csv", rows)
-    print(f"{len(kept)}/{len(structures)} structures accepted -> {out / 'gen_clean.extxyz'}")
+                kept.append(Crystals(result.frac[index][None], batch.lattice[index][None],
+                                     batch.species[index][None]))
+    return (StructureSet.from_structures(kept) if kept else None), rows
+
+
+def write_postprocessed(out: Path, accepted: StructureSet | None, rows: list[dict]) -> None:
+    """gen_clean.extxyz (empty when nothing was accepted) and status.csv into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    if accepted is None:
+        atomic_write_text(out / "gen_clean.extxyz", "")
+    else:
+        write_extxyz(accepted, out / "gen_clean.extxyz")
+    atomic_write_text(out / "status.csv", records_csv(rows))
+
+
+def postprocess_file(family: str, path: str | Path, reference_compatible: bool = False,
+                     alignment: str = DEFAULTS.alignment, variant: str = DEFAULTS.reference_variant,
+                     min_dist: float = MIN_DIST, max_iter: int = MAX_ITER) -> tuple[StructureSet | None, list[dict], int]:
+    """Post-process the structures of an extxyz file: (accepted or None, one status row per frame, frames).
+
+    Frames with NaN/inf coordinates keep their ID with status ``rejected_nan``."""
+    structures = read_structure_set(path, allow_nonfinite=True)
+    usable, ids, rejected = validation.partition(structures)
+    accepted, rows = None, []
+    if usable is not None:
+        accepted, rows = postprocess(family, usable, reference_compatible, alignment, variant, min_dist, max_iter,
+                                     source=str(path))
+    return accepted, validation.merge_status_rows(rows, ids, rejected), len(structures)
+
+
+def run_postprocess(args: argparse.Namespace) -> int:
+    accepted, rows, n_structures = postprocess_file(args.family, args.input, args.reference_compatible,
+                                                    args.alignment, args.variant, args.min_dist, args.max_iter)
+    out = Path(args.out)
+    write_postprocessed(out, accepted, rows)
+    print(f"{0 if accepted is None else len(accepted)}/{n_structures} structures accepted -> "
+          f"{out / 'gen_clean.extxyz'}")
     return 0
 
 
 def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--family", required=True, choices=FAMILY_CHOICES)
+    parser.add_argument("--family", required=True, choices=FAMILIES)
     parser.add_argument("--train", required=True, help="training structures (extxyz)")
     parser.add_argument("--gen", required=True, help="generated structures (extxyz; post-processed / relaxed)")
     parser.add_argument("--out", default="metrics", help="report directory (default: ./metrics)")
     parser.add_argument("--status", help="status.csv of earlier steps (ID, status); its ok rows are --gen's frames")
     parser.add_argument("--n-generated", type=int, help="number originally generated (default: from the status "
                                                         "file, else the number of --gen frames)")
+    add_score_options(parser)
+
+
+def add_score_options(parser: argparse.ArgumentParser) -> None:
+    """The scoring options shared by ``metrics`` and ``score`` (defaults from ``ScoreOptions``)."""
     parser.add_argument("--reference-compatible", action="store_true",
                         help="published behaviour (alloys: published clean-up variant and geometric counting)")
-    parser.add_argument("--alignment", default="translate", choices=("none", "translate", "rotate_translate"))
-    parser.add_argument("--variant", default="as_is", choices=("as_is", "translate", "rotate"))
-    parser.add_argument("--seed", type=int, default=7, help="bootstrap seed")
-    parser.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates")
+    parser.add_argument("--alignment", default=DEFAULTS.alignment, choices=ALIGNMENTS)
+    parser.add_argument("--variant", default=DEFAULTS.reference_variant, choices=REFERENCE_VARIANTS)
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"bootstrap seed ({DEFAULTS.seed})")
+    parser.add_argument("--replicates", type=int, default=DEFAULTS.n_replicates,
+                        help=f"bootstrap replicates ({DEFAULTS.n_replicates})")
     parser.add_argument("--workers", type=int, default=None, help="CrystalNN processes (default: all cores)")
     parser.add_argument("--cache", default=None, help="per-structure cache directory (default: user cache)")
-    parser.add_argument("--angle-cutoff", type=float, default=2.85, help="Å, fast cutoff bond-angle variant")
+    parser.add_argument("--angle-cutoff", type=float, default=DEFAULTS.angle_cutoff,
+                        help=f"Å, fast cutoff bond-angle variant ({DEFAULTS.angle_cutoff})")
 
 
-def run_metrics(args: argparse.Namespace) -> int:
-    from dismax.bench.pipeline import Scorer, read_status, read_structures, write_report
-    from dismax.runs import progress
+def score_options(args: argparse.Namespace) -> ScoreOptions:
+    """ScoreOptions from parsed ``add_score_options`` arguments."""
+    return ScoreOptions(reference_compatible=args.reference_compatible, alignment=args.alignment,
+                        reference_variant=args.variant, seed=args.seed, n_replicates=args.replicates,
+                        workers=args.workers, cache_dir=args.cache or default_cache(), progress=progress,
+                        angle_cutoff=args.angle_cutoff)
 
-    train = read_structures(args.train)
-    generated = read_structures(args.gen)
-    statuses = read_status(args.status) if args.status else None
-    scorer = Scorer(args.family, reference_compatible=args.reference_compatible, alignment=args.alignment,
-                    reference_variant=args.variant, seed=args.seed, n_replicates=args.replicates,
-                    workers=args.workers, cache_dir=args.cache or _default_cache(), progress=progress,
-                    angle_cutoff=args.angle_cutoff)
-    metrics, records = scorer.score(train, generated, statuses, args.n_generated)
-    path = write_report(args.out, args.family, metrics, records, scorer.curves)
+
+def check_scored_structures(family: str, train: Crystals, generated: StructureSet, source: str) -> None:
+    """Structures to score must not overlap and, except alloys (whose accepted structures may have
+    vacancies), have the training set's atom count."""
+    validation.require_valid(generated, source, validation.min_distance_for(family),
+                             n_atoms=None if family == "alloy" else train.n_atoms)
+
+
+def print_metrics(metrics: dict) -> None:
+    """One line per Euclidean metric: value and 95 % CI."""
     for name, entry in metrics.items():
         if isinstance(entry, dict) and not name.endswith("_cosine"):
             interval = "" if entry["ci_low"] is None else f"  [{entry['ci_low']:.4g}, {entry['ci_high']:.4g}]"
             print(f"{name:>16s}  {entry['value']:.4g}{interval}")
+
+
+def run_metrics(args: argparse.Namespace) -> int:
+    train = read_extxyz(args.train)
+    generated = read_structure_set(args.gen)
+    check_scored_structures(args.family, train, generated, args.gen)
+    statuses = read_status(args.status) if args.status else None
+    result = score(args.family, train, generated, score_options(args), statuses, args.n_generated)
+    path = write_report(args.out, args.family, result.metrics, result.rows, result.curves)
+    print_metrics(result.metrics)
     print(f"report: {path}")
     return 0

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from dismax.cli import main_wrapper
+from dismax.validation import DEFAULT_MIN_DISTANCE, MIN_DISTANCE, min_distance_for, require_valid
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("input", metavar="FILE")
     check.add_argument("--mixed-composition", action="store_true",
                        help="allow structures with different compositions (same atom count)")
+    for command in (convert, check):
+        command.add_argument("--family", choices=sorted(MIN_DISTANCE), default=None,
+                             help="material family: sets the overlap threshold (atoms closer than it are an error)")
+        command.add_argument("--min-distance", type=float, default=None,
+                             help=f"overlap threshold in Å (default: the family's, else {DEFAULT_MIN_DISTANCE})")
     return parser
 
 
@@ -58,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         from dismax.io import read_structures, write_cif, write_extxyz
 
         crystals = read_structures(args.input, fixed_composition=not args.mixed_composition)
+        threshold = args.min_distance if args.min_distance is not None else min_distance_for(args.family)
+        require_valid(crystals, args.input, threshold)
         if args.command == "check":
             print(f"{args.input}: {crystals.batch_size} structures of {crystals.n_atoms} atoms, all valid")
         elif str(args.output).endswith((".extxyz", ".xyz")):

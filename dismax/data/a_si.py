@@ -22,6 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dismax.geometry import minimum_image, pair_distance_histogram, wrap_centered
+from dismax.potentials import StillingerWeber
+from dismax.potentials.jaxmd import default_batching, neighbor_energy, over_batch
 from dismax.structures import Crystals
 
 SI_Z = 14
@@ -87,8 +90,7 @@ def random_start(protocol: MeltQuench, rng: np.random.Generator) -> np.ndarray:
     placed = 0
     for _ in range(1000 * protocol.n_atoms):
         trial = rng.random(3)
-        d = frac[:placed] - trial
-        d -= np.round(d)
+        d = wrap_centered(frac[:placed] - trial)
         if placed == 0 or np.min(np.sum(d**2, axis=1)) * length**2 >= protocol.min_separation**2:
             frac[placed] = trial
             placed += 1
@@ -101,35 +103,22 @@ def random_start(protocol: MeltQuench, rng: np.random.Generator) -> np.ndarray:
 @lru_cache(maxsize=None)
 def _md_program(protocol: MeltQuench, capacity: int, batching: str):
     """Jitted (init, block) functions for Nosé–Hoover MD of a batch of cells in one cubic box."""
-    from jax_md import partition, simulate, space
-
-    from dismax.relax.potentials import StillingerWeber
+    from jax_md import simulate  # jax_md takes ~6 s to import; only the MD program needs it
 
     potential = StillingerWeber(three_body_strength=protocol.three_body_strength)
-    box = jnp.eye(3) * protocol.box_length
-    displacement, shift = space.periodic_general(box, fractional_coordinates=True, wrapped=True)
-    neighbor_fn = partition.neighbor_list(
-        displacement, box, potential.cutoff, 0.5, capacity_multiplier=1.0, disable_cell_list=True,
-        fractional_coordinates=True, format=partition.Dense,
-    )
-    template = neighbor_fn.allocate(jnp.asarray(np.random.default_rng(0).random((protocol.n_atoms, 3))))
-    template = template.set(idx=jnp.full((protocol.n_atoms, capacity), protocol.n_atoms, jnp.int32),
-                            max_occupancy=capacity)
-    neighbour_displacement = jax.vmap(jax.vmap(displacement, (0, None)), (0, 0))
+    plumbing = neighbor_energy(potential, protocol.n_atoms, capacity, 0.5, box=jnp.eye(3) * protocol.box_length)
 
     def energy(R, neighbor, **unused):
-        neighbor = neighbor.update(R)  # fresh list at R: every pair within the cutoff is seen
-        mask = neighbor.idx < R.shape[0]
-        dR = neighbour_displacement(jnp.take(R, neighbor.idx, axis=0, mode="clip"), R)
-        return potential.energy_from_displacements(dR, mask)
+        # fresh list at R: every pair within the cutoff is seen
+        return plumbing.energy(R, neighbor.update(R))
 
     dt = protocol.dt_fs / TIME_UNIT_FS
     init_fn, apply_fn = simulate.nvt_nose_hoover(
-        energy, shift, dt, K_BOLTZMANN * protocol.t_melt, tau=protocol.tau_fs / TIME_UNIT_FS
+        energy, plumbing.shift, dt, K_BOLTZMANN * protocol.t_melt, tau=protocol.tau_fs / TIME_UNIT_FS
     )
 
     def init_one(key, R):
-        nbrs = template.set(reference_position=jnp.mod(R + 0.5, 1.0)).update(R)
+        nbrs = plumbing.fresh(R)
         state = init_fn(key, R, mass=SI_MASS, neighbor=nbrs)
         return state, nbrs
 
@@ -142,19 +131,14 @@ def _md_program(protocol: MeltQuench, capacity: int, batching: str):
 
         return jax.lax.fori_loop(0, n_steps, step, (state, nbrs))
 
-    if batching == "map":
-        init = lambda keys, R: jax.lax.map(lambda x: init_one(*x), (keys, R))
-        block = lambda states, nbrs, first, n: jax.lax.map(lambda x: block_one(*x, first, n), (states, nbrs))
-    else:
-        init = jax.vmap(init_one)
-        block = jax.vmap(block_one, (0, 0, None, None))
+    init = over_batch(init_one, batching, (0, 0))
+    block = over_batch(block_one, batching, (0, 0, None, None))
     return jax.jit(init), jax.jit(block, static_argnums=3)
 
 
 def melt_quench(protocol: MeltQuench, frac: np.ndarray, seed: int, batching: str | None = None,
                 progress: bool = True) -> np.ndarray:
     """Run the NVT melt and quench on cells ``frac`` (B, N, 3); returns the quenched fractions."""
-    from dismax.relax.driver import default_batching
     from dismax.runs import progress as progress_bar
 
     batching = batching or default_batching()
@@ -197,13 +181,15 @@ def structure_statistics(crystals: Crystals, bond_cutoff: float = BOND_CUTOFF, r
     density_sum = 0.0
     for b in range(c.batch_size):
         lattice = np.asarray(c.lattice[b], float)
-        d = np.asarray(c.frac[b], float)[None] - np.asarray(c.frac[b], float)[:, None]
-        d -= np.round(d)
-        vectors = d @ lattice
+        frac = np.asarray(c.frac[b], float)
+        vectors = minimum_image(frac[None] - frac[:, None], lattice, n_images=0)
         r = np.linalg.norm(vectors, axis=-1)
         n = len(r)
         np.fill_diagonal(r, np.inf)
-        histogram += np.histogram(r[np.isfinite(r)], edges)[0]
+        with jax.enable_x64(True):
+            histogram += np.asarray(pair_distance_histogram(
+                jnp.asarray(frac), jnp.asarray(lattice), jnp.zeros((1, 3)), r_max=float(edges[-1]),
+                n_bins=len(edges) - 1))
         density_sum += n * n / abs(np.linalg.det(lattice))
         bonded = r < bond_cutoff
         cn = bonded.sum(axis=1)
@@ -241,7 +227,6 @@ def structure_statistics(crystals: Crystals, bond_cutoff: float = BOND_CUTOFF, r
 def generate(protocol: MeltQuench, seed: int, batching: str | None = None, progress: bool = True):
     """Melt-quench ``protocol.n_structures`` cells and relax them; returns (Crystals, RelaxResult)."""
     from dismax.relax.driver import relax
-    from dismax.relax.potentials import StillingerWeber
 
     rng = np.random.default_rng(seed)
     n = protocol.n_structures

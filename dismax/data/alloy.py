@@ -1,11 +1,10 @@
 """Fe–Ni–Cr FCC alloy datasets by cluster-expansion Monte Carlo (Dismai-Bench §2.1.1, §4.1.1).
 
-The published chemical cluster expansion (46 ECIs: empty cluster, 3 points, 7 pair shells × 6 species
-pairs in the pair-count basis) on a 4×4×4 conventional FCC cell (a = 3.6 Å, 256 sites, Fe 154 Ni 51 Cr 51),
-sampled by canonical Metropolis Monte Carlo with Kawasaki (swap) moves. Per-swap work runs in JAX: a
-``lax.scan`` over swap attempts, ``vmap``-ed over independent chains, with explicit PRNG keys. Snapshots are
-reduced to exact integer pair counts, from which energies, cluster vectors and Warren–Cowley SRO are
-computed on the host in float64.
+The published chemical cluster expansion (:mod:`dismax.cluster_expansion`) on a 4×4×4 conventional FCC
+cell (a = 3.6 Å, 256 sites, Fe 154 Ni 51 Cr 51), sampled by canonical Metropolis Monte Carlo with Kawasaki
+(swap) moves. Per-swap work runs in JAX: a ``lax.scan`` over swap attempts, ``vmap``-ed over independent
+chains, with explicit PRNG keys. Snapshots are reduced to exact integer pair counts, from which energies,
+cluster vectors and Warren–Cowley SRO are computed on the host in float64.
 
 Conventions: species index 0 = Cr, 1 = Fe, 2 = Ni (alphabetical, the ECI order); energies in eV
 (per atom where the name says so); temperatures in K. A *pass* is N = 256 swap attempts.
@@ -23,211 +22,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dismax.cluster_expansion import (ATOMIC_NUMBERS, CLUSTER_LABELS, COMPOSITION, PUBLISHED_ECI, SPECIES,
+                                      SRO_LABELS, ClusterExpansion, FCCLattice, cluster_vectors,
+                                      column_pair_energies, energy_per_atom, fcc_lattice, local_swap_delta,
+                                      pair_counts, warren_cowley)
 from dismax.errors import DismaxInputError
+from dismax.io import write_extxyz
+from dismax.runs import atomic_write_text, progress
+from dismax.structures import Crystals
 
-SPECIES = ("Cr", "Fe", "Ni")
-ATOMIC_NUMBERS = (24, 26, 28)
-COMPOSITION = (51, 154, 51)  # Cr, Fe, Ni on 256 sites (Fe60Ni20Cr20)
-LATTICE_CONSTANT = 3.6  # Å
-REPEATS = 4  # conventional cells per axis
 K_BOLTZMANN = 8.617333262e-5  # eV/K
-
-PAIRS = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))  # Cr-Cr, Cr-Fe, Cr-Ni, Fe-Fe, Fe-Ni, Ni-Ni
-PAIR_LABELS = tuple(f"{SPECIES[a]}-{SPECIES[b]}" for a, b in PAIRS)
-# Squared shell radii in units of (a/2)^2 and coordination numbers z of the 7 pair shells.
-SHELL_RADIUS_SQUARED = (2, 4, 6, 8, 10, 12, 14)
-SHELL_Z = (12, 6, 24, 12, 24, 8, 48)
-N_SHELLS = len(SHELL_Z)
-CLUSTER_LABELS = tuple(f"0NN_{s}" for s in SPECIES) + tuple(
-    f"{s + 1}NN_{p}" for s in range(N_SHELLS) for p in PAIR_LABELS
-)
-# Warren–Cowley columns of Dismai-Bench's cluster_sro.csv (1NN then 2NN).
-SRO_PAIRS = ((1, 2), (0, 1), (0, 2), (1, 1), (0, 0), (2, 2))  # Fe-Ni, Cr-Fe, Cr-Ni, Fe-Fe, Cr-Cr, Ni-Ni
-SRO_LABELS = tuple(
-    f"{s + 1}NN_{SPECIES[a]}-{SPECIES[b]}" for s in range(2) for a, b in SRO_PAIRS
-)
-
-# The 46 published chemical ECIs (eV/atom): J0, points Cr/Fe/Ni, then shells 1..7 × PAIRS.
-PUBLISHED_ECI = np.array([
-    -0.00932958469464057, 0.0, 0.0, 0.0,
-    0.0003376140261270978, -0.006093130106866821, -0.017503750379865866, 0.0, 0.0, 0.0022227714241077777,
-    -0.03477817417403486, 0.0, 0.005939741713420254, -0.0006455514901675906, 0.016358092689283846, 0.0,
-    0.0015984460745564193, -0.005292076441853677, -0.003021082122451338, 0.0, 0.0, 0.0,
-    0.0, 0.0018668024945124595, -0.0038807821841662124, 0.0, -0.0036085744161752594, 0.0012250045279512465,
-    -0.0007252972937068049, 0.0005925701791865664, 0.0028510208730949406, -0.0005707393430416303,
-    0.0018947957869953978, -0.001669283899958865,
-    0.0, -0.005562649078917254, 0.00172340842194012, 0.0, 0.00015073769660058886, -0.003134770684447135,
-    0.001983244154690138, -0.0018490697130025958, -0.002680779582402635, 0.0003351340012252481,
-    -0.0021377444095509075, 0.0010601861757962314,
-])
-
-
-# ---------------------------------------------------------------------------------------------- lattice
-@dataclass(frozen=True)
-class FCCLattice:
-    """FCC supercell of ``repeats``³ conventional cells with static neighbour tables (numpy, host side).
-
-    ``frac`` (N, 3) site fractional coordinates; ``lattice`` (3, 3) rows in Å; ``neighbours`` (N, C) site
-    indices of all C = Σ z_s shell neighbours of each site (C = 134); ``shell_of_column`` (C,) the shell
-    (0..6) of each column. Sites are ordered cell by cell, 4 basis sites per cell.
-    """
-
-    repeats: int
-    lattice_constant: float
-    frac: np.ndarray
-    lattice: np.ndarray
-    neighbours: np.ndarray
-    shell_of_column: np.ndarray
-
-    @property
-    def n_sites(self) -> int:
-        return self.frac.shape[0]
-
-
-def shell_vectors(shell: int) -> np.ndarray:
-    """(z_s, 3) integer FCC vectors of pair shell ``shell`` (0-based) in units of a/2, sorted."""
-    r = range(-3, 4)
-    vectors = [
-        (x, y, z) for x in r for y in r for z in r
-        if (x + y + z) % 2 == 0 and x * x + y * y + z * z == SHELL_RADIUS_SQUARED[shell]
-    ]
-    return np.array(sorted(vectors), dtype=np.int64)
-
-
-def fcc_lattice(repeats: int = REPEATS, lattice_constant: float = LATTICE_CONSTANT) -> FCCLattice:
-    """The FCC supercell and its 7 neighbour shells as index tables.
-
-    Neighbours are found by integer site arithmetic (exact). In cells smaller than 4×4×4 distinct shell
-    vectors can reach the same site (the table then lists it more than once, which the energy counts
-    correctly); a shell vector that maps a site onto itself is rejected.
-    """
-    if repeats < 2:
-        raise DismaxInputError(f"FCC supercell needs at least 2 conventional cells per axis, got {repeats}")
-    period = 2 * repeats
-    basis = np.array([(0, 0, 0), (1, 1, 0), (1, 0, 1), (0, 1, 1)])
-    cells = np.array([(i, j, k) for i in range(repeats) for j in range(repeats) for k in range(repeats)])
-    half = (2 * cells[:, None, :] + basis[None, :, :]).reshape(-1, 3)
-    index = -np.ones((period,) * 3, dtype=np.int64)
-    index[half[:, 0], half[:, 1], half[:, 2]] = np.arange(len(half))
-    columns, shells = [], []
-    for s in range(N_SHELLS):
-        for v in shell_vectors(s):
-            target = (half + v) % period
-            columns.append(index[target[:, 0], target[:, 1], target[:, 2]])
-            shells.append(s)
-    neighbours = np.stack(columns, axis=1)
-    if (neighbours < 0).any() or (neighbours == np.arange(len(half))[:, None]).any():
-        raise DismaxInputError(f"a {repeats}×{repeats}×{repeats} FCC cell maps a shell vector onto itself")
-    return FCCLattice(
-        repeats=repeats,
-        lattice_constant=float(lattice_constant),
-        frac=half / period,
-        lattice=np.eye(3) * lattice_constant * repeats,
-        neighbours=neighbours.astype(np.int32),
-        shell_of_column=np.array(shells, dtype=np.int32),
-    )
-
-
-# ---------------------------------------------------------------------------------------------- energy
-@jax.tree_util.register_dataclass
-@dataclass(frozen=True)
-class ClusterExpansion:
-    """Chemical pair cluster expansion: E/N = j0 + Σ_X point_X x_X + Σ_s Σ_{A≤B} pair[s,A,B] · n_{s,AB}.
-
-    ``j0`` () eV/atom; ``point`` (3,) eV/atom; ``pair`` (7, 3, 3) symmetric, eV per unordered pair
-    (n_{s,AB} = unordered A–B pairs in shell s / N).
-    """
-
-    j0: jax.Array
-    point: jax.Array
-    pair: jax.Array
-
-    @classmethod
-    def from_eci(cls, eci=PUBLISHED_ECI, dtype=None) -> "ClusterExpansion":
-        """From the 46-value ECI vector (ordering of ``CLUSTER_LABELS`` after J0); dtype default float."""
-        eci = np.asarray(eci, dtype=np.float64)
-        if eci.shape != (1 + len(CLUSTER_LABELS),):
-            raise DismaxInputError(f"expected {1 + len(CLUSTER_LABELS)} ECIs, got shape {eci.shape}")
-        pair = np.zeros((N_SHELLS, 3, 3))
-        for s in range(N_SHELLS):
-            for p, (a, b) in enumerate(PAIRS):
-                pair[s, a, b] = pair[s, b, a] = eci[4 + 6 * s + p]
-        dtype = dtype or jnp.result_type(float)
-        return cls(jnp.asarray(eci[0], dtype), jnp.asarray(eci[1:4], dtype), jnp.asarray(pair, dtype))
-
-
-def pair_counts(occupation: jax.Array, lattice: FCCLattice) -> jax.Array:
-    """Ordered pair counts (7, 3, 3) int32: C[s, A, B] = #(i, j) with σ_i = A, σ_j = B, j in shell s of i.
-
-    ``occupation`` (N,) species indices. Unordered A–B pairs are C[s,A,B] for A ≠ B and C[s,A,A]/2.
-    """
-    onehot = jax.nn.one_hot(occupation, 3, dtype=jnp.int32)
-    per_column = jnp.einsum("ia,icb->cab", onehot, onehot[jnp.asarray(lattice.neighbours)])
-    return jax.ops.segment_sum(per_column, jnp.asarray(lattice.shell_of_column), num_segments=N_SHELLS)
-
-
-def total_energy(occupation: jax.Array, lattice: FCCLattice, ce: ClusterExpansion) -> jax.Array:
-    """Total CE energy (eV) of one configuration ``occupation`` (N,)."""
-    n = occupation.shape[0]
-    x = jnp.bincount(occupation, length=3).astype(ce.pair.dtype) / n
-    counts = pair_counts(occupation, lattice).astype(ce.pair.dtype)
-    return n * (ce.j0 + x @ ce.point) + 0.5 * jnp.sum(counts * ce.pair)
-
-
-def swap_energy_change(occupation: jax.Array, i, j, lattice: FCCLattice, ce: ClusterExpansion) -> jax.Array:
-    """Change of the total energy (eV) when the species of sites ``i`` and ``j`` are exchanged.
-
-    Local: only the shell neighbours of the two sites are read, with the correction for i and j being
-    neighbours of each other (counted with multiplicity).
-    """
-    neighbours = jnp.asarray(lattice.neighbours)
-    column_pair = ce.pair[jnp.asarray(lattice.shell_of_column)]  # (C, 3, 3)
-    return _swap_delta(occupation, i, j, neighbours, column_pair)
-
-
-def _swap_delta(occupation, i, j, neighbours, column_pair):
-    a, b = occupation[i], occupation[j]
-    around_i, around_j = neighbours[i], neighbours[j]
-    species_i, species_j = occupation[around_i], occupation[around_j]
-    columns = jnp.arange(neighbours.shape[1])
-    field_i = column_pair[columns, b, species_i] - column_pair[columns, a, species_i]
-    field_j = column_pair[columns, a, species_j] - column_pair[columns, b, species_j]
-    bond = column_pair[:, a, a] + column_pair[:, b, b] - 2.0 * column_pair[:, a, b]
-    return jnp.sum(field_i + field_j - jnp.where(around_i == j, bond, 0.0))
-
-
-# ------------------------------------------------------------------------------------ host-side analysis
-def cluster_vectors(counts: np.ndarray, composition=COMPOSITION) -> np.ndarray:
-    """(..., 45) cluster vectors (x_X, then n_{s,AB} per shell) from ordered counts (..., 7, 3, 3)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    n = float(sum(composition))
-    x = np.broadcast_to(np.asarray(composition, np.float64) / n, counts.shape[:-3] + (3,))
-    pairs = np.stack(
-        [counts[..., a, b] / n if a != b else counts[..., a, a] / (2.0 * n) for a, b in PAIRS], axis=-1
-    )
-    return np.concatenate([x, pairs.reshape(counts.shape[:-3] + (6 * N_SHELLS,))], axis=-1)
-
-
-def energy_per_atom(cluster_vector: np.ndarray, eci=PUBLISHED_ECI) -> np.ndarray:
-    """CE energy (eV/atom) from cluster vectors (..., 45): J0 + ECI · vector (float64)."""
-    eci = np.asarray(eci, np.float64)
-    return eci[0] + np.asarray(cluster_vector, np.float64) @ eci[1:]
-
-
-def warren_cowley(counts: np.ndarray, composition=COMPOSITION) -> np.ndarray:
-    """(..., 12) Warren–Cowley α of the 1NN and 2NN shells in ``SRO_LABELS`` order.
-
-    α_s^{AB} = 1 − P(B|A)/x_B with P(B|A) = C[s,A,B] / (z_s n_A) (Dismai-Bench eq. 1; symmetric without
-    vacancies).
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    n_species = np.asarray(composition, np.float64)
-    x = n_species / n_species.sum()
-    columns = []
-    for s in range(2):
-        for a, b in SRO_PAIRS:
-            columns.append(1.0 - counts[..., s, a, b] / (SHELL_Z[s] * n_species[a]) / x[b])
-    return np.stack(columns, axis=-1)
 
 
 # ---------------------------------------------------------------------------------------- Monte Carlo
@@ -282,7 +86,7 @@ class KawasakiSampler:
         counts = jnp.asarray(self.composition, jnp.int32)
         starts = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(counts)[:-1]])
         neighbours = jnp.asarray(self.lattice.neighbours)
-        column_pair = self.ce.pair[jnp.asarray(self.lattice.shell_of_column)]
+        column_pair = column_pair_energies(self.lattice, self.ce)
         beta = 1.0 / (K_BOLTZMANN * jnp.asarray(temperature, column_pair.dtype))
 
         key, k_slot, k_other, k_accept = jax.random.split(state.key, 4)
@@ -296,7 +100,7 @@ class KawasakiSampler:
             occupation, slots, accepted = carry
             u, v, log_r = draw
             i, j = slots[u], slots[v]
-            delta = _swap_delta(occupation, i, j, neighbours, column_pair)
+            delta = local_swap_delta(occupation, i, j, neighbours, column_pair)
             accept = log_r < -beta * delta
             a, b = occupation[i], occupation[j]
             occupation = occupation.at[i].set(jnp.where(accept, b, a)).at[j].set(jnp.where(accept, a, b))
@@ -432,12 +236,10 @@ def generate_alloy_dataset(temperature: float, selection: str, protocol: AlloyPr
     """
     if selection not in ("wide", "narrow"):
         raise DismaxInputError(f"selection must be 'wide' or 'narrow', got {selection!r}")
-    from dismax.runs import progress as progress_bar
-
     sampler = published_sampler()
     lattice = sampler.lattice
     key = jax.random.fold_in(jax.random.PRNGKey(seed), int(round(temperature)))
-    bar = progress_bar(total=protocol.passes, unit="pass", desc=f"MC {temperature:g} K, {protocol.chains} chains")
+    bar = progress(total=protocol.passes, unit="pass", desc=f"MC {temperature:g} K, {protocol.chains} chains")
     runner = _ChainRunner(sampler, temperature, protocol, key, bar)
     runner.advance_to(runner.nominal)
 
@@ -453,7 +255,7 @@ def generate_alloy_dataset(temperature: float, selection: str, protocol: AlloyPr
         max_snapshots = runner.nominal + int(protocol.max_extension * runner.nominal)
         while True:
             occupations, counts, chain, snapshot = runner.pool()
-            sro = warren_cowley(counts)
+            sro = warren_cowley(cluster_vectors(counts, COMPOSITION))
             sro_mean = sro.mean(axis=0)
             ok = narrow_mask(sro, protocol.narrow_width, sro_mean)
             ok[wide] = False
@@ -471,14 +273,14 @@ def generate_alloy_dataset(temperature: float, selection: str, protocol: AlloyPr
     bar.close()
 
     counts = counts[chosen]
-    vectors = cluster_vectors(counts)
+    vectors = cluster_vectors(counts, COMPOSITION)
     return {
         "lattice": lattice,
         "occupations": occupations[chosen].astype(np.int32),
         "counts": counts,
         "cluster_vectors": vectors,
         "energy_per_atom": energy_per_atom(vectors),
-        "sro": warren_cowley(counts),
+        "sro": warren_cowley(vectors),
         "chain": chain[chosen],
         "mc_pass": (snapshot[chosen] + 1) * protocol.snapshot_every,
         "sro_filter_mean": sro_mean,
@@ -497,10 +299,6 @@ def write_alloy_dataset(name: str, temperature: float, selection: str, size: str
     carries ``formation_energy`` (CE energy, eV/atom), ``chain`` and ``mc_pass``. ``protocol``
     overrides the parameters of ``size``.
     """
-    from dismax.io import write_extxyz
-    from dismax.runs import atomic_write_text
-    from dismax.structures import Crystals
-
     if protocol is None:
         if size not in PROTOCOLS:
             raise DismaxInputError(f"size must be one of {sorted(PROTOCOLS)}, got {size!r}")

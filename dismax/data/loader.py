@@ -10,17 +10,26 @@ original plus 63 translated copies; they map lattice sites onto lattice sites an
 so the species-block order is unchanged. Modes: ``"none"``; ``"offline"`` — each epoch is a pass over all
 64 × M (structure, translation) pairs, the paper's expanded data without storing it; ``"online"`` — each
 epoch is a pass over the M structures, each with one random translation of the 64.
+
+The data may be ``Crystals`` or any pytree of arrays with a common leading (structure) axis, e.g.
+``(Crystals, per-structure features)`` or the VAE's ``(sites, lattice, spacegroup)``; augmentation translates
+the ``Crystals`` nodes and carries the other leaves along. Every process of a multi-host run can build the
+same loader and take its own part of each global batch with ``batch(step, part, n_parts)``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import jax
 import numpy as np
 
 from dismax.errors import DismaxConfigError, DismaxInputError
+from dismax.io import read_extxyz
 from dismax.structures import Crystals
+from dismax.validation import require_valid
 
 AUGMENTATIONS = ("none", "online", "offline")
 
@@ -33,48 +42,63 @@ def cubic_translations(grid=(4, 4, 4)) -> np.ndarray:
 
 def translate(crystals: Crystals, shifts: np.ndarray) -> Crystals:
     """Shift every structure b by the fractional vector ``shifts[b]`` (B, 3), wrapped into [0, 1)."""
-    frac = (np.asarray(crystals.frac) + np.asarray(shifts)[:, None, :]) % 1.0
+    frac = np.asarray(crystals.frac)
+    frac = (frac + np.asarray(shifts, frac.dtype)[:, None, :]) % 1.0
     frac = np.where(frac >= 1.0, 0.0, frac)
     return Crystals(frac, np.asarray(crystals.lattice), np.asarray(crystals.species))
 
 
 def load_split(directory: str | Path, split: str = "train") -> Crystals:
     """The ``train`` or ``val`` structures of a dataset directory (see :mod:`dismax.data.registry`)."""
-    from dismax.io import read_extxyz
-
     if split not in ("train", "val"):
         raise DismaxInputError(f"split must be 'train' or 'val', got {split!r}")
-    return read_extxyz(Path(directory) / f"{split}.extxyz")
+    return read_training_structures(Path(directory) / f"{split}.extxyz")
+
+
+def read_training_structures(path: str | Path) -> Crystals:
+    """An extxyz file of training (or validation) structures, read and validated: one atom count and
+    composition (io), no overlapping atoms (:mod:`dismax.validation`)."""
+    crystals = read_extxyz(path)
+    require_valid(crystals, str(path))
+    return crystals
 
 
 @dataclass
 class BatchLoader:
-    """Serves ``batch_size`` structures per step from ``data`` (host NumPy ``Crystals``), dropping the
-    incomplete last batch of each epoch. Iterate it, or call :meth:`batch` with any step."""
+    """Serves ``batch_size`` structures per step from ``data`` (host NumPy ``Crystals`` or a pytree of arrays
+    with a common leading axis). With ``drop_last`` the incomplete last batch of each epoch is dropped;
+    without it that batch is completed with the first samples of the epoch's order, so every batch has the
+    same shape (one compiled step). Iterate it, or call :meth:`batch` with any step."""
 
-    data: Crystals
+    data: Any
     batch_size: int
     seed: int = 0
     augment: str = "none"
     translation_grid: tuple[int, int, int] = (4, 4, 4)
+    drop_last: bool = True
     step: int = 0
     _epoch_cache: tuple = field(default=(None, None, None), init=False, repr=False)
 
     def __post_init__(self):
-        self.data = self.data.to_numpy()
+        self.data = jax.tree.map(np.asarray, self.data)
         if self.augment not in AUGMENTATIONS:
             raise DismaxConfigError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        if self.augment != "none" and not any(isinstance(node, Crystals) for node in self._nodes()):
+            raise DismaxConfigError("augmentation translates Crystals, but the loader's data holds none")
         if self.batch_size < 1:
             raise DismaxConfigError(f"batch_size must be positive, got {self.batch_size}")
-        if self.batch_size > self.epoch_size:
+        if self.batch_size > self.epoch_size and self.drop_last:
             raise DismaxConfigError(
                 f"batch_size {self.batch_size} exceeds the {self.epoch_size} samples of one epoch"
             )
         self.translations = cubic_translations(self.translation_grid)
 
+    def _nodes(self):
+        return jax.tree.leaves(self.data, is_leaf=lambda node: isinstance(node, Crystals))
+
     @property
     def n_structures(self) -> int:
-        return self.data.batch_size
+        return len(jax.tree.leaves(self.data)[0])
 
     @property
     def epoch_size(self) -> int:
@@ -84,7 +108,7 @@ class BatchLoader:
 
     @property
     def steps_per_epoch(self) -> int:
-        return self.epoch_size // self.batch_size
+        return self.epoch_size // self.batch_size if self.drop_last else -(-self.epoch_size // self.batch_size)
 
     @property
     def epoch(self) -> int:
@@ -95,6 +119,8 @@ class BatchLoader:
         """(sample order, translation index per sample) of ``epoch``; cached for the current epoch."""
         if self._epoch_cache[0] != epoch:
             order = np.random.default_rng([self.seed, epoch]).permutation(self.epoch_size)
+            if not self.drop_last:
+                order = np.resize(order, self.steps_per_epoch * self.batch_size)
             if self.augment == "online":
                 translation = np.random.default_rng([self.seed, epoch, 1]).integers(
                     0, len(self.translations), size=self.n_structures)
@@ -116,14 +142,23 @@ class BatchLoader:
             return samples, translation[samples]
         return samples, np.zeros_like(samples)
 
-    def batch(self, step: int) -> Crystals:
-        """The batch at ``step`` (a pure function of seed and step); arrays are NumPy."""
+    def batch(self, step: int, part: int = 0, n_parts: int = 1):
+        """The batch at ``step`` (a pure function of seed and step), NumPy arrays shaped like ``data``.
+
+        ``part``/``n_parts``: only rows [part·B/n_parts, (part+1)·B/n_parts) of the global batch, the share
+        of one process when several processes each feed their local devices."""
+        if self.batch_size % n_parts or not 0 <= part < n_parts:
+            raise DismaxConfigError(f"batch_size {self.batch_size} cannot be split into part {part} of {n_parts}")
         structures, translation = self.indices(step)
-        chosen = Crystals(self.data.frac[structures], self.data.lattice[structures],
-                          self.data.species[structures])
-        if self.augment == "none":
-            return chosen
-        return translate(chosen, self.translations[translation])
+        rows = slice(part * self.batch_size // n_parts, (part + 1) * self.batch_size // n_parts)
+        structures, translation = structures[rows], translation[rows]
+        shifts = self.translations[translation]
+
+        def select(node):
+            chosen = node[structures]
+            return translate(chosen, shifts) if isinstance(node, Crystals) and self.augment != "none" else chosen
+
+        return jax.tree.map(select, self.data, is_leaf=lambda node: isinstance(node, Crystals))
 
     def __iter__(self):
         return self
@@ -136,12 +171,12 @@ class BatchLoader:
     def state(self) -> dict:
         """JSON position to store with a checkpoint (pass to :meth:`restore`)."""
         return {"step": self.step, "seed": self.seed, "batch_size": self.batch_size, "augment": self.augment,
-                "n_structures": self.n_structures}
+                "n_structures": self.n_structures, "drop_last": self.drop_last}
 
     def restore(self, state: dict) -> "BatchLoader":
         """Continue from a saved :meth:`state`; the loader must be built on the same data and settings."""
         expected = {"seed": self.seed, "batch_size": self.batch_size, "augment": self.augment,
-                    "n_structures": self.n_structures}
+                    "n_structures": self.n_structures, "drop_last": self.drop_last}
         different = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
         if different:
             details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in different.items())

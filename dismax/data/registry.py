@@ -13,12 +13,11 @@ import importlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from dismax.data import BUILDERS
+from dismax.data import BUILDERS, BUILT_FILES
 from dismax.errors import DismaxInputError
-from dismax.runs import atomic_write_text, log
+from dismax.runs import atomic_write_text, exclusive_lock, log, make_staging_dir
 
 SIZES = ("small", "full")
 DATASET_FILES = ("train.extxyz", "val.extxyz", "params.json")
@@ -59,15 +58,21 @@ def build_dataset(name: str, size: str = "small", seed: int = 0, out_dir: str | 
     """Build dataset ``name`` into ``out_dir`` (default: the cache) and return the directory.
 
     The builder writes into a temporary sibling directory that is renamed when complete, so an
-    interrupted build never leaves a directory that looks finished.
+    interrupted build never leaves a directory that looks finished. Builds of one folder take turns
+    (a second build waits for the first); the next build removes a killed build's staging folder.
     """
     _check_buildable(name, size)
     target = Path(out_dir) if out_dir is not None else dataset_dir(name, size, seed)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    with exclusive_lock(target, "dataset folder", wait=True):
+        _build_into(name, size, seed, target)
+    return target
+
+
+def _build_into(name: str, size: str, seed: int, target: Path) -> None:
+    staging = make_staging_dir(target)
     try:
         _builder(name)(size=size, seed=seed, out_dir=staging)
-        missing = [f for f in DATASET_FILES if not (staging / f).is_file()]
+        missing = [f for f in BUILT_FILES.get(name, DATASET_FILES) if not (staging / f).is_file()]
         if missing:
             raise RuntimeError(f"builder of '{name}' did not write {missing}")
         if target.exists():
@@ -82,7 +87,6 @@ def build_dataset(name: str, size: str = "small", seed: int = 0, out_dir: str | 
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    return target
 
 
 def ensure_dataset(name: str, size: str = "small", seed: int = 0) -> Path:
@@ -92,8 +96,12 @@ def ensure_dataset(name: str, size: str = "small", seed: int = 0) -> Path:
         return directory
     if name in _registered():
         raise DismaxInputError(f"registered dataset '{name}' is missing its files in {directory}")
-    log.info("dataset '%s' (size %s, seed %d) not in the cache; building it into %s", name, size, seed, directory)
-    return build_dataset(name, size, seed)
+    with exclusive_lock(directory, "dataset folder", wait=True):
+        if is_complete(directory):  # built by another process while this one waited
+            return directory
+        log.info("dataset '%s' (size %s, seed %d) not in the cache; building it into %s", name, size, seed,
+                 directory)
+        return build_dataset(name, size, seed)
 
 
 def dataset_files(name: str, size: str = "small", seed: int = 0, train_file: str | None = None,

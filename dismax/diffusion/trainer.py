@@ -1,23 +1,27 @@
 """Trainer for the periodic coordinate diffusion model (``model.name: diffusion``).
 
-``train(config, run)``: epochs over shuffled mini-batches of the training set, a jitted train step
-(Adam, clipping by value, parameter EMA), validation every ``train.val_every`` epochs with
-reduce-on-plateau of the learning rate (DiffCSP: factor 0.6, patience 30, min 1e-4), checkpoints with the
-epoch in their meta (a killed run resumes from the newest checkpoint and its metrics.csv is truncated to
-match), ``metrics.csv`` rows per epoch and ``plots/losses.png``.
+``train(config, run)``: the shared training loop (:mod:`dismax.training`: epochs over shuffled mini-batches
+of the ``BatchLoader``, checkpoints, resume, metrics rows per member and epoch, ``plots/losses.png``, batch
+sharding over the 'data' mesh) with a jitted train step (Adam, clipping by value, parameter EMA) and
+validation every ``train.val_every`` epochs with reduce-on-plateau of the learning rate (DiffCSP: factor
+0.6, patience 30, min 1e-4).
+
+The step: denoising score matching. A batch is (frac (B,N,3), lattice (B,3,3), species (B,N)); one time step
+t ~ U{1..T} per crystal; the coordinate loss is the MSE between the denoiser's score output and the
+normalised wrapped-normal score target, averaged over crystals, atoms and xyz (DiffCSP coordinate loss). By
+default the lattice and composition stay clean (Dismai-Bench setting: no lattice diffusion).
 
 ``train.n_seeds`` > 1 trains an ensemble: member k has seed ``seed + k`` (its own initialisation, PRNG
 stream, data order, EMA, optimiser state and plateau schedule) and all members take one jit(vmap) step
 together, so member k equals a single run with seed ``seed + k``; checkpoints hold every member and
-``metrics.csv`` has one row per member and epoch. Each batch is placed on the data mesh
-(``dismax.devices``): its batch axis is sharded over the devices when the batch size divides evenly,
-parameters and optimiser state are replicated.
+``metrics.csv`` has one row per member and epoch.
 
 ``model.lattice_diffusion`` (off by default, as in Dismai-Bench) also diffuses the lattice (DDPM cosine
-schedule, DiffCSP) with the loss weight ``model.cost_lattice``; during the first
-``train.teacher_forcing_epochs`` epochs the clean lattice is the input and the lattice loss is left out
-(Dismai-Bench's teacher forcing; its ``teacher_forcing_max_epoch: E`` compares Lightning's 0-based epoch,
-so it teacher-forces E + 1 epochs, i.e. ``teacher_forcing_epochs: E + 1`` here). The plateau scheduler
+schedule, DiffCSP): the raw lattice is noised at the same t, the noisy lattice is the network input, the
+network's lattice head predicts the noise ε and the loss adds ``model.cost_lattice`` · MSE(ε̂, ε). During the
+first ``train.teacher_forcing_epochs`` epochs the clean lattice is the input and the lattice loss is left out
+(reported as 0; Dismai-Bench's teacher forcing; its ``teacher_forcing_max_epoch: E`` compares Lightning's
+0-based epoch, so it teacher-forces E + 1 epochs, i.e. ``teacher_forcing_epochs: E + 1`` here). The plateau scheduler
 then monitors the validation coordinate loss (Dismai-Bench's ``val_coord_loss``).
 
 ``sample(run, n, out, seed)``: generates n structures with the lattice and species of a reference
@@ -31,19 +35,28 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
+from dataclasses import dataclass
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
+from dismax.config import load_config
+from dismax.data.loader import BatchLoader, read_training_structures
+from dismax.data.registry import dataset_files
 from dismax.diffusion.denoisers import DenoiserConfig, build_denoiser
-from dismax.diffusion.noise import SigmaSchedule
+from dismax.diffusion.noise import BetaSchedule, SigmaSchedule, noise_coordinates, noise_lattice
+from dismax.diffusion.sampling import annealed_langevin, predictor_corrector, predictor_corrector_lattice
 from dismax.errors import DismaxConfigError, DismaxInputError
-from dismax.runs import RunDir, log, progress
+from dismax.io import write_extxyz
+from dismax.runs import RunDir, atomic_write_text, exclusive_lock, log, progress
 from dismax.structures import Crystals
+from dismax.training import (LoopConfig, Panel, TrainingTask, check_data_source, check_loop_config,
+                             load_run_state, train_loop)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,9 +84,14 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(LoopConfig):
+    """The shared loop keys (``val_every``: epochs between validations) and the DiffCSP optimiser, EMA and
+    plateau schedule; ``n_seeds`` members (seeds ``seed``, ``seed + 1``, ...)."""
+
     epochs: int = 1000
     batch_size: int = 4
+    val_every: int = 5
+    checkpoint_every: int = 5
     lr: float = 1e-3
     beta1: float = 0.9
     beta2: float = 0.999
@@ -83,9 +101,6 @@ class TrainConfig:
     plateau_patience: int = 30
     min_lr: float = 1e-4
     ema_decay: float = 0.999
-    val_every: int = 5
-    checkpoint_every: int = 5
-    keep_checkpoints: int = 3
     n_seeds: int = 1
     teacher_forcing_epochs: int = 0
 
@@ -115,16 +130,151 @@ class Config:
     seed: int = 42
 
 
+# ------------------------------------------------------------------------------------ state and step
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class TrainState:
+    """params and their EMA, optimiser state, step counter and PRNG key (a pytree)."""
+
+    params: dict
+    ema_params: dict
+    opt_state: optax.OptState
+    step: jax.Array
+    key: jax.Array
+
+
+@dataclass(frozen=True)
+class LatticeDiffusion:
+    """Lattice diffusion settings (static): the DDPM β schedule and the lattice-loss weight."""
+
+    schedule: BetaSchedule = BetaSchedule()
+    cost: float = 1.0
+
+
+@lru_cache(maxsize=None)
+def make_optimizer(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                   clip_value: float | None = 0.5) -> optax.GradientTransformation:
+    """Adam (DiffCSP settings) after elementwise clipping by value; the learning rate is a
+    hyperparameter in the state so a plateau scheduler can change it between epochs. Cached, so equal
+    settings give the same object (no recompilation of the jitted train step)."""
+    adam = optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=b1, b2=b2, eps=eps)
+    return optax.chain(optax.clip(clip_value), adam) if clip_value else optax.chain(adam)
+
+
+def set_learning_rate(opt_state, lr):
+    """Return ``opt_state`` with the injected learning rate replaced (host-side, between epochs); ``lr`` is
+    a float, or an (M,) array for an ensemble state."""
+    adam_state = opt_state[-1]
+    hyper = dict(adam_state.hyperparams)
+    hyper["learning_rate"] = jnp.asarray(lr, dtype=jnp.asarray(hyper["learning_rate"]).dtype)
+    return (*opt_state[:-1], adam_state._replace(hyperparams=hyper))
+
+
+def learning_rates(opt_state) -> np.ndarray:
+    """Learning rate of every member, (M,) float64 (M = 1 for a single state)."""
+    return np.atleast_1d(np.asarray(opt_state[-1].hyperparams["learning_rate"], np.float64))
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def init_state(network, optimizer, example, key) -> TrainState:
+    """Initialise parameters on one example crystal (frac (N,3), lattice (3,3), species (N,))."""
+    init_key, state_key = jax.random.split(key)
+    frac, lattice, species = example
+    params = network.init(init_key, frac, lattice, species, jnp.int32(1))
+    return TrainState(params=params, ema_params=jax.tree.map(jnp.copy, params), opt_state=optimizer.init(params),
+                      step=jnp.zeros((), jnp.int32), key=state_key)
+
+
+def init_ensemble(network, optimizer, example, seeds, abstract: bool = False) -> TrainState:
+    """States of the members stacked on a leading axis (host arrays): member k is exactly
+    ``init_state(.., PRNGKey(seeds[k]))``. ``abstract`` gives only shapes and dtypes (a restore template)."""
+    if abstract:
+        one = jax.eval_shape(lambda: init_state(network, optimizer, example, jax.random.PRNGKey(0)))
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct((len(seeds), *x.shape), x.dtype), one)
+    states = [init_state(network, optimizer, example, jax.random.PRNGKey(int(s))) for s in seeds]
+    return jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *states)
+
+
+def member_state(state: TrainState, index: int) -> TrainState:
+    """One member of an ensemble state (drops the leading axis; host-side indexing, no compilation).
+    Abstract leaves (``jax.ShapeDtypeStruct``) give abstract members."""
+    if isinstance(jax.tree.leaves(state)[0], jax.ShapeDtypeStruct):
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state)
+    return jax.tree.map(lambda x: np.asarray(x)[index], state)
+
+
+def denoising_losses(network, params, batch, key, schedule: SigmaSchedule,
+                     lattice_diffusion: LatticeDiffusion | None = None, teacher_forcing=False):
+    """(total loss, {"coord_loss", "lattice_loss"}) for one batch; without lattice diffusion the lattice
+    loss is 0 and the total is the coordinate loss. ``teacher_forcing`` may be a traced bool."""
+    frac, lattice, species = batch
+    t_key, noise_key = jax.random.split(key)
+    t = jax.random.randint(t_key, (frac.shape[0],), 1, schedule.n_steps + 1)
+    noisy, target = noise_coordinates(noise_key, frac, t, schedule)
+
+    def apply(lattice_input):
+        return jax.vmap(lambda f, l, s, tt: network.apply(params, f, l, s, tt))(noisy, lattice_input, species, t)
+
+    if lattice_diffusion is None:
+        coord_loss = jnp.mean((apply(lattice) - target) ** 2)
+        return coord_loss, {"coord_loss": coord_loss, "lattice_loss": jnp.zeros_like(coord_loss)}
+    noisy_lattice, epsilon = noise_lattice(jax.random.fold_in(key, 1), lattice, t, lattice_diffusion.schedule)
+    prediction, lattice_prediction = apply(jnp.where(teacher_forcing, lattice, noisy_lattice))
+    coord_loss = jnp.mean((prediction - target) ** 2)
+    lattice_loss = jnp.where(teacher_forcing, 0.0, jnp.mean((lattice_prediction - epsilon) ** 2))
+    return coord_loss + lattice_diffusion.cost * lattice_loss, {"coord_loss": coord_loss, "lattice_loss": lattice_loss}
+
+
+def _train_step(state: TrainState, batch, teacher_forcing, *, network, optimizer, schedule, ema_decay,
+                lattice_diffusion):
+    key, step_key = jax.random.split(state.key)
+
+    def loss_fn(params):
+        return denoising_losses(network, params, batch, step_key, schedule, lattice_diffusion, teacher_forcing)
+
+    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+    return TrainState(params, ema, opt_state, state.step + 1, key), {"loss": loss, **parts}
+
+
+_STATIC = ("network", "optimizer", "schedule", "ema_decay", "lattice_diffusion")
+
+
+@partial(jax.jit, static_argnames=_STATIC, donate_argnums=(0,))
+def train_step(state: TrainState, batch, teacher_forcing=False, *, network, optimizer, schedule: SigmaSchedule,
+               ema_decay: float, lattice_diffusion: LatticeDiffusion | None = None):
+    """One optimiser step of a single state: returns (new state, total loss)."""
+    state, losses = _train_step(state, batch, teacher_forcing, network=network, optimizer=optimizer,
+                                schedule=schedule, ema_decay=ema_decay, lattice_diffusion=lattice_diffusion)
+    return state, losses["loss"]
+
+
+@partial(jax.jit, static_argnames=_STATIC, donate_argnums=(0,))
+def ensemble_train_step(state: TrainState, batch, teacher_forcing=False, *, network, optimizer,
+                        schedule: SigmaSchedule, ema_decay: float, lattice_diffusion: LatticeDiffusion | None = None):
+    """One step of every member: ``state`` and ``batch`` have a leading member axis (M, ...); returns
+    (state, {"loss", "coord_loss", "lattice_loss"} each (M,))."""
+    step = partial(_train_step, network=network, optimizer=optimizer, schedule=schedule, ema_decay=ema_decay,
+                   lattice_diffusion=lattice_diffusion)
+    return jax.vmap(step, in_axes=(0, 0, None))(state, batch, teacher_forcing)
+
+
+@partial(jax.jit, static_argnames=("network", "schedule", "lattice_diffusion"))
+def ensemble_eval_losses(params, batch, keys, teacher_forcing=False, *, network, schedule: SigmaSchedule,
+                         lattice_diffusion: LatticeDiffusion | None = None):
+    """Validation losses of every member on one shared batch: params and keys have a leading member axis."""
+    return jax.vmap(lambda p, k: denoising_losses(network, p, batch, k, schedule, lattice_diffusion,
+                                                  teacher_forcing))(params, keys)
+
+
 # ---------------------------------------------------------------------------------------------- data
 def load_data(config: DataConfig) -> tuple[Crystals, Crystals]:
-    """Training and validation sets (numpy Crystals); both must have the same atom count."""
-    from dismax.io import read_extxyz
-
-    from dismax.data.registry import dataset_files
-
+    """Training and validation sets (numpy Crystals, float32); both must have the same atom count."""
     train_path, val_path = dataset_files(config.dataset, config.size, config.dataset_seed, config.train_file,
                                          config.val_file)
-    train, val = read_extxyz(train_path), read_extxyz(val_path)
+    train, val = read_training_structures(train_path), read_training_structures(val_path)
     if config.max_train:
         train = train[: config.max_train]
     if config.max_val:
@@ -140,8 +290,9 @@ def _as_float32(c: Crystals) -> Crystals:
                     np.asarray(c.species, np.int32))
 
 
-def _batch(c: Crystals, index) -> tuple:
-    return (jnp.asarray(c.frac[index]), jnp.asarray(c.lattice[index]), jnp.asarray(c.species[index]))
+def _arrays(c: Crystals) -> tuple:
+    """(frac, lattice, species) of a Crystals batch as the step's batch tuple."""
+    return (jnp.asarray(c.frac), jnp.asarray(c.lattice), jnp.asarray(c.species))
 
 
 def schedule_of(config: Config) -> SigmaSchedule:
@@ -150,9 +301,6 @@ def schedule_of(config: Config) -> SigmaSchedule:
 
 def lattice_diffusion_of(config: Config):
     """The static lattice-diffusion settings, or None when the lattice stays clean."""
-    from dismax.diffusion.noise import BetaSchedule
-    from dismax.diffusion.training import LatticeDiffusion
-
     if not config.model.lattice_diffusion:
         return None
     return LatticeDiffusion(BetaSchedule(config.model.n_steps), config.model.cost_lattice)
@@ -163,8 +311,9 @@ def member_seeds(config: Config) -> list[int]:
     return [config.seed + k for k in range(config.train.n_seeds)]
 
 
-def _check(config: Config, n_train: int | None = None) -> None:
-    """Config errors before training (with ``n_train``, the training-set size) or sampling."""
+def check(config: Config, n_train: int | None = None) -> None:
+    """Every config error, before anything is written (with ``n_train``, the training-set size, too)."""
+    check_loop_config(config.train)
     if n_train is not None and config.train.batch_size > n_train:
         raise DismaxConfigError(f"config key 'train.batch_size' is {config.train.batch_size} but the training "
                                 f"set has only {n_train} structures")
@@ -185,6 +334,9 @@ def _check(config: Config, n_train: int | None = None) -> None:
     elif config.train.teacher_forcing_epochs:
         raise DismaxConfigError("config key 'train.teacher_forcing_epochs' is set but model.lattice_diffusion is "
                                 "false; teacher forcing only applies to lattice diffusion")
+    build_denoiser(config.model.denoiser, lattice_head=config.model.lattice_diffusion)
+    d = config.data
+    check_data_source(d.dataset, d.size, d.dataset_seed, d.train_file, d.val_file)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -192,94 +344,36 @@ def build(config: Config, example: Crystals, abstract: bool = False):
     """(network, optimizer, schedule, initial state) for ``config``; ``example`` supplies the shapes. The
     state has a leading member axis of length ``train.n_seeds``; ``abstract`` gives only its shapes and
     dtypes (a template for restoring a checkpoint)."""
-    from dismax.diffusion.training import init_ensemble, make_optimizer
-
     network = build_denoiser(config.model.denoiser, lattice_head=config.model.lattice_diffusion)
     t = config.train
     optimizer = make_optimizer(t.lr, t.beta1, t.beta2, t.eps, t.clip_value)
-    example = tuple(jnp.asarray(a[0]) for a in _batch(example, slice(0, 1)))
+    example = tuple(a[0] for a in _arrays(example[:1]))
     state = init_ensemble(network, optimizer, example, member_seeds(config), abstract)
     return network, optimizer, schedule_of(config), state
-
-
-def epoch_batches(train_set: Crystals, seeds, epoch: int, batch_size: int):
-    """Batches of one epoch, each (frac, lattice, species) with a leading member axis (M, B, ...): member k
-    takes the batches of its own permutation ``default_rng([seeds[k], epoch])``, as a single run would."""
-    orders = np.stack([np.random.default_rng([seed, epoch]).permutation(len(train_set)) for seed in seeds])
-    for b in range(len(train_set) // batch_size):
-        yield _batch(train_set, orders[:, b * batch_size:(b + 1) * batch_size])
-
-
-def batch_placement(batch_size: int, mesh=None):
-    """(mesh, sharding) for member-stacked batches (M, B, ...): the batch axis split over the mesh's
-    devices, or (mesh, None) with one device or when B does not divide evenly (then everything stays on
-    the default device)."""
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from dismax.devices import DATA_AXIS, data_mesh
-
-    mesh = data_mesh() if mesh is None else mesh
-    if mesh.devices.size == 1 or batch_size % mesh.devices.size:
-        return mesh, None
-    return mesh, NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
-
-
-def place(state, batch, mesh, sharding):
-    """Put ``batch`` on ``sharding`` and replicate ``state`` over ``mesh`` (both unchanged without sharding)."""
-    from dismax.devices import replicate
-
-    if sharding is None:
-        return state, batch
-    return replicate(state, mesh), jax.device_put(batch, sharding)
 
 
 def validation_losses(params, val: Crystals, config: Config, network, schedule, teacher_forcing: bool) -> dict:
     """Mean validation losses of every member, {"loss", "coord_loss", "lattice_loss"} each (M,). Member k
     uses the fixed keys of seed ``seed + k`` (as a single run with that seed)."""
-    from dismax.diffusion.training import ensemble_eval_losses
-
     size = config.train.batch_size
     seeds = member_seeds(config)
     totals = []
     for i in range(max(1, len(val) // size)):
         keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s + 1), i) for s in seeds])
-        loss, parts = ensemble_eval_losses(params, _batch(val, slice(i * size, (i + 1) * size)), keys,
+        loss, parts = ensemble_eval_losses(params, _arrays(val[i * size:(i + 1) * size]), keys,
                                            teacher_forcing, network=network, schedule=schedule,
                                            lattice_diffusion=lattice_diffusion_of(config))
         totals.append({"loss": loss, **parts})
     return {k: np.mean([np.asarray(x[k], np.float64) for x in totals], axis=0) for k in totals[0]}
 
 
-def _to_checkpoint(state, n_seeds: int):
-    """A single run keeps its checkpoints without the member axis (readable by earlier versions)."""
-    from dismax.diffusion.training import member_state
-
-    return member_state(state, 0) if n_seeds == 1 else state
+PANELS = (Panel("score-matching loss", ("train_loss", "val_loss", "val_loss_ema"), log_scale=True),)
 
 
-def _from_checkpoint(state, n_seeds: int):
-    return jax.tree.map(lambda x: np.asarray(x)[None], state) if n_seeds == 1 else state
-
-
-def restore_state(checkpointer, like_state, n_seeds: int, which: str = "latest"):
-    """(step, member-stacked state, meta) of the latest or best checkpoint, or None. The state is restored
-    onto the default device whatever devices saved it (training places it again)."""
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                        _to_checkpoint(jax.eval_shape(lambda s: s, like_state), n_seeds))
-    restored = checkpointer.restore_best(like) if which == "best" else checkpointer.restore(like)
-    if restored is None:
-        return None
-    step, state, meta = restored
-    return step, _from_checkpoint(state, n_seeds), meta
-
-
-def train(config: Config, run: RunDir) -> None:
-    from dismax.checkpoint import Checkpointer
-    from dismax.diffusion.training import ensemble_train_step, learning_rates, set_learning_rate
-
+def make_task(config: Config, run: RunDir) -> TrainingTask:
+    """The diffusion ensemble as a task of the shared training loop (reads the data)."""
     train_set, val_set = load_data(config.data)
-    _check(config, len(train_set))
+    check(config, len(train_set))
     network, optimizer, schedule, state = build(config, train_set)
     lattice_diffusion = lattice_diffusion_of(config)
     t = config.train
@@ -289,71 +383,50 @@ def train(config: Config, run: RunDir) -> None:
              "%d atoms", config.model.denoiser.name, n_params, t.n_seeds,
              "lattice diffusion" if lattice_diffusion else "fixed lattice", len(train_set), len(val_set),
              train_set.n_atoms)
-    checkpointer = Checkpointer(run.checkpoints, keep=t.keep_checkpoints)
-    plateaus = [{"best": math.inf, "bad_epochs": 0} for _ in seeds]
-    start_epoch = 0
-    restored = restore_state(checkpointer, state, t.n_seeds)
-    if restored is not None:
-        _, state, meta = restored
-        start_epoch = int(meta["epoch"])
-        plateaus = [dict(p) for p in (meta["plateau"] if isinstance(meta["plateau"], list) else [meta["plateau"]])]
-        run.truncate_metrics(lambda row: row.get("epoch", 0) <= start_epoch)
-        log.info("resumed from epoch %d (step %d)", start_epoch, int(np.asarray(state.step)[0]))
-    mesh, sharding = batch_placement(t.batch_size)
-    if sharding is not None:
-        log.info("batches sharded over %d devices", mesh.devices.size)
-    elif mesh.devices.size > 1:
-        log.warning("train.batch_size %d does not divide over %d devices; training on one device", t.batch_size,
-                    mesh.devices.size)
     step_options = dict(network=network, optimizer=optimizer, schedule=schedule, ema_decay=t.ema_decay,
                         lattice_diffusion=lattice_diffusion)
-    for epoch in range(start_epoch + 1, t.epochs + 1):
-        started = time.perf_counter()
-        teacher_forcing = lattice_diffusion is not None and epoch <= t.teacher_forcing_epochs
-        losses = []
-        for batch in progress(epoch_batches(train_set, seeds, epoch, t.batch_size),
-                              total=len(train_set) // t.batch_size, desc=f"epoch {epoch}/{t.epochs}", leave=False):
-            state, batch = place(state, batch, mesh, sharding)
-            state, step_losses = ensemble_train_step(state, batch, teacher_forcing, **step_options)
-            losses.append(step_losses)
-        train_losses = {k: np.mean([np.asarray(x[k]) for x in jax.device_get(losses)], axis=0) for k in losses[0]}
-        if not np.all(np.isfinite(train_losses["loss"])):
-            raise DismaxInputError(f"training loss became {train_losses['loss'].tolist()} at epoch {epoch}; "
-                                   f"lower train.lr")
-        nan = np.full(t.n_seeds, np.nan)
-        val, val_ema = ({k: nan for k in train_losses}, {k: nan for k in train_losses})
-        validate = epoch % t.val_every == 0 or epoch == t.epochs
-        if validate:
-            val = validation_losses(state.params, val_set, config, network, schedule, teacher_forcing)
-            val_ema = validation_losses(state.ema_params, val_set, config, network, schedule, teacher_forcing)
-            monitored = val["coord_loss"] if lattice_diffusion else val["loss"]
-            lrs = [_plateau_lr(plateaus[m], float(monitored[m]), lr, t)
-                   for m, lr in enumerate(learning_rates(state.opt_state))]
-            state = dataclasses.replace(state, opt_state=set_learning_rate(state.opt_state, np.asarray(lrs)))
-        lrs = learning_rates(state.opt_state)
-        seconds = time.perf_counter() - started
-        for m, seed in enumerate(seeds):
-            row = {"epoch": epoch} | ({"member": m, "seed": seed} if t.n_seeds > 1 else {})
-            row |= {"step": int(np.asarray(state.step)[m]), "train_loss": float(train_losses["loss"][m]),
-                    "val_loss": float(val["loss"][m]), "val_loss_ema": float(val_ema["loss"][m])}
-            if lattice_diffusion:
-                row |= {"train_coord_loss": float(train_losses["coord_loss"][m]),
-                        "train_lattice_loss": float(train_losses["lattice_loss"][m]),
-                        "val_coord_loss": float(val["coord_loss"][m]),
-                        "val_lattice_loss": float(val["lattice_loss"][m]), "teacher_forcing": int(teacher_forcing)}
-            run.append_metrics(row | {"lr": float(lrs[m]), "seconds": seconds})
-        log.info("epoch %d: train %s, val %s (EMA %s), lr %s", epoch, _fmt(train_losses["loss"]), _fmt(val["loss"]),
-                 _fmt(val_ema["loss"]), _fmt(lrs, "%.2e"))
-        if epoch % t.checkpoint_every == 0 or epoch == t.epochs:
-            checkpointer.save(int(np.asarray(state.step)[0]), _to_checkpoint(state, t.n_seeds),
-                              meta={"epoch": epoch, "plateau": plateaus},
-                              metric=float(np.mean(val_ema["loss"])) if validate else None)
-            _plot_losses(run)
-    checkpointer.close()
+    plateaus = {"plateaus": [{"best": math.inf, "bad_epochs": 0} for _ in seeds]}
+
+    def teacher_forcing(epoch: int) -> bool:
+        return lattice_diffusion is not None and epoch < t.teacher_forcing_epochs
+
+    def step(state, batch, epoch, index):
+        state, losses = ensemble_train_step(state, (batch.frac, batch.lattice, batch.species), teacher_forcing(epoch),
+                                            **step_options)
+        return state, {f"train_{k}": v for k, v in losses.items()}
+
+    def evaluate(state, epoch):
+        forced = teacher_forcing(epoch)
+        val = validation_losses(state.params, val_set, config, network, schedule, forced)
+        val_ema = validation_losses(state.ema_params, val_set, config, network, schedule, forced)
+        monitored = val["coord_loss"] if lattice_diffusion else val["loss"]
+        lrs = [_plateau_lr(plateaus["plateaus"][m], float(monitored[m]), lr, t)
+               for m, lr in enumerate(learning_rates(state.opt_state))]
+        state = dataclasses.replace(state, opt_state=set_learning_rate(state.opt_state, np.asarray(lrs)))
+        return state, {**{f"val_{k}": v for k, v in val.items()}, "val_loss_ema": val_ema["loss"]}
+
+    def sample(state, member, n, key):
+        params = member_state(state, member).ema_params
+        reference = val_set[config.sample.reference_index]
+        frac, lattices = generate(params, network, schedule, jnp.asarray(reference.lattice[0]),
+                                  jnp.asarray(reference.species[0]), key, config.sample, n, lattice_diffusion)
+        return Crystals(np.asarray(frac), np.asarray(lattices), np.repeat(reference.species, n, 0))
+
+    return TrainingTask(
+        name="diffusion", state=state, loaders=[BatchLoader(train_set, t.batch_size, seed=s) for s in seeds],
+        step=step, members=[{"member": m, "seed": s} for m, s in enumerate(seeds)], evaluate=evaluate,
+        eval_columns=("val_loss", "val_coord_loss", "val_lattice_loss", "val_loss_ema"),
+        monitor=lambda v: float(np.mean(v["val_loss_ema"])) if np.isfinite(v["val_loss_ema"]).all() else None,
+        epoch_columns=lambda state, epoch: {"lr": learning_rates(state.opt_state),
+                                            "teacher_forcing": float(teacher_forcing(epoch))},
+        host_state=plateaus, sample=sample, loss_column="train_loss", panels=PANELS, member_batches=True)
 
 
-def _fmt(values, pattern: str = "%.4f") -> str:
-    return ", ".join(pattern % v for v in np.atleast_1d(values))
+def train(config: Config, run: RunDir, evaluation=None) -> None:
+    """Train (or resume) the diffusion model of ``config`` in ``run``; see the module docstring."""
+    check(config)
+    with exclusive_lock(run.path, "run directory"):
+        train_loop(make_task(config, run), config.train, run, evaluation)
 
 
 def _plateau_lr(plateau: dict, val_loss: float, lr: float, t: TrainConfig) -> float:
@@ -369,41 +442,11 @@ def _plateau_lr(plateau: dict, val_loss: float, lr: float, t: TrainConfig) -> fl
     return lr
 
 
-def _plot_losses(run: RunDir) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = run.read_metrics()
-    if not rows:
-        return
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for member in sorted({r.get("member", 0) for r in rows}):
-        mine = [r for r in rows if r.get("member", 0) == member]
-        suffix = f" (member {member})" if "member" in rows[0] else ""
-        ax.plot([r["epoch"] for r in mine], [r["train_loss"] for r in mine], label="train" + suffix, lw=1)
-        for key, label in (("val_loss", "validation"), ("val_loss_ema", "validation (EMA)")):
-            points = [(r["epoch"], r[key]) for r in mine if isinstance(r[key], float) and np.isfinite(r[key])]
-            if points:
-                ax.plot(*zip(*points), marker="o", ms=3, label=label + suffix, lw=1)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("score-matching loss")
-    ax.set_yscale("log")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    run.plots.mkdir(parents=True, exist_ok=True)
-    fig.savefig(run.plots / "losses.png", dpi=120)
-    plt.close(fig)
-
-
 # ------------------------------------------------------------------------------------------ sampling
 def generate(params, network, schedule, lattice, species, key, config: SampleConfig, n_structures: int,
              lattice_diffusion=None):
     """One chunk with the configured sampler: (frac (n_structures, N, 3), lattices (n_structures, 3, 3));
     the lattices are ``lattice`` repeated unless the model diffuses the lattice."""
-    from dismax.diffusion.sampling import annealed_langevin, predictor_corrector, predictor_corrector_lattice
-
     if lattice_diffusion is not None:
         return predictor_corrector_lattice(params, species, key, network=network, schedule=schedule,
                                            lattice_schedule=lattice_diffusion.schedule, n_steps=config.n_steps,
@@ -424,31 +467,20 @@ def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, check
            batch_size: int | None = None, **options) -> Path:
     """Write ``n`` generated structures of ensemble member ``member`` to the extxyz file ``out`` (see module
     docstring)."""
-    from dismax.checkpoint import Checkpointer
-    from dismax.config import load_config
-    from dismax.diffusion.training import member_state
-    from dismax.io import write_extxyz
-    from dismax.runs import atomic_write_text
-
     config = load_config(run.config_path, config_class=Config)
     if not 0 <= member < config.train.n_seeds:
         raise DismaxInputError(f"--member {member} is out of range; run '{run.path}' has {config.train.n_seeds} "
                                f"member(s)")
     overrides = {k: v for k, v in options.items() if k in {f.name for f in dataclasses.fields(SampleConfig)}}
     sample_config = dataclasses.replace(config.sample, **overrides)
-    _check(dataclasses.replace(config, sample=sample_config))
+    check(dataclasses.replace(config, sample=sample_config))
     _, val_set = load_data(config.data)
     if not 0 <= sample_config.reference_index < len(val_set):
         raise DismaxConfigError(f"config key 'sample.reference_index' is {sample_config.reference_index}; the "
                                 f"validation set has {len(val_set)} structures")
     reference = val_set[sample_config.reference_index]
     network, _, schedule, state = build(config, reference, abstract=True)
-    checkpointer = Checkpointer(run.checkpoints, keep=config.train.keep_checkpoints)
-    restored = restore_state(checkpointer, state, config.train.n_seeds, checkpoint)
-    checkpointer.close()
-    if restored is None:
-        raise DismaxInputError(f"run directory '{run.path}' has no {checkpoint} checkpoint")
-    state = member_state(restored[1], member)
+    state = member_state(load_run_state(run, state, checkpoint)[0], member)
     params = state.ema_params if sample_config.use_ema else state.params
     lattice, species = jnp.asarray(reference.lattice[0]), jnp.asarray(reference.species[0])
     lattice_diffusion = lattice_diffusion_of(config)

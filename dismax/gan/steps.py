@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dismax.gan.config import ModelConfig, TrainConfig
 from dismax.gan.features import bond_distances
 from dismax.gan.losses import critic_terms
 from dismax.gan.model import CombinedCritic, Critic, Generator
@@ -40,33 +41,16 @@ class GanState:
 
 @dataclasses.dataclass(frozen=True)
 class GanSetup:
-    """The static description of a CryinGAN: networks, lattice and optimiser hyperparameters.
+    """The static description of a CryinGAN: the training cell, the networks and losses (``model``) and the
+    optimiser settings (``train``), straight from the config (hashable, so compiled steps are cached).
 
-    ``critics``: "separate" (coordinate critic, plus the bond-distance critic when ``use_distance``) or
-    "combined" (CryinGAN-comb). ``lattice`` (3, 3) Å, rows are lattice vectors.
+    ``counts``: atoms per species block; ``lattice`` (3, 3) Å, rows are lattice vectors.
     """
 
     counts: tuple[int, ...]
     lattice: tuple[tuple[float, ...], ...]
-    latent_dim: int = 64
-    gen_channels: int = 128
-    bn_eps: float = 0.8
-    n_neighbors: int = 6
-    critics: str = "separate"
-    use_distance: bool = True
-    coord_pooling: str = "mean"
-    dist_pooling: str = "mean"
-    gp_weight: float = 10.0
-    gp_on: str = "sum"
-    lr_gen: float = 5e-5
-    lr_coord: float = 5e-5
-    lr_dist: float = 5e-5
-    beta1: float = 0.5
-    beta2: float = 0.999
-
-    def __post_init__(self):
-        if self.critics not in ("separate", "combined"):
-            raise ValueError(f"critics must be 'separate' or 'combined', got {self.critics!r}")
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
 
     @property
     def n_atoms(self) -> int:
@@ -78,25 +62,26 @@ class GanSetup:
 
     @property
     def has_dist_critic(self) -> bool:
-        return self.critics == "separate" and self.use_distance
+        return self.model.critics == "separate" and self.model.use_distance
 
     def generator(self) -> Generator:
-        return Generator(self.n_atoms, self.latent_dim, self.gen_channels, self.bn_eps)
+        return Generator(self.n_atoms, self.model.latent_dim, self.model.gen_channels, self.model.bn_eps)
 
     def critic_modules(self) -> dict:
-        if self.critics == "combined":
-            return {"comb": CombinedCritic(self.counts, self.n_neighbors, self.coord_pooling)}
-        modules = {"coord": Critic(self.counts, self.coord_pooling)}
-        if self.use_distance:
-            modules["dist"] = Critic(self.counts, self.dist_pooling)
+        m = self.model
+        if m.critics == "combined":
+            return {"comb": CombinedCritic(self.counts, m.n_neighbors, m.coord_pooling)}
+        modules = {"coord": Critic(self.counts, m.coord_pooling)}
+        if m.use_distance:
+            modules["dist"] = Critic(self.counts, m.dist_pooling)
         return modules
 
     def distances(self, frac: jax.Array) -> jax.Array:
         """Bond-distance features (B, N, K) in Å of fractional coordinates (B, N, 3)."""
-        return bond_distances(frac, self.lattice_array, self.n_neighbors)
+        return bond_distances(frac, self.lattice_array, self.model.n_neighbors)
 
     def adam(self):
-        return optax.scale_by_adam(b1=self.beta1, b2=self.beta2, eps=1e-8)
+        return optax.scale_by_adam(b1=self.train.beta1, b2=self.train.beta2, eps=1e-8)
 
 
 def init_state(setup: GanSetup, key: jax.Array, w_dist: float | jax.Array) -> GanState:
@@ -104,10 +89,10 @@ def init_state(setup: GanSetup, key: jax.Array, w_dist: float | jax.Array) -> Ga
     key = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
     k_gen, k_coord, k_dist, k_run = jax.random.split(key, 4)
     n = setup.n_atoms
-    gen_vars = setup.generator().init(k_gen, jnp.zeros((2, setup.latent_dim)), train=False)
+    gen_vars = setup.generator().init(k_gen, jnp.zeros((2, setup.model.latent_dim)), train=False)
     critic_keys = {"coord": k_coord, "comb": k_coord, "dist": k_dist}
     critic_inputs = {"coord": jnp.zeros((1, n, 3)), "comb": jnp.zeros((1, n, 3)),
-                     "dist": jnp.zeros((1, n, setup.n_neighbors))}
+                     "dist": jnp.zeros((1, n, setup.model.n_neighbors))}
     critic_params = {name: module.init(critic_keys[name], critic_inputs[name])["params"]
                      for name, module in setup.critic_modules().items()}
     adam = setup.adam()
@@ -140,7 +125,7 @@ def _generate(setup: GanSetup, params, stats, z, train: bool):
 def _scores(setup: GanSetup, critic_params, frac, w_dist):
     """Critic score CD(frac) + w·DD(dist(frac)) (or the combined critic's score), batch mean."""
     modules = setup.critic_modules()
-    if setup.critics == "combined":
+    if setup.model.critics == "combined":
         return modules["comb"].apply({"params": critic_params["comb"]}, frac).mean()
     score = modules["coord"].apply({"params": critic_params["coord"]}, frac).mean()
     if setup.has_dist_critic:
@@ -168,12 +153,13 @@ def critic_loss(setup: GanSetup, critic_params, real_coords, real_dists, fake, f
         return lambda x: modules[name].apply({"params": critic_params[name]}, x)
 
     k_coord, k_dist = keys
-    first = "comb" if setup.critics == "combined" else "coord"
-    coord = critic_terms(critic_fn(first), real_coords, fake, k_coord, setup.gp_weight, setup.gp_on)
+    first = "comb" if setup.model.critics == "combined" else "coord"
+    coord = critic_terms(critic_fn(first), real_coords, fake, k_coord, setup.model.gp_weight, setup.model.gp_on)
     metrics = {"D_real": coord.real, "D_fake": coord.fake}
     loss, wasserstein = coord.loss, coord.wasserstein
     if setup.has_dist_critic:
-        dist = critic_terms(critic_fn("dist"), real_dists, fake_dists, k_dist, setup.gp_weight, setup.gp_on)
+        dist = critic_terms(critic_fn("dist"), real_dists, fake_dists, k_dist, setup.model.gp_weight,
+                            setup.model.gp_on)
         loss = loss + w_dist * dist.loss
         wasserstein = wasserstein + w_dist * dist.wasserstein
         metrics.update(D_dist_real=dist.real, D_dist_fake=dist.fake)
@@ -203,7 +189,7 @@ def critic_update(setup: GanSetup, state: GanState, real_coords: jax.Array, real
     """
     k_z, k_coord, k_dist, _ = step_keys(state)
     batch = real_coords.shape[0]
-    z = jax.random.normal(k_z, (batch, setup.latent_dim))
+    z = jax.random.normal(k_z, (batch, setup.model.latent_dim))
     fake, gen_stats = _generate(setup, state.gen_params, state.gen_stats, z, train=True)
     fake = jax.lax.stop_gradient(fake)
     fake_dists = setup.distances(fake) if setup.has_dist_critic else None
@@ -211,7 +197,7 @@ def critic_update(setup: GanSetup, state: GanState, real_coords: jax.Array, real
     loss_fn = functools.partial(critic_loss, setup, real_coords=real_coords, real_dists=real_dists, fake=fake,
                                 fake_dists=fake_dists, w_dist=state.w_dist, keys=(k_coord, k_dist))
     critic_grads, metrics = jax.grad(loss_fn, has_aux=True)(state.critic_params)
-    base_lr = {"coord": setup.lr_coord, "comb": setup.lr_coord, "dist": setup.lr_dist}
+    base_lr = {"coord": setup.train.lr_coord, "comb": setup.train.lr_coord, "dist": setup.train.lr_dist}
     critic_lr_tree = {name: jax.tree.map(lambda _, lr=lr_scale * base_lr[name]: lr, params)
                       for name, params in state.critic_params.items()}
     critic_params, critic_opt = _apply_adam(setup.adam(), state.critic_opt, critic_grads,
@@ -225,11 +211,11 @@ def generator_update(setup: GanSetup, state: GanState, batch: int, lr_scale: jax
     L_G = −CD(G(z)) − w·DD(dist(G(z))) (or −C_comb(G(z))); ``step`` unchanged.
     """
     *_, k_zgen = step_keys(state)
-    z_gen = jax.random.normal(k_zgen, (batch, setup.latent_dim))
+    z_gen = jax.random.normal(k_zgen, (batch, setup.model.latent_dim))
 
     (cost_gen, gen_stats), gen_grads = jax.value_and_grad(generator_loss, argnums=1, has_aux=True)(
         setup, state.gen_params, state.gen_stats, state.critic_params, z_gen, state.w_dist)
-    gen_lr = jax.tree.map(lambda _: lr_scale * setup.lr_gen, state.gen_params)
+    gen_lr = jax.tree.map(lambda _: lr_scale * setup.train.lr_gen, state.gen_params)
     gen_params, gen_opt = _apply_adam(setup.adam(), state.gen_opt, gen_grads, state.gen_params, gen_lr)
     return state.replace(gen_params=gen_params, gen_stats=gen_stats, gen_opt=gen_opt), cost_gen
 
@@ -249,7 +235,7 @@ def train_step(setup: GanSetup, state: GanState, real_coords: jax.Array, real_di
 
 def generate(setup: GanSetup, state: GanState, key: jax.Array, n: int) -> jax.Array:
     """n fractional-coordinate sets (n, N, 3) from the generator in eval mode (running BN statistics)."""
-    z = jax.random.normal(key, (n, setup.latent_dim))
+    z = jax.random.normal(key, (n, setup.model.latent_dim))
     return _generate(setup, state.gen_params, state.gen_stats, z, train=False)[0]
 
 

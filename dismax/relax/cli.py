@@ -14,35 +14,48 @@ from pathlib import Path
 import numpy as np
 
 from dismax.errors import DismaxInputError
+from dismax.potentials import POTENTIALS, get_potential
+from dismax.relax.driver import DEFAULT_CHUNK_SIZE, DEFAULT_FMAX, DEFAULT_MAX_STEPS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dismax.relax.potentials import POTENTIALS
-
     parser.add_argument("--potential", default="sw", choices=sorted(POTENTIALS),
                         help="sw: Stillinger-Weber Si; sw_a_si: three-body term x1.5 (default: sw)")
     parser.add_argument("--in", dest="input", required=True, type=Path, help="input extxyz file")
     parser.add_argument("--out", required=True, type=Path,
                         help="output directory (relaxed.extxyz, results.csv); reused to resume")
-    parser.add_argument("--fmax", type=float, default=0.05, help="force criterion in eV/Å (default 0.05)")
-    parser.add_argument("--max-steps", type=int, default=1000, help="FIRE step limit (default 1000)")
-    parser.add_argument("--chunk-size", type=int, default=32,
-                        help="structures relaxed per compiled batch (default 32)")
+    parser.add_argument("--fmax", type=float, default=DEFAULT_FMAX,
+                        help=f"force criterion in eV/Å (default {DEFAULT_FMAX})")
+    parser.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS,
+                        help=f"FIRE step limit (default {DEFAULT_MAX_STEPS})")
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
+                        help=f"structures relaxed per compiled batch (default {DEFAULT_CHUNK_SIZE})")
     parser.add_argument("--batching", choices=("auto", "map", "vmap"), default="auto",
                         help="auto: lax.map on CPU, vmap on accelerators")
 
 
 def run(args: argparse.Namespace) -> int:
-    from dismax.io import iter_extxyz_chunks
-    from dismax.relax.driver import relax_chunks
-    from dismax.relax.output import RelaxOutput
-    from dismax.relax.potentials import get_potential
-    from dismax.runs import progress
+    from dismax.runs import exclusive_lock
 
     if args.fmax <= 0 or args.max_steps < 0 or args.chunk_size < 1:
         raise DismaxInputError("--fmax must be > 0, --max-steps >= 0 and --chunk-size >= 1")
     potential = get_potential(args.potential)
-    total = sum(len(c) for c in iter_extxyz_chunks(args.input, args.chunk_size, fixed_composition=False))
+    with exclusive_lock(args.out, "relaxation output folder"):
+        return _relax(args, potential)
+
+
+def _relax(args: argparse.Namespace, potential) -> int:
+    """Relax the structures of ``args.input`` not yet in ``args.out`` (the caller holds its lock)."""
+    from dismax.io import iter_extxyz_chunks
+    from dismax.relax.driver import relax_chunks
+    from dismax.relax.output import RelaxOutput
+    from dismax.runs import progress
+    from dismax.validation import require_valid
+
+    total = 0
+    for chunk in iter_extxyz_chunks(args.input, args.chunk_size, fixed_composition=False):
+        require_valid(chunk, str(args.input), first_index=total)  # overlapping atoms: an error before any work
+        total += len(chunk)
     output = RelaxOutput(args.out, {
         "input": str(args.input.resolve()), "n_structures": total, "potential": args.potential,
         "fmax": args.fmax, "max_steps": args.max_steps,

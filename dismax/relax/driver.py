@@ -24,10 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dismax.relax.potentials import neighbor_table
+from dismax.potentials.evaluate import cell_width_problem, neighbor_table
+from dismax.potentials.jaxmd import default_batching, neighbor_energy, over_batch
 from dismax.structures import Crystals
 
 RUNNING, CONVERGED, MAX_STEPS, FAILED, OVERFLOW = 0, 1, 2, 3, 4
+DEFAULT_FMAX = 0.05  # eV/Å: stop when every atomic force is below this (the dataset spec's criterion)
+DEFAULT_MAX_STEPS = 1000
+DEFAULT_CHUNK_SIZE = 32
 STATUS_NAMES = {CONVERGED: "converged", MAX_STEPS: "max_steps", FAILED: "failed"}
 
 
@@ -61,29 +65,14 @@ class RelaxResult:
         return len(self.status)
 
 
-def default_batching() -> str:
-    """``map`` on CPU, ``vmap`` on GPU/TPU (see module docstring)."""
-    return "map" if jax.default_backend() == "cpu" else "vmap"
-
-
 # ---------------------------------------------------------------------- compiled relaxation
 @lru_cache(maxsize=None)
 def _relax_program(potential, settings: FireSettings, n_atoms: int, capacity: int, batching: str):
     """Jitted function (frac (C,N,3), box (C,3,3), max_steps (C,), fmax) -> per-structure results."""
-    from jax_md import minimize, partition, space
+    from jax_md import minimize  # jax_md takes ~6 s to import; only a relaxation needs it
 
-    displacement, shift = space.periodic_general(jnp.eye(3), fractional_coordinates=True, wrapped=True)
-    neighbor_fn = partition.neighbor_list(
-        displacement, jnp.eye(3), potential.cutoff, settings.dr_threshold, capacity_multiplier=1.0,
-        disable_cell_list=True, fractional_coordinates=True, format=partition.Dense,
-    )
-
-    def energy_with_list(R, neighbor, box):
-        mask = neighbor.idx < R.shape[0]
-        neighbours = jnp.take(R, neighbor.idx, axis=0, mode="clip")
-        to_neighbour = lambda Ra, Rb: displacement(Ra, Rb, box=box)
-        dR = jax.vmap(jax.vmap(to_neighbour, (0, None)), (0, 0))(neighbours, R)
-        return potential.energy_from_displacements(dR, mask)
+    plumbing = neighbor_energy(potential, n_atoms, capacity, settings.dr_threshold)
+    energy_with_list, shift = plumbing.energy, plumbing.shift
 
     def energy(R, neighbor, box, **unused):
         # Refresh the list at R first so the force of every step sees every pair within the cutoff.
@@ -102,19 +91,12 @@ def _relax_program(potential, settings: FireSettings, n_atoms: int, capacity: in
     fire_init, fire_apply = minimize.fire_descent(
         force, capped_shift, dt_start=settings.dt_start, dt_max=settings.dt_max
     )
-    # A list object of the right static shape; its contents are rebuilt per structure in relax_one.
-    template = neighbor_fn.allocate(jnp.asarray(np.random.default_rng(0).random((n_atoms, 3)), jnp.float32),
-                                    box=jnp.eye(3) * 100.0)
-    template = template.set(idx=jnp.full((n_atoms, capacity), n_atoms, jnp.int32), max_occupancy=capacity)
 
     def largest_force(force):
         return jnp.max(jnp.sqrt(jnp.sum(force**2, axis=-1)))
 
     def relax_one(frac, box, max_steps, fmax):
-        # Force a rebuild at frac: reference positions half a cell away (> dr_threshold / 2, since every
-        # accepted cell is wider than twice the cutoff).
-        nbrs = template.set(reference_position=jnp.mod(frac + 0.5, 1.0))
-        nbrs = nbrs.update(frac, box=box)
+        nbrs = plumbing.fresh(frac, box)
         e_initial = energy_with_list(frac, nbrs, box)
         state = fire_init(frac, neighbor=nbrs, box=box)
         f0 = largest_force(state.force)
@@ -150,15 +132,8 @@ def _relax_program(potential, settings: FireSettings, n_atoms: int, capacity: in
         e_final = energy_with_list(state.position, nbrs.update(state.position, box=box), box)
         return state.position, status, steps, e_initial, e_final, f
 
-    if batching == "map":
-        def run(frac, box, max_steps, fmax):
-            return jax.lax.map(lambda x: relax_one(*x, fmax), (frac, box, max_steps))
-    elif batching == "vmap":
-        def run(frac, box, max_steps, fmax):
-            return jax.vmap(relax_one, (0, 0, 0, None))(frac, box, max_steps, fmax)
-    else:
-        raise ValueError(f"batching must be 'map' or 'vmap', not {batching!r}")
-    return jax.jit(run)
+    relax_batch = over_batch(relax_one, batching, (0, 0, 0, None))
+    return jax.jit(relax_batch)
 
 
 # ---------------------------------------------------------------------- host side
@@ -171,24 +146,17 @@ def _capacity(frac: np.ndarray, lattice: np.ndarray, reach: float, multiplier: f
 
 
 def _invalid_reason(frac: np.ndarray, lattice: np.ndarray, cutoff: float) -> str | None:
-    if not (np.all(np.isfinite(frac)) and np.all(np.isfinite(lattice))):
-        return "non-finite coordinates or lattice"
-    volume = abs(np.linalg.det(lattice))
-    if volume < 1e-6:
-        return "singular lattice"
-    cross = np.cross(lattice[[1, 2, 0]], lattice[[2, 0, 1]])
-    width = volume / np.linalg.norm(cross, axis=-1).max()
-    if width <= 2.0 * cutoff:
-        return f"cell width {width:.3f} Å is below twice the cutoff ({2 * cutoff:.3f} Å)"
-    return None
+    if not np.all(np.isfinite(frac)):
+        return "non-finite coordinates"
+    return cell_width_problem(lattice, cutoff)
 
 
 def relax_chunks(
     crystals: Crystals,
     potential,
-    fmax: float = 0.05,
-    max_steps: int = 1000,
-    chunk_size: int = 32,
+    fmax: float = DEFAULT_FMAX,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     settings: FireSettings = FireSettings(),
     batching: str | None = None,
     ids: np.ndarray | None = None,
@@ -248,7 +216,8 @@ def _relax_chunk(c: Crystals, potential, fmax, max_steps, chunk_size, settings, 
     return RelaxResult(relaxed, np.array([STATUS_NAMES[s] for s in status]), steps, e0, e1, fmax_out)
 
 
-def relax(crystals: Crystals, potential, fmax: float = 0.05, max_steps: int = 1000, chunk_size: int = 32,
+def relax(crystals: Crystals, potential, fmax: float = DEFAULT_FMAX, max_steps: int = DEFAULT_MAX_STEPS,
+          chunk_size: int = DEFAULT_CHUNK_SIZE,
           settings: FireSettings = FireSettings(), batching: str | None = None,
           progress: bool = False) -> RelaxResult:
     """Relax every structure of ``crystals`` (fixed cells) and return all results in input order."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from dismax.errors import DismaxInputError
+from dismax.io import write_extxyz_frames
 from dismax.relax.driver import RelaxResult
 from dismax.runs import atomic_write_text
 
@@ -113,20 +114,12 @@ class RelaxOutput:
 
     def append(self, ids: np.ndarray, result: RelaxResult) -> None:
         """Record one relaxed chunk (frames first, then the CSV rows that commit them)."""
-        from ase.io import write
-
-        atoms_list = []
-        for atoms, i, status, steps, e_final, fmax in zip(
-            result.crystals.to_ase(), ids, result.status, result.steps, result.e_final, result.fmax
-        ):
-            if status == "failed":
-                continue
-            atoms.info.update(id=int(i), status=str(status), steps=int(steps),
-                              e_final=float(e_final), fmax=float(fmax))
-            atoms_list.append(atoms)
-        if atoms_list:
+        keep = [k for k, status in enumerate(result.status) if status != "failed"]
+        if keep:
+            info = [dict(id=int(ids[k]), status=str(result.status[k]), steps=int(result.steps[k]),
+                         e_final=float(result.e_final[k]), fmax=float(result.fmax[k])) for k in keep]
             buffer = io.StringIO()
-            write(buffer, atoms_list, format="extxyz")
+            write_extxyz_frames(buffer, result.crystals.to_numpy()[np.asarray(keep)], info, self.extxyz)
             _append(self.extxyz, buffer.getvalue())
         rows = "".join(
             f"{int(i)},{s},{int(n)},{e0:.8f},{e1:.8f},{f:.6f}\n"

@@ -2,11 +2,14 @@
 
 `train(config, run)`: ingest the CIF source once into RUN/genes.jsonl (rejections in RUN/rejected.csv),
 split test / validation / train (Dis-GEN code: 20 % test, 10 % of the rest validation, seed 42), fit the
-lattice scaler, train with Adam, validate and checkpoint (best = lowest validation loss), resume from the
-latest checkpoint, plot loss curves and write RUN/reconstruction.json on the test set.
+lattice scaler, train with Adam in the shared loop (:mod:`dismax.training`: validation every
+``train.val_every`` epochs, checkpoints with best = lowest validation loss, resume, loss curves; the last
+batch of an epoch is completed with the epoch's first structures), then write RUN/reconstruction.json on the
+test set.
 
 `sample(run, n, out, seed, sampler=...)`: draw latents (gaussian / gmm / kde fitted on the training
-posterior means), decode, write symmetrised CIFs into `out` and the metrics into out/metrics.json.
+posterior means), decode, write the symmetrised CIFs that pass every check into `out`, the rejected
+samples with stage and reason into out/rejected.csv and the metrics into out/metrics.json.
 """
 
 from __future__ import annotations
@@ -14,15 +17,29 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import jax
 import numpy as np
+import optax
 
+from dismax.config import load_config
+from dismax.data.loader import BatchLoader
 from dismax.errors import DismaxConfigError, DismaxInputError
-from dismax.vae.ingest import IngestOptions
+from dismax.runs import atomic_write_text, exclusive_lock, log, progress
+from dismax.training import LoopConfig, Panel, TrainingTask, check_loop_config, load_run_state, train_loop
+from dismax.vae.conditional import optimise_latents
+from dismax.vae.generate import (GenerationReport, decode_outputs, evaluate_genes, reconstruction_metrics,
+                                  write_rejections)
+from dismax.vae.ingest import IngestOptions, ingest_cifs, load_genes, save_genes
 from dismax.vae.losses import TERMS, LossWeights
+from dismax.vae.model import WyckoffVAE
+from dismax.vae.representation import LatticeScaler, encode_genes
+from dismax.vae.samplers import make_sampler
+from dismax.vae.steps import create_state, decode_latents, encode_means, make_eval_step, make_train_step
 
 
 @dataclass(frozen=True)
@@ -50,15 +67,15 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Paper defaults: Adam lr 5e-6, batch 64, 2500 epochs, best-validation checkpoint."""
+class TrainConfig(LoopConfig):
+    """The shared loop keys with the paper's defaults (Adam lr 5e-6, batch 64, 2500 epochs, validation
+    every epoch, best-validation checkpoint)."""
 
-    lr: float = 5e-6
-    batch_size: int = 64
     epochs: int = 2500
-    eval_every: int = 1
+    batch_size: int = 64
+    val_every: int = 1
     checkpoint_every: int = 10
-    keep: int = 3
+    lr: float = 5e-6
 
 
 @dataclass(frozen=True)
@@ -90,8 +107,6 @@ class Config:
 
 def prepare_genes(config: Config, run):
     """Genes of the run (ingested once into RUN/genes.jsonl)."""
-    from dismax.vae.ingest import ingest_cifs, load_genes, save_genes
-
     genes_path = run.path / "genes.jsonl"
     if genes_path.exists():
         return load_genes(genes_path)
@@ -104,8 +119,6 @@ def prepare_genes(config: Config, run):
         result = ingest_cifs(source, config.data.filters, workers=config.data.workers or None,
                              cache_dir=run.path / "ingest_cache", report_path=run.path / "rejected.csv")
         names, genes = result.names, result.genes
-        from dismax.runs import log
-
         log.info("ingested %d structures, rejected %d (reasons in %s)", len(genes), len(result.rejections),
                  run.path / "rejected.csv")
     if len(genes) < 3:
@@ -137,9 +150,6 @@ class PreparedData:
 
 def prepare_data(config: Config, run) -> PreparedData:
     """Genes -> arrays, split (saved to RUN/split.json) and lattice scaler (RUN/scaler.json)."""
-    from dismax.runs import atomic_write_text
-    from dismax.vae.representation import LatticeScaler, encode_genes
-
     _, genes = prepare_genes(config, run)
     arrays = encode_genes(genes)
     split_path = run.path / "split.json"
@@ -161,11 +171,7 @@ def prepare_data(config: Config, run) -> PreparedData:
 # ------------------------------------------------------------------------------------------- training
 
 
-def build_model(m: ModelConfig):
-    from dismax.vae.model import WyckoffVAE
-
-    if len(m.kernels) != 3 or len(m.strides) != 3:
-        raise DismaxConfigError("model.kernels and model.strides must have 3 entries each")
+def build_model(m: ModelConfig) -> WyckoffVAE:
     return WyckoffVAE(latent_dim=m.latent_dim, max_filter=m.max_filter, kernels=tuple(m.kernels),
                       strides=tuple(m.strides), site_dense=m.site_dense)
 
@@ -174,18 +180,12 @@ def build_model(m: ModelConfig):
 def _compiled(model_config: ModelConfig, lr: float, weights: LossWeights):
     """(model, optimizer, train_step, eval_step), cached so that training, resuming and sampling in one
     process share the compiled functions."""
-    import optax
-
-    from dismax.vae.steps import make_eval_step, make_train_step
-
     model = build_model(model_config)
     optimizer = optax.adam(lr)
     return model, optimizer, make_train_step(model, optimizer, weights), make_eval_step(model, weights)
 
 
 def _initial_state(config: Config):
-    from dismax.vae.steps import create_state
-
     model, optimizer, train_step, eval_step = _compiled(config.model, config.train.lr, config.loss)
     return model, optimizer, train_step, eval_step, create_state(model, optimizer, config.seed)
 
@@ -200,8 +200,6 @@ def _padded_chunks(n: int, chunk: int):
 
 def _evaluate(eval_step, state, sites, lattice_scaled, spacegroup, chunk: int):
     """Mean eval metrics and the outputs over fixed-size chunks (one compilation for every set)."""
-    import jax
-
     totals, outputs, n = {}, [], len(sites)
     for indices, mask in _padded_chunks(n, chunk):
         metrics, out = eval_step(state, sites[indices], lattice_scaled[indices], spacegroup[indices], mask)
@@ -216,107 +214,73 @@ def _eval_chunk(config: Config, n_train: int) -> int:
     return min(config.train.batch_size, n_train)
 
 
-def train(config: Config, run) -> None:
-    """Train (or resume) a Wyckoff VAE in run directory `run` (dismax.runs.RunDir)."""
-    from dismax.checkpoint import Checkpointer
-    from dismax.runs import log, progress
-
-    _check_config(config)
-    data = prepare_data(config, run)
-    train_sites, train_lattice, train_group, _ = data.part("train")
-    val_sites, val_lattice, val_group, _ = data.part("val") if len(data.split["val"]) else data.part("train")
-    _, _, train_step, eval_step, state = _initial_state(config)
-    chunk = _eval_chunk(config, len(train_sites))
-    checkpointer = Checkpointer(run.checkpoints, keep=config.train.keep)
-    start_epoch = 0
-    restored = checkpointer.restore(state)
-    if restored is not None:
-        _, state, meta = restored
-        start_epoch = int(meta["epoch"]) + 1
-        run.truncate_metrics(lambda row: row.get("epoch", 0) < start_epoch)
-        log.info("resumed at epoch %d (step %d)", start_epoch, int(state.step))
-
-    n_train = len(train_sites)
-    batch = min(config.train.batch_size, n_train)
-    n_batches = math.ceil(n_train / batch)
-    last = config.train.epochs - 1
-    for epoch in progress(range(start_epoch, config.train.epochs), total=config.train.epochs - start_epoch,
-                          desc="train wyckoff_vae"):
-        order = np.resize(np.random.default_rng([config.seed, epoch]).permutation(n_train), n_batches * batch)
-        sums = {}
-        for indices in order.reshape(n_batches, batch):
-            state, metrics = train_step(state, train_sites[indices], train_lattice[indices], train_group[indices])
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-        row = {"epoch": epoch, "step": int(state.step)}
-        row.update({f"train_{k}": sums[k] / n_batches for k in ("loss", *TERMS)})
-        evaluate = (epoch + 1) % config.train.eval_every == 0 or epoch == last
-        val = _evaluate(eval_step, state, val_sites, val_lattice, val_group, chunk)[0] if evaluate else {}
-        row.update({f"val_{k}": val.get(k, float("nan")) for k in ("loss", *TERMS)})
-        run.append_metrics(row)
-        if (epoch + 1) % config.train.checkpoint_every == 0 or epoch == last:
-            checkpointer.save(int(state.step), state, meta={"epoch": epoch},
-                              metric=val.get("loss") if evaluate else None)
-    checkpointer.close()
-    plot_losses(run)
-    write_reconstruction(config, run, data)
+PANELS = (Panel("total loss", ("train_loss", "val_loss"), log_scale=True),
+          Panel("unweighted training terms", tuple(f"train_{term}" for term in TERMS), log_scale=True))
 
 
-def _check_config(config: Config) -> None:
+def check(config: Config) -> None:
+    """Every config error, before anything is written."""
+    check_loop_config(config.train)
     if config.sample.sampler not in ("gaussian", "gmm", "kde"):
         raise DismaxConfigError(f"config key 'sample.sampler' must be gaussian, gmm or kde, got "
                                 f"{config.sample.sampler!r}")
     if config.loss.lattice_loss not in ("mse", "mae"):
         raise DismaxConfigError(f"config key 'loss.lattice_loss' must be mse or mae, got {config.loss.lattice_loss!r}")
-    if config.train.epochs < 1 or config.train.batch_size < 1:
-        raise DismaxConfigError("config keys 'train.epochs' and 'train.batch_size' must be at least 1")
+    if len(config.model.kernels) != 3 or len(config.model.strides) != 3:
+        raise DismaxConfigError("config keys 'model.kernels' and 'model.strides' must have 3 entries each")
+    if not config.data.source:
+        raise DismaxConfigError("config key 'data.source' is empty; give a folder, tar or zip of CIF files")
+    source = Path(config.data.source).expanduser()
+    if not source.exists() or not os.access(source, os.R_OK):
+        raise DismaxConfigError(f"config key 'data.source' is '{source}', which does not exist or is not readable")
 
 
-def plot_losses(run) -> None:
-    """Train/validation total loss and the per-term training losses per epoch into RUN/plots/loss.png."""
-    import matplotlib
+def make_task(config: Config, run, data: PreparedData) -> TrainingTask:
+    """The VAE as a task of the shared training loop."""
+    train_arrays = data.part("train")[:3]
+    val_arrays = data.part("val")[:3] if len(data.split["val"]) else train_arrays
+    _, _, train_step, eval_step, state = _initial_state(config)
+    chunk = _eval_chunk(config, len(train_arrays[0]))
+    loader = BatchLoader(train_arrays, min(config.train.batch_size, len(train_arrays[0])), seed=config.seed,
+                         drop_last=False)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def step(state, batch, epoch, index):
+        state, metrics = train_step(state, *batch)
+        return state, {f"train_{k}": v for k, v in metrics.items()}
 
-    rows = run.read_metrics()
-    if not rows:
-        return
-    epochs = [r["epoch"] for r in rows]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.plot(epochs, [r["train_loss"] for r in rows], label="train")
-    left.plot(epochs, [r["val_loss"] for r in rows], "o-", ms=2, label="validation")
-    left.set(xlabel="epoch", ylabel="total loss", yscale="log")
-    left.legend()
-    for term in TERMS:
-        right.plot(epochs, [max(r[f"train_{term}"], 1e-12) for r in rows], label=term)
-    right.set(xlabel="epoch", ylabel="unweighted term", yscale="log")
-    right.legend(fontsize=7)
-    figure.tight_layout()
-    run.plots.mkdir(parents=True, exist_ok=True)
-    figure.savefig(run.plots / "loss.png", dpi=120)
-    plt.close(figure)
+    def evaluate(state, epoch):
+        return state, {f"val_{k}": v for k, v in _evaluate(eval_step, state, *val_arrays, chunk)[0].items()}
+
+    return TrainingTask(
+        name="wyckoff_vae", state=state, loaders=[loader], step=step, members=[{"member": 0, "seed": config.seed}],
+        evaluate=evaluate, eval_columns=tuple(f"val_{k}" for k in ("loss", *TERMS)),
+        monitor=lambda v: float(v["val_loss"][0]) if np.isfinite(v["val_loss"][0]) else None,
+        loss_column="train_loss", panels=PANELS)
+
+
+def train(config: Config, run, evaluation=None) -> None:
+    """Train (or resume) a Wyckoff VAE in run directory `run` (dismax.runs.RunDir)."""
+    check(config)
+    with exclusive_lock(run.path, "run directory"):
+        run.create()
+        data = prepare_data(config, run)
+        train_loop(make_task(config, run, data), config.train, run, evaluation)
+        write_reconstruction(config, run, data)
 
 
 def load_state(config: Config, run, checkpoint: str = "best"):
     """(model, state) restored from the best (fallback latest) or latest checkpoint."""
-    from dismax.checkpoint import Checkpointer
-
     model, _, _, _, state = _initial_state(config)
-    checkpointer = Checkpointer(run.checkpoints, keep=config.train.keep)
-    restored = checkpointer.restore_best(state) if checkpoint == "best" else None
-    restored = restored or checkpointer.restore(state)
-    checkpointer.close()
-    if restored is None:
-        raise DismaxInputError(f"{run.path}: no checkpoint to load")
-    return model, restored[1]
+    if checkpoint == "best":
+        try:
+            return model, load_run_state(run, state, "best")[0]
+        except DismaxInputError:
+            pass
+    return model, load_run_state(run, state, "latest")[0]
 
 
 def write_reconstruction(config: Config, run, data: PreparedData) -> dict:
     """Reconstruction metrics (Dis-GEN Tables 1-2) and SMA of the reconstructed test set -> RUN/reconstruction.json."""
-    from dismax.runs import atomic_write_text
-    from dismax.vae.generate import decode_outputs, evaluate_genes, reconstruction_metrics
-
     part = "test" if len(data.split["test"]) else "train"
     sites, lattice_scaled, spacegroup, lattice = data.part(part)
     _, state = load_state(config, run, "best")
@@ -336,8 +300,6 @@ def write_reconstruction(config: Config, run, data: PreparedData) -> dict:
 
 def training_latents(config: Config, run, model, state, data: PreparedData) -> np.ndarray:
     """Posterior means of the training set (N, latent_dim)."""
-    from dismax.vae.steps import encode_means
-
     sites, lattice_scaled, spacegroup, _ = data.part("train")
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     chunks = [np.asarray(encode_means(model, variables, sites[i], lattice_scaled[i], spacegroup[i]))[mask]
@@ -350,14 +312,6 @@ def sample(run, n: int, out, seed: int = 0, sampler: str | None = None, checkpoi
     """Generate n structures: CIFs of the Wyckoff genes that pass SMA into `out`, metrics into
     out/metrics.json. `condition` (optional) = keyword arguments of `conditional.optimise_latents`
     (elements, spacegroup, n_disordered, steps, lr) applied to the sampled latents first."""
-    import jax
-
-    from dismax.config import load_config
-    from dismax.runs import atomic_write_text, progress
-    from dismax.vae.generate import GenerationReport, decode_outputs, evaluate_genes
-    from dismax.vae.samplers import make_sampler
-    from dismax.vae.steps import decode_latents
-
     if unused:
         raise DismaxConfigError(f"unknown sampling options for wyckoff_vae: {', '.join(sorted(unused))}")
     if member != 0:
@@ -372,24 +326,22 @@ def sample(run, n: int, out, seed: int = 0, sampler: str | None = None, checkpoi
     z = latent_sampler.sample(n, np.random.default_rng(seed))
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     if condition:
-        from dismax.vae.conditional import optimise_latents
-
         z = np.asarray(optimise_latents(model, variables, z, **condition))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     batch = batch_size or config.sample.batch_size
-    total = GenerationReport()
+    total, rejections = GenerationReport(), []
     batch = min(batch, n)
     for indices, mask in progress(_padded_chunks(n, batch), total=math.ceil(n / batch),
                                   desc=f"sample {sampler_name}"):
         start = int(indices[0])
         outputs = jax.tree.map(lambda x: np.asarray(x)[mask], decode_latents(model, variables, z[indices]))
         decoded = decode_outputs(outputs, data.scaler, config.sample.element_acc, config.sample.disorder_acc)
-        report, _ = evaluate_genes(decoded, out, prefix=sampler_name, first_index=start,
-                                   pauling_test=config.sample.pauling_test)
-        for key in ("samples", "generation_failures", "sma_failures", "parse_failures", "structurally_valid",
-                    "charge_neutral", "valid", "disordered"):
-            setattr(total, key, getattr(total, key) + getattr(report, key))
+        report, batch_rejections = evaluate_genes(decoded, out, prefix=sampler_name, first_index=start,
+                                                  pauling_test=config.sample.pauling_test)
+        total.add(report)
+        rejections += batch_rejections
+    write_rejections(out / "rejected.csv", rejections)
     metrics = {"sampler": sampler_name, "seed": seed, **total.as_dict()}
     if condition:
         metrics["condition"] = {k: v for k, v in condition.items()}

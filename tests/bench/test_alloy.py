@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from dismax import cluster_expansion
 from dismax.bench import alloy as A
 
 FE, NI, CR = 26, 28, 24
@@ -9,7 +10,7 @@ FE, NI, CR = 26, 28, 24
 def fcc_cart(n_cells: int) -> np.ndarray:
     grid = np.array([(i, j, k) for i in range(2 * n_cells) for j in range(2 * n_cells)
                      for k in range(2 * n_cells) if (i + j + k) % 2 == 0])
-    return grid * (A.FCC_A / 2)
+    return grid * (cluster_expansion.LATTICE_CONSTANT / 2)
 
 
 def random_alloy(rng, noise=0.0):
@@ -19,10 +20,10 @@ def random_alloy(rng, noise=0.0):
 
 
 def test_offsets_have_published_orientation_counts():
-    offsets, shells = A.cluster_offsets()
+    offsets, shells = cluster_expansion.cluster_offsets()
     assert np.bincount(shells).tolist() == [12, 6, 24, 12, 24, 8, 48]
     lengths = np.linalg.norm(offsets, axis=1)
-    for shell, length in enumerate(A.SHELL_LENGTHS):
+    for shell, length in enumerate(cluster_expansion.SHELL_LENGTHS):
         np.testing.assert_allclose(lengths[shells == shell], length, atol=2e-3)
     assert len(A.cubic_point_operations()) == 48
 
@@ -31,23 +32,23 @@ def test_pure_metal_and_l10_analytic_counts():
     cart = fcc_cart(4)
     lattice = A.reference_lattice()
     counts, flag = A.count_clusters_one(cart, np.full(256, FE), lattice)
-    probabilities = A.cluster_probabilities(counts[None])[0]
-    columns = dict(zip(A.FINGERPRINT_COLUMNS, probabilities))
+    probabilities = cluster_expansion.cluster_probabilities(counts[None])[0]
+    columns = dict(zip(cluster_expansion.CLUSTER_LABELS, probabilities))
     assert not flag
     for shell in range(1, 8):
         assert columns[f"{shell}NN_Fe-Fe"] == pytest.approx(1.0)
-    ecis = A._load_ecis()
-    expected = ecis[0] + ecis[2] + sum(ecis[7 + 6 * s] * z for s, z in enumerate(A.SHELL_MULTIPLICITY))
-    assert A.formation_energy(counts[None])[0] == pytest.approx(expected)
+    ecis = cluster_expansion.PUBLISHED_ECI
+    expected = ecis[0] + ecis[2] + sum(ecis[7 + 6 * s] * z / 2 for s, z in enumerate(cluster_expansion.SHELL_Z))
+    assert cluster_expansion.energy_per_atom(counts[None])[0] == pytest.approx(expected)
     # L1_0: alternating (001) planes of Fe and Ni
     layer = np.round(cart[:, 2] / 1.8).astype(int) % 2
     numbers = np.where(layer == 0, FE, NI)
     counts, _ = A.count_clusters_one(cart, numbers, lattice)
-    columns = dict(zip(A.FINGERPRINT_COLUMNS, counts))
+    columns = dict(zip(cluster_expansion.CLUSTER_LABELS, counts))
     assert columns["1NN_Fe-Ni"] == pytest.approx(4.0)
     assert columns["1NN_Fe-Fe"] == pytest.approx(1.0)
     assert columns["2NN_Fe-Fe"] == pytest.approx(1.5) and columns["2NN_Fe-Ni"] == pytest.approx(0.0)
-    sro = dict(zip(A.SRO_COLUMNS, A.warren_cowley(counts[None])[0]))
+    sro = dict(zip(cluster_expansion.SRO_LABELS, cluster_expansion.warren_cowley(counts[None])[0]))
     assert sro["1NN_Fe-Ni"] == pytest.approx(-1 / 3)
     assert sro["1NN_Fe-Fe"] == pytest.approx(1 - (4 / 12) / 0.5)
     assert sro["2NN_Fe-Fe"] == pytest.approx(-1.0)
@@ -58,10 +59,11 @@ def test_random_occupation_sro_and_energy_expectation():
     lattice = A.reference_lattice()
     rows = [A.count_clusters_one(*random_alloy(rng), lattice)[0] for _ in range(24)]
     counts = np.array(rows)
-    sro = A.warren_cowley(counts)
+    sro = cluster_expansion.warren_cowley(counts)
     assert np.all(np.abs(sro.mean(axis=0)) < 0.05)
-    assert A.formation_energy(counts).mean() == pytest.approx(-0.0600, abs=0.0012)
-    np.testing.assert_allclose(A.cluster_probabilities(counts)[:, 3:].reshape(-1, 7, 6).sum(-1), 1.0)
+    assert cluster_expansion.energy_per_atom(counts).mean() == pytest.approx(-0.0600, abs=0.0012)
+    probabilities = cluster_expansion.cluster_probabilities(counts)
+    np.testing.assert_allclose(probabilities[:, 3:].reshape(-1, 7, 6).sum(-1), 1.0)
 
 
 def _pymatgen_reference_counts(cart, numbers, lattice, basis):
@@ -69,7 +71,7 @@ def _pymatgen_reference_counts(cart, numbers, lattice, basis):
     from pymatgen.core import Lattice, PeriodicSite, Structure
 
     structure = Structure(Lattice(lattice), numbers.tolist(), cart, coords_are_cartesian=True)
-    offsets, shells = A.cluster_offsets()
+    offsets, shells = cluster_expansion.cluster_offsets()
     offsets = A.rotate_offsets(offsets, basis)
     targets, owners = [], []
     for j in range(len(structure)):
@@ -91,8 +93,8 @@ def _pymatgen_reference_counts(cart, numbers, lattice, basis):
     n = len(structure)
     values = list(np.bincount(A.species_codes(numbers), minlength=3) / n)
     for shell in range(7):
-        for a, b in A.PAIRS:
-            values.append(tally.get((shell, (A.ELEMENTS[a], A.ELEMENTS[b])), 0) / (2 * n))
+        for a, b in cluster_expansion.PAIRS:
+            values.append(tally.get((shell, (cluster_expansion.SPECIES[a], cluster_expansion.SPECIES[b])), 0) / (2 * n))
     return np.round(values, 5)
 
 
@@ -103,7 +105,7 @@ def test_reference_counting_matches_pymatgen_search_on_noisy_small_cell():
     keep = np.ones(108, bool)
     keep[[3, 50]] = False
     cart, numbers = cart[keep], numbers[keep]
-    lattice = np.eye(3) * 3 * A.FCC_A
+    lattice = np.eye(3) * 3 * cluster_expansion.LATTICE_CONSTANT
     basis, _ = A.find_fcc_basis(cart, lattice, normalise_c=False)
     ours, flag = A.count_clusters_one(cart, numbers, lattice, basis, reference_compatible=True)
     np.testing.assert_array_equal(ours, _pymatgen_reference_counts(cart, numbers, lattice, basis))
@@ -119,13 +121,14 @@ def test_pairwise_kernel_equals_scan_kernel():
     cart, numbers = cart[5:], numbers[5:]
     lattice = A.reference_lattice()
     basis, _ = A.find_fcc_basis(cart, lattice, normalise_c=False)
-    unrotated, shells = A.cluster_offsets()
+    unrotated, shells = cluster_expansion.cluster_offsets()
     offsets = A.rotate_offsets(unrotated, basis)
     assert A._pairwise_is_exact(offsets, lattice, A.SITE_MARGIN)
     with A.jax.enable_x64(True):
         arguments = (jnp.asarray(cart), jnp.asarray(A.species_codes(numbers)), jnp.asarray(lattice),
                      jnp.asarray(offsets), jnp.asarray(shells), A.SITE_MARGIN, True)
-        fast = A._pair_counts_pairwise(*arguments, jnp.asarray(basis), jnp.asarray(A._offset_table(unrotated)))
+        table = jnp.asarray(cluster_expansion.offset_lookup_table())
+        fast = A._pair_counts_pairwise(*arguments, jnp.asarray(basis), table)
         slow = A._pair_counts_scan(*arguments)
         np.testing.assert_array_equal(np.asarray(fast[0]), np.asarray(slow[0]))
         assert bool(fast[1]) == bool(slow[1])
@@ -149,6 +152,19 @@ def test_assignment_translated_noisy_structure_with_vacancy_and_duplicate():
     assert as_is.n_vacancies > 1                                  # the unshifted lattice misses atoms
 
 
+def test_as_is_clean_up_separates_surplus_from_off_lattice_atoms():
+    rng = np.random.default_rng(8)
+    cart, numbers = random_alloy(rng, noise=0.05)
+    surplus = cart[5] + np.array([0.3, 0.0, 0.0])                 # within 0.8 Å of a site that is filled
+    off_lattice = cart[0] + np.array([0.9, 0.9, 0.0])             # 1.27 Å from every site
+    cart = np.concatenate([cart[1:], [surplus, off_lattice]])     # site 0 empty
+    numbers = np.concatenate([numbers[1:], [FE, NI]])
+    lattice = A.reference_lattice()
+    result = A.reference_cleanup((cart @ np.linalg.inv(lattice)) % 1.0, numbers, lattice, "as_is")
+    assert result.n_vacancies == 1 and len(result.numbers) == 255
+    assert result.n_discarded == 1 and result.n_off_lattice == 1 and result.n_removed == 2
+
+
 def test_rotated_translated_structure_is_assigned_by_rotation_variants():
     rng = np.random.default_rng(5)
     angle = np.deg2rad(90.0)
@@ -166,15 +182,6 @@ def test_rotated_translated_structure_is_assigned_by_rotation_variants():
     assert reference.ok and len(reference.numbers) == len(frac)
     plain = A.assign_sites(frac, numbers, lattice, alignment="none")
     assert plain.status == "rejected_too_many_removed"
-
-
-def test_eci_table_order_matches_fingerprint_columns():
-    from dismax.data import alloy as alloy_data
-
-    ecis = A._load_ecis()
-    assert ecis.shape == (46,) and ecis[0] == -0.00932958469464057
-    assert tuple(alloy_data.CLUSTER_LABELS) == A.FINGERPRINT_COLUMNS
-    assert dict(zip(A.FINGERPRINT_COLUMNS, ecis[1:]))["2NN_Cr-Cr"] == -0.03477817417403486
 
 
 def test_reference_vacancy_estimate_counts_empty_sites():

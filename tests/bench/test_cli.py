@@ -67,7 +67,7 @@ def test_bad_input_is_one_line_error(tmp_path, capsys):
     code = main_wrapper(main, ["metrics", "--family", "a_si", "--train", str(tmp_path / "missing.extxyz"),
                                "--gen", str(tmp_path / "missing.extxyz"), "--out", str(tmp_path)])
     assert code == 2
-    assert "no such file" in capsys.readouterr().err
+    assert "file not found" in capsys.readouterr().err
 
 
 def _rock_salt(rng, noise):
@@ -82,13 +82,15 @@ def _rock_salt(rng, noise):
 
 @pytest.mark.slow
 def test_interface_score(tmp_path):
-    from dismax.bench.pipeline import Scorer
+    from dismax.bench.pipeline import ScoreOptions, score
+    from dismax.structures import Crystals
 
     rng = np.random.default_rng(0)
-    train = [_rock_salt(rng, 0.005)]
-    generated = [_rock_salt(rng, 0.02) for _ in range(2)]
-    scorer = Scorer("interface", n_replicates=20, workers=1)
-    metrics, records = scorer.score(train, generated, statuses={0: "ok", 1: "rejected_too_close", 2: "ok"})
+    as_crystals = lambda structures: Crystals(*(np.stack(a) for a in zip(*structures)))
+    train = as_crystals([_rock_salt(rng, 0.005)])
+    generated = as_crystals([_rock_salt(rng, 0.02) for _ in range(2)])
+    metrics, records, _ = score("interface", train, generated, ScoreOptions(n_replicates=20, workers=1),
+                                statuses={0: "ok", 1: "rejected_too_close", 2: "ok"})
     for name in ("d_Li", "d_Co", "d_Sc", "d_all", "d_all_cosine"):
         assert metrics[name]["value"] >= 0
     assert metrics["pct_failed"]["value"] == pytest.approx(100 / 3)

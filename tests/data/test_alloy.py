@@ -9,38 +9,39 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dismax import cluster_expansion
 from dismax.data import alloy
 from dismax.io import read_extxyz
 
-SHELL_RADII = np.sqrt(alloy.SHELL_RADIUS_SQUARED) * alloy.LATTICE_CONSTANT / 2  # Å
+SHELL_RADII = np.sqrt(cluster_expansion.SHELL_RADIUS_SQUARED) * cluster_expansion.LATTICE_CONSTANT / 2  # Å
 
 
 def pymatgen_energy_per_atom(occupation: np.ndarray, repeats: int = 4) -> float:
     """CE energy from pymatgen's neighbour list: count unordered pairs per shell by distance, times ECIs."""
     from pymatgen.core import Lattice, Structure
 
-    lattice = alloy.fcc_lattice(repeats)
-    structure = Structure(Lattice(lattice.lattice), [alloy.SPECIES[s] for s in occupation], lattice.frac)
+    lattice = cluster_expansion.fcc_lattice(repeats)
+    structure = Structure(Lattice(lattice.lattice), [cluster_expansion.SPECIES[s] for s in occupation], lattice.frac)
     centres, points, _, distances = structure.get_neighbor_list(r=SHELL_RADII[-1] + 0.1)
     shell = np.abs(distances[:, None] - SHELL_RADII[None, :]).argmin(axis=1)
     assert np.abs(distances - SHELL_RADII[shell]).max() < 1e-6
     n = len(occupation)
-    pair_index = {frozenset(p) if p[0] != p[1] else frozenset([p[0]]): k for k, p in enumerate(alloy.PAIRS)}
-    counts = np.zeros((alloy.N_SHELLS, 6))
+    pair_index = {frozenset(p) if p[0] != p[1] else frozenset([p[0]]): k for k, p in enumerate(cluster_expansion.PAIRS)}
+    counts = np.zeros((cluster_expansion.N_SHELLS, 6))
     for s, a, b in zip(shell, occupation[centres], occupation[points]):
         counts[s, pair_index[frozenset([a, b])]] += 0.5  # each unordered pair is listed from both ends
     x = np.bincount(occupation, minlength=3) / n
-    eci = alloy.PUBLISHED_ECI
+    eci = cluster_expansion.PUBLISHED_ECI
     return float(eci[0] + x @ eci[1:4] + (counts / n).ravel() @ eci[4:])
 
 
-def random_occupation(rng, composition=alloy.COMPOSITION):
+def random_occupation(rng, composition=cluster_expansion.COMPOSITION):
     return rng.permutation(np.repeat(np.arange(3), composition)).astype(np.int32)
 
 
 def ordered_occupations():
     """Hand-built ordered configurations on the 256-site cell (sites: 4 basis sites per cubic cell)."""
-    lattice = alloy.fcc_lattice()
+    lattice = cluster_expansion.fcc_lattice()
     basis = np.tile(np.arange(4), lattice.n_sites // 4)
     layer = np.round(lattice.frac[:, 2] * 8).astype(int)
     return {
@@ -52,9 +53,9 @@ def ordered_occupations():
 
 
 def test_lattice_shells_match_geometry():
-    lattice = alloy.fcc_lattice()
+    lattice = cluster_expansion.fcc_lattice()
     assert lattice.n_sites == 256 and lattice.neighbours.shape == (256, 134)
-    assert np.bincount(lattice.shell_of_column).tolist() == list(alloy.SHELL_Z)
+    assert np.bincount(lattice.shell_of_column).tolist() == list(cluster_expansion.SHELL_Z)
     cart = lattice.frac @ lattice.lattice
     delta = cart[lattice.neighbours] - cart[:, None, :]
     delta -= np.round(delta / 14.4) * 14.4
@@ -62,56 +63,57 @@ def test_lattice_shells_match_geometry():
     np.testing.assert_allclose(distance, np.broadcast_to(SHELL_RADII[lattice.shell_of_column], distance.shape),
                                atol=1e-9)
     # every neighbour appears once per shell (no aliasing in the 4×4×4 cell)
-    for s in range(alloy.N_SHELLS):
+    for s in range(cluster_expansion.N_SHELLS):
         columns = lattice.neighbours[:, lattice.shell_of_column == s]
         assert all(len(set(row)) == len(row) for row in columns)
 
 
 def test_energy_matches_pymatgen_pair_count():
-    lattice = alloy.fcc_lattice()
+    lattice = cluster_expansion.fcc_lattice()
     rng = np.random.default_rng(0)
     configurations = dict(ordered_occupations())
     for k in range(3):
         configurations[f"random {k}"] = random_occupation(rng)
     with jax.enable_x64(True):
-        ce = alloy.ClusterExpansion.from_eci(dtype=jnp.float64)
-        energy = jax.jit(lambda o: alloy.total_energy(o, lattice, ce))
-        pair_counts = jax.jit(lambda o: alloy.pair_counts(o, lattice))
+        ce = cluster_expansion.ClusterExpansion.from_eci(dtype=jnp.float64)
+        energy = jax.jit(lambda o: cluster_expansion.total_energy(o, lattice, ce))
+        pair_counts = jax.jit(lambda o: cluster_expansion.pair_counts(o, lattice))
         for name, occupation in configurations.items():
             reference = pymatgen_energy_per_atom(occupation)
             jax_energy = float(energy(occupation)) / lattice.n_sites
             counts = np.asarray(pair_counts(occupation))
             composition = np.bincount(occupation, minlength=3)
-            host_energy = float(alloy.energy_per_atom(alloy.cluster_vectors(counts, composition)))
+            vector = cluster_expansion.cluster_vectors(counts, composition)
+            host_energy = float(cluster_expansion.energy_per_atom(vector))
             assert abs(jax_energy - reference) < 1e-10, name
             assert abs(host_energy - reference) < 1e-10, name
 
 
 def test_random_mixing_energy_and_sro():
     """Random configurations: E/N near the analytic −0.0600 eV/atom; Warren–Cowley α ≈ 0 on average."""
-    lattice = alloy.fcc_lattice()
+    lattice = cluster_expansion.fcc_lattice()
     rng = np.random.default_rng(1)
     occupations = jnp.asarray(np.stack([random_occupation(rng) for _ in range(200)]))
-    counts = np.asarray(jax.jit(jax.vmap(lambda o: alloy.pair_counts(o, lattice)))(occupations))
-    energies = alloy.energy_per_atom(alloy.cluster_vectors(counts))
+    counts = np.asarray(jax.jit(jax.vmap(lambda o: cluster_expansion.pair_counts(o, lattice)))(occupations))
+    vectors = cluster_expansion.cluster_vectors(counts, cluster_expansion.COMPOSITION)
+    energies = cluster_expansion.energy_per_atom(vectors)
     assert abs(energies.mean() + 0.0600) < 0.0005
-    sro = alloy.warren_cowley(counts)
+    sro = cluster_expansion.warren_cowley(vectors)
     assert np.abs(sro.mean(axis=0)).max() < 0.05
     # shell sums of the cluster vector are z/2
-    vectors = alloy.cluster_vectors(counts)
     np.testing.assert_allclose(vectors[:, 3:].reshape(-1, 7, 6).sum(-1), np.broadcast_to(
-        np.asarray(alloy.SHELL_Z) / 2, (200, 7)))
+        np.asarray(cluster_expansion.SHELL_Z) / 2, (200, 7)))
 
 
 @pytest.mark.parametrize("repeats", [4, 2])
 def test_local_swap_energy_equals_full_difference(repeats):
-    lattice = alloy.fcc_lattice(repeats)
+    lattice = cluster_expansion.fcc_lattice(repeats)
     rng = np.random.default_rng(2)
     composition = (lattice.n_sites // 5, lattice.n_sites - 2 * (lattice.n_sites // 5), lattice.n_sites // 5)
     with jax.enable_x64(True):
-        ce = alloy.ClusterExpansion.from_eci(dtype=jnp.float64)
-        energy = jax.jit(lambda o: alloy.total_energy(o, lattice, ce))
-        delta = jax.jit(lambda o, i, j: alloy.swap_energy_change(o, i, j, lattice, ce))
+        ce = cluster_expansion.ClusterExpansion.from_eci(dtype=jnp.float64)
+        energy = jax.jit(lambda o: cluster_expansion.total_energy(o, lattice, ce))
+        delta = jax.jit(lambda o, i, j: cluster_expansion.swap_energy_change(o, i, j, lattice, ce))
         occupation = random_occupation(rng, composition)
         pairs = [tuple(rng.choice(lattice.n_sites, 2, replace=False)) for _ in range(40)]
         pairs += [(i, int(lattice.neighbours[i, c])) for i, c in zip(rng.integers(0, lattice.n_sites, 40),
@@ -133,22 +135,24 @@ def test_local_swap_energy_equals_full_difference(repeats):
 def test_detailed_balance_against_exact_enumeration():
     """2×2×2 cell (32 sites) with one Cr, one Ni, 30 Fe: sampled energy-level frequencies equal the exact
     Boltzmann weights summed over all 992 states."""
-    lattice = alloy.fcc_lattice(2)
+    lattice = cluster_expansion.fcc_lattice(2)
     composition = (1, 30, 1)
     temperature = 500.0
     with jax.enable_x64(True):
-        ce = alloy.ClusterExpansion.from_eci(dtype=jnp.float64)
+        ce = cluster_expansion.ClusterExpansion.from_eci(dtype=jnp.float64)
         states = np.array([(c, n) for c, n in itertools.permutations(range(32), 2)])
         occupations = np.ones((len(states), 32), np.int32)
         occupations[np.arange(len(states)), states[:, 0]] = 0
         occupations[np.arange(len(states)), states[:, 1]] = 2
-        exact_energy = np.asarray(jax.jit(jax.vmap(lambda o: alloy.total_energy(o, lattice, ce)))(occupations))
+        total_energy = jax.vmap(lambda o: cluster_expansion.total_energy(o, lattice, ce))
+        exact_energy = np.asarray(jax.jit(total_energy)(occupations))
     levels, level_of_state = np.unique(np.round(exact_energy, 8), return_inverse=True)
     weights = np.exp(-(exact_energy - exact_energy.min()) / (alloy.K_BOLTZMANN * temperature))
     exact = np.bincount(level_of_state, weights=weights) / weights.sum()
     assert len(levels) > 3 and exact.max() < 0.9  # a non-trivial distribution
 
-    sampler = alloy.KawasakiSampler(lattice, alloy.ClusterExpansion.from_eci(dtype=jnp.float32), composition)
+    expansion = cluster_expansion.ClusterExpansion.from_eci(dtype=jnp.float32)
+    sampler = alloy.KawasakiSampler(lattice, expansion, composition)
     chains = jax.vmap(sampler.init)(jax.random.split(jax.random.PRNGKey(0), 16))
 
     def record(state, _):
@@ -193,10 +197,10 @@ def test_narrow_and_wide_selection_at_1500K():
     wide_ids = set(zip(wide["chain"].tolist(), wide["mc_pass"].tolist()))
     assert not wide_ids & set(zip(narrow["chain"].tolist(), narrow["mc_pass"].tolist()))
     # energies and SRO recomputed from the written occupations agree with the stored ones
-    lattice = alloy.fcc_lattice()
-    counts = np.asarray(jax.jit(jax.vmap(lambda o: alloy.pair_counts(o, lattice)))(narrow["occupations"]))
+    lattice = cluster_expansion.fcc_lattice()
+    counts = np.asarray(jax.jit(jax.vmap(lambda o: cluster_expansion.pair_counts(o, lattice)))(narrow["occupations"]))
     np.testing.assert_array_equal(counts, narrow["counts"])
-    assert np.all(np.bincount(narrow["occupations"][0], minlength=3) == alloy.COMPOSITION)
+    assert np.all(np.bincount(narrow["occupations"][0], minlength=3) == cluster_expansion.COMPOSITION)
 
 
 def test_written_dataset_is_reproducible(tmp_path):
@@ -217,11 +221,11 @@ def test_written_dataset_is_reproducible(tmp_path):
     # the stored formation energy equals the independent pymatgen count for a written structure
     species = np.asarray(train.species[0])
     sites = np.round(np.asarray(train.frac[0]) * 8).astype(int)
-    lattice = alloy.fcc_lattice()
+    lattice = cluster_expansion.fcc_lattice()
     site_of = {tuple(np.round(f * 8).astype(int)): k for k, f in enumerate(lattice.frac)}
     occupation = np.zeros(256, np.int32)
     for z, site in zip(species, sites):
-        occupation[site_of[tuple(site % 8)]] = alloy.ATOMIC_NUMBERS.index(int(z))
+        occupation[site_of[tuple(site % 8)]] = cluster_expansion.ATOMIC_NUMBERS.index(int(z))
     assert abs(pymatgen_energy_per_atom(occupation) - info[0]["formation_energy"]) < 1e-10
 
 
@@ -231,7 +235,7 @@ def test_equilibrium_ordering(temperature):
     """300 K: no 1NN Cr–Cr pairs, strong 1NN Ni–Cr ordering; 1500 K: all |α| small."""
     protocol = alloy.AlloyProtocol(chains=4, passes=2000, snapshot_every=10, n_structures=100)
     data = alloy.generate_alloy_dataset(temperature, "wide", protocol, seed=0)
-    mean = dict(zip(alloy.SRO_LABELS, data["sro"].mean(axis=0)))
+    mean = dict(zip(cluster_expansion.SRO_LABELS, data["sro"].mean(axis=0)))
     if temperature == 300.0:
         assert mean["1NN_Cr-Cr"] > 0.95
         assert mean["1NN_Cr-Ni"] < -0.3
@@ -249,10 +253,10 @@ def test_energies_match_an_icet_cluster_expansion_fit():
     from ase import Atoms
     from icet import ClusterSpace
 
-    lattice = alloy.fcc_lattice()
+    lattice = cluster_expansion.fcc_lattice()
     template = Atoms("Fe" * lattice.n_sites, scaled_positions=lattice.frac, cell=lattice.lattice, pbc=True)
     primitive = Atoms("Fe", cell=[[0, 1.8, 1.8], [1.8, 0, 1.8], [1.8, 1.8, 0]], pbc=True)
-    space = ClusterSpace(primitive, cutoffs=[6.8], chemical_symbols=list(alloy.SPECIES))
+    space = ClusterSpace(primitive, cutoffs=[6.8], chemical_symbols=list(cluster_expansion.SPECIES))
     assert len(space) == 24
     rng = np.random.default_rng(4)
     # varied compositions, so that the point terms are determined as well
@@ -261,14 +265,15 @@ def test_energies_match_an_icet_cluster_expansion_fit():
 
     def icet_vector(occupation):
         atoms = template.copy()
-        atoms.set_chemical_symbols([alloy.SPECIES[s] for s in occupation])
+        atoms.set_chemical_symbols([cluster_expansion.SPECIES[s] for s in occupation])
         return space.get_cluster_vector(atoms)
 
-    pair_counts = jax.jit(lambda o: alloy.pair_counts(o, lattice))
+    pair_counts = jax.jit(lambda o: cluster_expansion.pair_counts(o, lattice))
 
     def dismax_energy(occupation):
         counts = np.asarray(pair_counts(occupation))
-        return float(alloy.energy_per_atom(alloy.cluster_vectors(counts, np.bincount(occupation, minlength=3))))
+        vector = cluster_expansion.cluster_vectors(counts, np.bincount(occupation, minlength=3))
+        return float(cluster_expansion.energy_per_atom(vector))
 
     parameters, *_ = np.linalg.lstsq(np.stack([icet_vector(o) for o in fit]),
                                      np.array([dismax_energy(o) for o in fit]), rcond=None)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from dismax.data import alloy
+from dismax import cluster_expansion
 from dismax.data.loader import BatchLoader, cubic_translations, translate
 from dismax.errors import DismaxConfigError
 from dismax.structures import Crystals
@@ -13,23 +13,24 @@ from dismax.structures import Crystals
 
 def alloy_like(n_structures: int, seed: int = 0) -> Crystals:
     """Random Fe154 Ni51 Cr51 configurations on the 256-site FCC cell, atoms in species blocks."""
-    lattice = alloy.fcc_lattice()
+    lattice = cluster_expansion.fcc_lattice()
     rng = np.random.default_rng(seed)
-    occupations = np.stack([rng.permutation(np.repeat(np.arange(3), alloy.COMPOSITION)) for _ in range(n_structures)])
+    species_of_site = np.repeat(np.arange(3), cluster_expansion.COMPOSITION)
+    occupations = np.stack([rng.permutation(species_of_site) for _ in range(n_structures)])
     order = np.argsort(occupations, axis=1, kind="stable")
-    species = np.asarray(alloy.ATOMIC_NUMBERS)[np.take_along_axis(occupations, order, axis=1)]
+    species = np.asarray(cluster_expansion.ATOMIC_NUMBERS)[np.take_along_axis(occupations, order, axis=1)]
     return Crystals(lattice.frac[order], np.broadcast_to(lattice.lattice, (n_structures, 3, 3)).copy(), species)
 
 
 def occupation_on_sites(frac: np.ndarray, species: np.ndarray) -> np.ndarray:
     """Species index per lattice site (raises KeyError if an atom is off-lattice)."""
-    lattice = alloy.fcc_lattice()
+    lattice = cluster_expansion.fcc_lattice()
     site_of = {tuple(np.round(f * 8).astype(int) % 8): k for k, f in enumerate(lattice.frac)}
     occupation = -np.ones(lattice.n_sites, int)
     for f, z in zip(frac, species):
         key = np.round(f * 8).astype(int) % 8
         assert np.allclose(f * 8, np.round(f * 8), atol=1e-9)
-        occupation[site_of[tuple(key)]] = alloy.ATOMIC_NUMBERS.index(int(z))
+        occupation[site_of[tuple(key)]] = cluster_expansion.ATOMIC_NUMBERS.index(int(z))
     assert (occupation >= 0).all()
     return occupation
 
@@ -39,11 +40,11 @@ def test_translations_are_lattice_symmetries():
     assert shifts.shape == (64, 3) and np.all(shifts[0] == 0)
     assert len({tuple(s) for s in shifts}) == 64
     data = alloy_like(1)
-    lattice = alloy.fcc_lattice()
+    lattice = cluster_expansion.fcc_lattice()
     import jax.numpy as jnp
 
     base = occupation_on_sites(data.frac[0], data.species[0])
-    base_counts = np.asarray(alloy.pair_counts(jnp.asarray(base), lattice))
+    base_counts = np.asarray(cluster_expansion.pair_counts(jnp.asarray(base), lattice))
     for t in (1, 17, 63):
         moved = translate(data, shifts[t][None])
         assert np.all((moved.frac >= 0) & (moved.frac < 1))
@@ -51,7 +52,8 @@ def test_translations_are_lattice_symmetries():
         occupation = occupation_on_sites(moved.frac[0], moved.species[0])
         assert not np.array_equal(occupation, base)
         # a translation permutes sites and keeps every pair count, hence the CE energy
-        np.testing.assert_array_equal(np.asarray(alloy.pair_counts(jnp.asarray(occupation), lattice)), base_counts)
+        counts = cluster_expansion.pair_counts(jnp.asarray(occupation), lattice)
+        np.testing.assert_array_equal(np.asarray(counts), base_counts)
 
 
 def test_deterministic_in_seed_and_step():

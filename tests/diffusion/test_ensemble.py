@@ -11,10 +11,18 @@ import numpy as np
 
 from dismax.diffusion.denoisers import DenoiserConfig, build_denoiser
 from dismax.diffusion.noise import BetaSchedule, SigmaSchedule
-from dismax.diffusion.trainer import epoch_batches
-from dismax.diffusion.training import (LatticeDiffusion, ensemble_train_step, init_ensemble, init_state,
+from dismax.data.loader import BatchLoader
+from dismax.diffusion.trainer import (LatticeDiffusion, ensemble_train_step, init_ensemble, init_state,
                                        make_optimizer, member_state, train_step)
 from dismax.structures import Crystals
+
+def epoch_batches(data, seeds, epoch, batch_size):
+    """The loop's member-stacked batches (M, B, ...) of ``epoch``: one loader per member seed."""
+    loaders = [BatchLoader(data, batch_size, seed=s) for s in seeds]
+    for index in range(loaders[0].steps_per_epoch):
+        parts = [loader.batch(epoch * loader.steps_per_epoch + index) for loader in loaders]
+        yield tuple(np.stack([getattr(p, name) for p in parts]) for name in ("frac", "lattice", "species"))
+
 
 # The same sizes, settings and call forms as the end-to-end test in test_trainer_lattice.py, so both share
 # the compiled ensemble step.
@@ -67,11 +75,10 @@ def test_member_k_of_an_ensemble_equals_training_seed_k_alone():
 SHARDED_SCRIPT = textwrap.dedent(
     """
     import jax, jax.numpy as jnp, numpy as np
-    from dismax.devices import data_mesh
+    from dismax.devices import data_mesh, replicate, shard_batch
     from dismax.diffusion.denoisers import DenoiserConfig, build_denoiser
     from dismax.diffusion.noise import SigmaSchedule
-    from dismax.diffusion.trainer import batch_placement, place
-    from dismax.diffusion.training import TrainState, ensemble_train_step, make_optimizer
+    from dismax.diffusion.trainer import TrainState, ensemble_train_step, make_optimizer
 
     assert len(jax.devices()) == 4, jax.devices()
     network = build_denoiser(DenoiserConfig(name="cspnet", hidden=8, n_layers=1, n_freq=2, time_dim=8))
@@ -84,15 +91,13 @@ SHARDED_SCRIPT = textwrap.dedent(
     shapes = jax.eval_shape(network.init, jax.random.PRNGKey(0), *(jnp.asarray(x[0, 0]) for x in batch), 1)
     params = jax.tree.map(lambda s: (0.3 * rng.normal(size=(2, *s.shape))).astype(s.dtype), shapes)
     options = dict(network=network, optimizer=optimizer, schedule=SigmaSchedule(0.005, 0.1, 100), ema_decay=0.9)
-    assert batch_placement(6, data_mesh())[1] is None  # 6 does not split over 4 devices
-    assert batch_placement(4, data_mesh(jax.devices()[:1]))[1] is None  # one device: default placement
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
-        mesh, sharding = batch_placement(4, data_mesh(devices))
+        mesh = data_mesh(devices)
         state = TrainState(params, params, jax.vmap(optimizer.init)(params), np.zeros(2, np.int32),
                            np.stack([np.asarray(jax.random.PRNGKey(s)) for s in (1, 2)]))
         for _ in range(2):
-            state, placed = place(state, batch, mesh, sharding)
+            state, placed = replicate(state, mesh), shard_batch(batch, mesh, axis=1)
             if len(devices) > 1:
                 assert len(placed[0].sharding.device_set) == 4
                 assert placed[0].addressable_shards[0].data.shape == (2, 1, 5, 3)

@@ -10,7 +10,7 @@ import pytest
 from dismax.diffusion.denoisers import DenoiserConfig, build_denoiser
 from dismax.diffusion.noise import BetaSchedule, SigmaSchedule, cosine_alpha_bar, wrap_centered, wrapped_normal_score
 from dismax.diffusion.sampling import predictor_corrector_lattice
-from dismax.diffusion.training import LatticeDiffusion, denoising_losses
+from dismax.diffusion.trainer import LatticeDiffusion, denoising_losses
 from dismax.errors import DismaxConfigError
 
 TINY = DenoiserConfig(name="cspnet", hidden=8, n_layers=1, n_freq=2, time_dim=8)

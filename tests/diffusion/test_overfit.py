@@ -8,7 +8,7 @@ import pytest
 from dismax.diffusion.denoisers import DenoiserConfig, build_denoiser
 from dismax.diffusion.noise import SigmaSchedule
 from dismax.diffusion.sampling import predictor_corrector
-from dismax.diffusion.training import init_state, make_optimizer, train_step
+from dismax.diffusion.trainer import init_state, make_optimizer, train_step
 
 
 def _site_distances(frac, spacing):

@@ -39,12 +39,12 @@ def test_train_resume_and_sample(tmp_path):
     run = RunDir(tmp_path / "run").create()
     train(_config(train_file, val_file, epochs=1), run)
     rows = run.read_metrics()
-    assert [r["epoch"] for r in rows] == [1] and rows[0]["step"] == 3
+    assert [r["epoch"] for r in rows] == [0] and rows[0]["step"] == 3
     assert np.isfinite(rows[0]["train_loss"]) and np.isfinite(rows[0]["val_loss_ema"])
-    # a longer run in the same directory resumes after epoch 1
+    # a longer run in the same directory resumes after epoch 0
     train(_config(train_file, val_file, epochs=2), run)
     rows = run.read_metrics()
-    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["step"] == 6
+    assert [r["epoch"] for r in rows] == [0, 1] and rows[1]["step"] == 6
     assert (run.plots / "losses.png").is_file()
 
     from dismax.config import save_config

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dismax.config import from_dict, save_config
-from dismax.diffusion.trainer import Config, _check, sample, train
+from dismax.diffusion.trainer import Config, check, sample, train
 from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.io import read_extxyz
 from dismax.runs import RunDir
@@ -30,8 +30,8 @@ def test_lattice_diffusion_ensemble_with_teacher_forcing_trains_and_samples(tmp_
     save_config(config, run.config_path)
     train(config, run)
     rows = run.read_metrics()
-    assert [(r["epoch"], r["member"], r["seed"], r["step"]) for r in rows] == [(1, 0, 1, 3), (1, 1, 2, 3),
-                                                                               (2, 0, 1, 6), (2, 1, 2, 6)]
+    assert [(r["epoch"], r["member"], r["seed"], r["step"]) for r in rows] == [(0, 0, 1, 3), (0, 1, 2, 3),
+                                                                               (1, 0, 1, 6), (1, 1, 2, 6)]
     for row in rows[:2]:  # teacher-forced epoch: clean lattice input, lattice loss left out
         assert row["teacher_forcing"] == 1 and row["train_lattice_loss"] == 0 and row["val_lattice_loss"] == 0
         assert row["train_loss"] == pytest.approx(row["train_coord_loss"], rel=1e-6)
@@ -52,20 +52,20 @@ def test_lattice_diffusion_ensemble_with_teacher_forcing_trains_and_samples(tmp_
     assert np.abs(lattices[0] - lattices[1]).max() > 1e-6
     with pytest.raises(DismaxInputError, match="member"):
         sample(run, 1, tmp_path / "x.extxyz", member=2)
-    # a longer run resumes both members (their learning-rate plateaus and states) after epoch 2
+    # a longer run resumes both members (their learning-rate plateaus and states) after epoch 1
     train(_config(train_file, val_file, epochs=3), run)
     rows = run.read_metrics()
-    assert [(r["epoch"], r["member"], r["step"]) for r in rows[4:]] == [(3, 0, 9), (3, 1, 9)]
+    assert [(r["epoch"], r["member"], r["step"]) for r in rows[4:]] == [(2, 0, 9), (2, 1, 9)]
 
 
 def test_lattice_diffusion_config_errors(tmp_path):
-    config = _config("a", "b")
-    _check(config, n_train=6)
+    config = _config(*_dataset(tmp_path))
+    check(config, n_train=6)
     with pytest.raises(DismaxConfigError, match="langevin"):
-        _check(from_dict(Config, {"model": {"lattice_diffusion": True}, "sample": {"sampler": "langevin"}}))
+        check(from_dict(Config, {"model": {"lattice_diffusion": True}, "sample": {"sampler": "langevin"}}))
     with pytest.raises(DismaxConfigError, match="teacher_forcing_epochs"):
-        _check(from_dict(Config, {"train": {"teacher_forcing_epochs": 5}}))
+        check(from_dict(Config, {"train": {"teacher_forcing_epochs": 5}}))
     with pytest.raises(DismaxConfigError, match="cost_lattice"):
-        _check(from_dict(Config, {"model": {"lattice_diffusion": True, "cost_lattice": 0.0}}))
+        check(from_dict(Config, {"model": {"lattice_diffusion": True, "cost_lattice": 0.0}}))
     with pytest.raises(DismaxConfigError, match="n_seeds"):
-        _check(from_dict(Config, {"train": {"n_seeds": 0}}))
+        check(from_dict(Config, {"train": {"n_seeds": 0}}))

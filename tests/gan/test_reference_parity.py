@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dismax.gan.config import ModelConfig, TrainConfig
 from dismax.gan.losses import critic_terms
 from dismax.gan.steps import (GanSetup, critic_loss, generate, generator_loss, init_state, step_keys,
                               train_step)
@@ -53,16 +54,22 @@ def assert_trees_close(got: dict, want, rtol=RTOL, floor=0.0, where=""):
     assert not errors, f"{where}: relative errors above {rtol}: {errors}"
 
 
+def make_pair(seed: int):
+    """A dismax setup and state, and the reference model holding the same weights (lr 5e-5, the paper's)."""
+    torch.manual_seed(0)
+    setup = GanSetup(counts=COUNTS, lattice=LATTICE, model=ModelConfig(gen_channels=8),
+                     train=TrainConfig(lr_gen=5e-5, lr_coord=5e-5, lr_dist=5e-5))
+    state = init_state(setup, jax.random.PRNGKey(seed), W_DIST)
+    reference = ReferenceGan(COUNTS, np.asarray(LATTICE), W_DIST, layout="conv", gen_channels=8, lr=5e-5)
+    reference.load_dismax(*jax.device_get((state.gen_params, state.gen_stats, state.critic_params)))
+    return setup, state, reference
+
+
 @pytest.fixture(scope="module")
 def pair():
     """A dismax state and the reference model holding the same weights, plus a real batch."""
-    torch.manual_seed(0)
-    setup = GanSetup(counts=COUNTS, lattice=LATTICE, gen_channels=8, lr_gen=5e-5, lr_coord=5e-5, lr_dist=5e-5)
-    state = init_state(setup, jax.random.PRNGKey(3), W_DIST)
-    reference = ReferenceGan(COUNTS, np.asarray(LATTICE), W_DIST, layout="conv", gen_channels=8, lr=5e-5)
-    reference.load_dismax(*jax.device_get((state.gen_params, state.gen_stats, state.critic_params)))
-    rng = np.random.default_rng(7)
-    real = rng.uniform(0, 1, (3, BATCH, setup.n_atoms, 3)).astype(np.float32)
+    setup, state, reference = make_pair(3)
+    real = np.random.default_rng(7).uniform(0, 1, (3, BATCH, setup.n_atoms, 3)).astype(np.float32)
     return setup, state, reference, real
 
 
@@ -81,7 +88,7 @@ def test_outputs_penalties_and_every_gradient_agree(pair):
     setup, state, reference, real = pair
     real = real[0]
     k_z, k_coord, k_dist, _ = step_keys(state)
-    z = jax.random.normal(k_z, (BATCH, setup.latent_dim))
+    z = jax.random.normal(k_z, (BATCH, setup.model.latent_dim))
     alphas = [jax.random.uniform(k, (BATCH, 1, 1)) for k in (k_coord, k_dist)]
     # a fixed generated batch: the generator in eval mode (running statistics, no update)
     fake = generate(setup, state, k_z, BATCH)
@@ -147,17 +154,13 @@ def test_outputs_penalties_and_every_gradient_agree(pair):
 
 def test_three_training_iterations_leave_equal_parameters():
     """Three iterations of (critic step, generator step) with Adam and BatchNorm in train mode."""
-    torch.manual_seed(0)
-    setup = GanSetup(counts=COUNTS, lattice=LATTICE, gen_channels=8, lr_gen=5e-5, lr_coord=5e-5, lr_dist=5e-5)
-    state = init_state(setup, jax.random.PRNGKey(5), W_DIST)
-    reference = ReferenceGan(COUNTS, np.asarray(LATTICE), W_DIST, layout="conv", gen_channels=8, lr=5e-5)
-    reference.load_dismax(*jax.device_get((state.gen_params, state.gen_stats, state.critic_params)))
+    setup, state, reference = make_pair(5)
     initial = jax.device_get(state)
     real = np.random.default_rng(11).uniform(0, 1, (3, BATCH, setup.n_atoms, 3)).astype(np.float32)
     step = jax.jit(lambda s, r, d: train_step(setup, s, r, d, 1.0, True))
     for batch in real:
         k_z, k_coord, k_dist, k_gen = step_keys(state)  # the same random numbers for the torch side
-        noise = {name: np.asarray(jax.random.normal(k, (BATCH, setup.latent_dim))) for name, k in
+        noise = {name: np.asarray(jax.random.normal(k, (BATCH, setup.model.latent_dim))) for name, k in
                  (("critic", k_z), ("gen", k_gen))}
         alphas = [np.asarray(jax.random.uniform(k, (BATCH, 1, 1)))[:, 0, 0] for k in (k_coord, k_dist)]
         real_dists = setup.distances(jnp.asarray(batch))
@@ -189,7 +192,7 @@ def test_three_training_iterations_leave_equal_parameters():
         assert relative_error(value, want[key]) < RTOL, key
     for key, value in flatten(final["critic"]).items():
         if key.endswith("bias") and not key.endswith("out/bias"):
-            np.testing.assert_allclose(value, want[key], rtol=0, atol=2 * setup.lr_coord, err_msg=key)
+            np.testing.assert_allclose(value, want[key], rtol=0, atol=2 * setup.train.lr_coord, err_msg=key)
     assert_trees_close(final["stats"], got.gen_stats, floor=1e-3, where="BN running mean")
     # the parameters moved by much more than the tolerance, so equality is not just the initial weights
     moved = relative_error(got.critic_params["coord"]["head"]["out"]["kernel"],

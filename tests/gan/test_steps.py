@@ -5,13 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dismax.gan.config import ModelConfig
 from dismax.gan.steps import GanSetup, ensemble_step_fn, init_ensemble, init_state, member_state, train_step
 
 LATTICE = ((6.0, 0.0, 0.0), (0.5, 6.0, 0.0), (0.0, 0.3, 6.5))
 
 
 def tiny_setup(**options):
-    return GanSetup(counts=(5, 3), lattice=LATTICE, gen_channels=8, **options)
+    return GanSetup(counts=(5, 3), lattice=LATTICE, model=ModelConfig(gen_channels=8, **options))
 
 
 def real_batches(setup, n_steps, batch=4):

@@ -14,7 +14,7 @@ import pytest
 from dismax.errors import DismaxInputError
 from dismax.relax.driver import relax
 from dismax.relax.output import RelaxOutput
-from dismax.relax.potentials import original_sw
+from dismax.potentials import original_sw
 from dismax.structures import Crystals
 
 from tests.relax.test_driver import perturbed_diamond

@@ -5,10 +5,10 @@ import pytest
 from ase.build import bulk
 
 from dismax.relax.driver import FireSettings, relax
-from dismax.relax.potentials import original_sw
+from dismax.potentials import original_sw
 from dismax.structures import Crystals
 
-from tests.relax.test_potentials import matscipy_calculator
+from tests.potentials.test_stillinger_weber import matscipy_calculator
 
 DIAMOND_SW = -4.33652  # eV/atom
 CHUNK = 4

@@ -28,15 +28,14 @@ def test_train_resume_and_sample_on_test_cifs(tmp_path):
     trainer.train(config, run)
     rows = run.read_metrics()
     assert [r["epoch"] for r in rows] == [0, 1] and all(np.isfinite(r["val_loss"]) for r in rows)
-    assert (run.plots / "loss.png").stat().st_size > 0
+    assert (run.plots / "losses.png").stat().st_size > 0
     assert len((run.path / "genes.jsonl").read_text().splitlines()) == n_files
     reconstruction = json.loads((run.path / "reconstruction.json").read_text())
     assert reconstruction["set"] == "test" and reconstruction["structures"] == 3
     assert 0.0 <= reconstruction["spacegroup_accuracy"] <= 1.0
 
-    # resume: one more epoch continues from the saved step instead of starting again
+    # a finished run extended by one epoch continues from the saved step instead of starting again
     longer = load_config("configs/wyckoff_vae_small.yaml", [*overrides, "train.epochs=3"])
-    (run.path / "config.yaml").unlink()  # the epoch count is the only change
     run = prepare_run(longer, tmp_path / "run")
     trainer.train(longer, run)
     rows = run.read_metrics()
@@ -51,6 +50,8 @@ def test_train_resume_and_sample_on_test_cifs(tmp_path):
     assert metrics["samples"] == 6
     assert metrics["generation_failures"] + metrics["sma_failures"] + metrics["wyckoff_genes"] == 6
     assert metrics["sampler"] == "gaussian"
-    assert len(list((tmp_path / "samples").glob("*.cif"))) == metrics["wyckoff_genes"]
+    assert len(list((tmp_path / "samples").glob("*.cif"))) == metrics["written"]
+    rejected = (tmp_path / "samples" / "rejected.csv").read_text().splitlines()
+    assert len(rejected) - 1 == 6 - metrics["written"]
     with pytest.raises(Exception, match="unknown sampling options"):
         trainer.sample(run, 2, tmp_path / "other", bad_option=1)

@@ -1,27 +1,20 @@
-"""Interatomic potentials for relaxation: a potential maps a batch of Crystals to energies.
+"""Stillinger–Weber silicon (PRB 31, 5262 (1985)) and the scaled three-body variant for amorphous Si.
 
-A potential object provides
-
-* ``potential(crystals) -> (B,)`` total energies in eV (host-level: builds exact neighbour tables),
-* :func:`energies_and_forces` for energies and Cartesian forces (eV/Å) via ``jax.grad``,
-* ``potential.energy_from_displacements(dR, mask)``: the pure-JAX energy of one structure from its
-  neighbour displacement vectors, which the relaxation driver and the MD code call with jax-md
-  neighbour lists.
-
-Only the Stillinger–Weber potential for silicon is provided (PRB 31, 5262 (1985)), with the scaled
-three-body strength used for amorphous Si (``three_body_strength=1.5``, Vink et al. 2001).
+``three_body_strength=1.5`` is the a-Si variant of the dataset spec (Vink et al. 2001). The potential
+follows the protocol of :mod:`dismax.potentials`: ``cutoff``, ``check_species``,
+``energy_from_displacements(dR, mask)`` and ``potential(crystals) -> (B,)`` energies in eV.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from dismax.errors import DismaxInputError
+from dismax.potentials.evaluate import energies_and_forces
 from dismax.structures import Crystals
 
 
@@ -105,68 +98,3 @@ def original_sw() -> StillingerWeber:
 def amorphous_sw() -> StillingerWeber:
     """Stillinger–Weber with the three-body term × 1.5 (λ_eff = 31.5), which gives tetrahedral a-Si."""
     return StillingerWeber(three_body_strength=1.5)
-
-
-POTENTIALS = {"sw": original_sw, "sw_a_si": amorphous_sw}
-
-
-def get_potential(name: str):
-    """Potential by its CLI name (``sw``, ``sw_a_si``)."""
-    if name not in POTENTIALS:
-        raise DismaxInputError(f"unknown potential {name!r}; choose one of {sorted(POTENTIALS)}")
-    return POTENTIALS[name]()
-
-
-# ---------------------------------------------------------------------- host-level evaluation
-def minimum_image_cutoff_check(lattice: np.ndarray, cutoff: float, what: str = "structure") -> None:
-    """Raise if a cell is narrower than 2 × cutoff in some direction (minimum image would be wrong)."""
-    lattice = np.asarray(lattice, float).reshape(-1, 3, 3)
-    volume = np.abs(np.linalg.det(lattice))
-    for b in range(lattice.shape[0]):
-        cross = np.cross(lattice[b][[1, 2, 0]], lattice[b][[2, 0, 1]])
-        widths = volume[b] / np.maximum(np.linalg.norm(cross, axis=-1), 1e-30)
-        if not np.all(widths > 2.0 * cutoff):
-            raise DismaxInputError(
-                f"{what} {b}: cell width {widths.min():.3f} Å is below twice the interaction range "
-                f"({2 * cutoff:.3f} Å); use a supercell"
-            )
-
-
-def neighbor_table(frac: np.ndarray, lattice: np.ndarray, cutoff: float) -> np.ndarray:
-    """Minimum-image neighbour indices (N, K) within ``cutoff`` Å, padded with N (numpy)."""
-    d = frac[None, :, :] - frac[:, None, :]
-    d -= np.round(d)
-    r = np.linalg.norm(d @ lattice, axis=-1)
-    within = (r < cutoff) & ~np.eye(len(frac), dtype=bool)
-    k = max(int(within.sum(axis=1).max()), 1)
-    order = np.argsort(~within, axis=1, kind="stable")[:, :k]
-    return np.where(np.take_along_axis(within, order, axis=1), order, len(frac))
-
-
-@partial(jax.jit, static_argnums=0)
-def _energy_and_forces_one(potential, cart, lattice, idx):
-    def energy(cart):
-        inv = jnp.linalg.inv(lattice)
-        frac = cart @ inv
-        d = jnp.take(frac, idx, axis=0, mode="clip") - frac[:, None, :]  # padding slots masked below
-        d = d - jnp.round(d)
-        return potential.energy_from_displacements(d @ lattice, idx < cart.shape[0])
-
-    e, g = jax.value_and_grad(energy)(cart)
-    return e, -g
-
-
-def energies_and_forces(potential, crystals: Crystals) -> tuple[jax.Array, jax.Array]:
-    """Energies (B,) in eV and Cartesian forces (B, N, 3) in eV/Å (forces = −∂E/∂r by ``jax.grad``)."""
-    c = crystals.to_numpy()
-    potential.check_species(c.species)
-    minimum_image_cutoff_check(c.lattice, potential.cutoff)
-    energies, forces = [], []
-    for b in range(c.batch_size):
-        idx = neighbor_table(c.frac[b], c.lattice[b], potential.cutoff)
-        cart = c.frac[b] @ c.lattice[b]
-        # float32 unless x64 is enabled (then float64, e.g. for finite-difference checks)
-        e, f = _energy_and_forces_one(potential, jnp.asarray(cart), jnp.asarray(c.lattice[b]), jnp.asarray(idx))
-        energies.append(e)
-        forces.append(f)
-    return jnp.stack(energies), jnp.stack(forces)

@@ -6,7 +6,7 @@ import pytest
 from ase.build import bulk
 
 from dismax.errors import DismaxInputError
-from dismax.relax.potentials import amorphous_sw, energies_and_forces, original_sw
+from dismax.potentials import amorphous_sw, energies_and_forces, original_sw
 from dismax.structures import Crystals
 
 

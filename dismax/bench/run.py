@@ -1,0 +1,574 @@
+"""One command from a dataset to a Dismai-Bench report: ``python -m dismax.bench run|status|score``.
+
+An output directory ``DIR`` holds::
+
+    DIR/bench.yaml                     the resolved bench config (a rerun must use the same one)
+    DIR/data/                          train.extxyz, val.extxyz: the dataset every model trains and is scored on
+    DIR/<model>/<seed>/train/          the training run directory (layout of ``python -m dismax.train``)
+    DIR/<model>/<seed>/sample/         gen.extxyz: n_generated structures
+    DIR/<model>/<seed>/postprocess/    gen_clean.extxyz, status.csv (move apart / lattice-site assignment)
+    DIR/<model>/<seed>/relax/          relaxed.extxyz, results.csv (nothing when relax.potential is none)
+    DIR/<model>/<seed>/score/          gen.extxyz + status.csv (exactly what ``bench metrics`` reads), then
+                                       metrics.json, metrics.csv, structures.csv, curves.npz, plots
+    DIR/report/ DIR/report.md DIR/report.html DIR/metrics.json     the report (see :mod:`dismax.bench.report`)
+    DIR/timings.json                   wall time of every finished stage
+
+Every stage directory receives ``done.json`` (its completion record) last, atomically, after its outputs;
+a rerun skips stages that have one and resumes the first unfinished stage (training resumes from its
+checkpoints, relaxation from its results file). A stage that raises writes ``failed.json``; the other
+models and seeds go on and the report lists the failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import re
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+import numpy as np
+import yaml
+
+from dismax.bench import report
+from dismax.bench.evaluation import benchmark_evaluation
+from dismax.bench.cli import check_scored_structures, default_cache, postprocess_file, write_postprocessed
+from dismax.bench.pipeline import (FAMILIES, ScoreOptions, check_family, read_status, records_csv, score,
+                                   write_report)
+from dismax.bench.postprocess import MAX_ITER, MIN_DIST
+from dismax.config import from_dict, load_config, merge, parse_overrides, read_yaml, to_dict
+from dismax.data.registry import available as available_datasets
+from dismax.data.registry import ensure_dataset
+from dismax.errors import DismaxConfigError, DismaxError, DismaxInputError
+from dismax.io import read_extxyz, read_structure_set, write_extxyz
+from dismax.relax import cli as relax_cli
+from dismax.relax.driver import DEFAULT_CHUNK_SIZE, DEFAULT_FMAX, DEFAULT_MAX_STEPS
+from dismax.models import model_module
+from dismax.potentials import POTENTIALS
+from dismax.runs import RunDir, atomic_write_bytes, atomic_write_text, exclusive_lock, log, progress
+from dismax.train import prepare_run
+
+STAGES = ("train", "sample", "postprocess", "relax", "score")
+DONE, FAILED = "done.json", "failed.json"
+FAILURE_FMAX_MARGIN = 0.001     # eV/Å: a relaxed structure fails if its final max force exceeds fmax + this
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+# ---------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class DatasetSection:
+    """A registered/buildable dataset (``name``, ``size``, ``seed``) or explicit extxyz files."""
+
+    name: str = ""
+    size: str = "small"
+    seed: int = 0
+    train_file: Optional[str] = None
+    val_file: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One generator: a training ``config`` (YAML, relative to the bench config) with dotted ``overrides``,
+    or an existing file of ``generated`` structures (then the train and sample stages only copy it)."""
+
+    name: str
+    config: Optional[str] = None
+    overrides: tuple[str, ...] = ()
+    generated: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class PostprocessSection:
+    min_dist: float = MIN_DIST
+    max_iter: int = MAX_ITER
+    reference_compatible: bool = False
+    alignment: str = ScoreOptions.alignment
+    variant: str = ScoreOptions.reference_variant
+
+
+@dataclass(frozen=True)
+class RelaxSection:
+    """``potential`` none (alloys; no JAX potential for the interface) or a name of ``dismax.potentials.POTENTIALS``."""
+
+    potential: str = "none"
+    fmax: float = DEFAULT_FMAX
+    max_steps: int = DEFAULT_MAX_STEPS
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    seed: int = ScoreOptions.seed
+    n_replicates: int = ScoreOptions.n_replicates
+    workers: Optional[int] = None
+    angle_cutoff: float = ScoreOptions.angle_cutoff
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    """Benchmark metrics inside training: every ``every`` epochs (0 = off) sample ``n_samples`` structures
+    per member and log the family's metrics to the run's metrics.csv (see :mod:`dismax.bench.evaluation`)."""
+
+    every: int = 0
+    n_samples: int = 4
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    n_pictures: int = 2       # generated and training structures drawn per model
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    family: Literal["alloy", "a_si", "interface"]
+    dataset: DatasetSection
+    models: tuple[ModelEntry, ...]
+    seeds: tuple[int, ...] = (0,)
+    n_generated: int = 1000
+    postprocess: PostprocessSection = PostprocessSection()
+    relax: RelaxSection = RelaxSection()
+    metrics: MetricsSection = MetricsSection()
+    eval: EvalSection = EvalSection()
+    report: ReportSection = ReportSection()
+
+
+def load_bench_config(path: str | Path, overrides: list[str] = ()) -> tuple[BenchConfig, Path]:
+    """The bench config from YAML plus dotted overrides, validated, and the directory its paths are relative to."""
+    path = Path(path)
+    config = from_dict(BenchConfig, merge(read_yaml(path), parse_overrides(overrides)))
+    return config, path.resolve().parent
+
+
+def _model_config_path(entry: ModelEntry, base: Path) -> Path:
+    path = Path(entry.config)
+    return path if path.is_absolute() else base / path
+
+
+def model_config(entry: ModelEntry, base: Path, seed: int, data_dir: Path):
+    """The model's training config with the bench's seed and data files applied (validated)."""
+    path = _model_config_path(entry, base)
+    plain = load_config(path, entry.overrides)
+    data_overrides = [f"data.train_file={data_dir / 'train.extxyz'}"]
+    if hasattr(plain, "data") and hasattr(plain.data, "val_file"):
+        data_overrides.append(f"data.val_file={data_dir / 'val.extxyz'}")
+    return load_config(path, [*entry.overrides, f"seed={seed}", *data_overrides])
+
+
+def validate(config: BenchConfig, base: Path, out: Path) -> None:
+    """Check everything that can be checked before a stage runs; raises ``DismaxError`` for people."""
+    if not config.models:
+        raise DismaxConfigError("config key 'models' lists no model")
+    names = [m.name for m in config.models]
+    for name in names:
+        if not _NAME.match(name):
+            raise DismaxConfigError(f"model name {name!r} must be letters, digits, '_', '-' or '.'")
+    if len(set(names)) != len(names):
+        raise DismaxConfigError(f"model names must be unique, got {names}")
+    if not config.seeds or len(set(config.seeds)) != len(config.seeds):
+        raise DismaxConfigError(f"config key 'seeds' must list distinct seeds, got {list(config.seeds)}")
+    if config.eval.every < 0 or config.eval.n_samples < 1:
+        raise DismaxConfigError(f"config keys 'eval.every' (>= 0) and 'eval.n_samples' (>= 1) are "
+                                f"{config.eval.every} and {config.eval.n_samples}")
+    if config.n_generated < 1:
+        raise DismaxConfigError(f"config key 'n_generated' must be at least 1, got {config.n_generated}")
+    if config.relax.potential != "none" and config.relax.potential not in POTENTIALS:
+        raise DismaxConfigError(f"config key 'relax.potential' is {config.relax.potential!r}; use none or one of "
+                                f"{', '.join(sorted(POTENTIALS))}")
+    dataset = config.dataset
+    if dataset.train_file:
+        for file in (dataset.train_file, dataset.val_file):
+            if file and not Path(file).is_file():
+                raise DismaxInputError(f"dataset file '{file}' does not exist")
+    elif dataset.name not in available_datasets():
+        raise DismaxInputError(f"dataset {dataset.name!r} is neither buildable nor registered; available: "
+                               f"{', '.join(available_datasets())}")
+    for entry in config.models:
+        if (entry.config is None) == (entry.generated is None):
+            raise DismaxConfigError(f"model '{entry.name}' needs exactly one of 'config' or 'generated'")
+        if entry.generated is not None:
+            check_family(config.family, read_structure_set(entry.generated), entry.generated)
+            continue
+        if not _model_config_path(entry, base).is_file():
+            raise DismaxConfigError(f"model '{entry.name}': config file '{_model_config_path(entry, base)}' "
+                                    "does not exist")
+        model_config(entry, base, config.seeds[0], out / "data")
+
+
+# ---------------------------------------------------------------------- stage bookkeeping
+def stage_record(directory: Path) -> dict | None:
+    """The completion record of a stage directory, or None if the stage has not finished."""
+    path = Path(directory) / DONE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run_stage(directory: Path, name: str, work: Callable[[Path], dict]) -> dict:
+    """Run ``work(directory)`` unless the stage has finished; write its completion record with wall time."""
+    record = stage_record(directory)
+    if record is not None:
+        return record
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / FAILED).unlink(missing_ok=True)
+    start = time.perf_counter()
+    summary = work(directory)
+    record = {"stage": name, "seconds": round(time.perf_counter() - start, 3), **summary}
+    atomic_write_text(directory / DONE, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+@dataclass
+class Bench:
+    """A bench run: its config, the directory its model configs are relative to, and the output directory."""
+
+    config: BenchConfig
+    base: Path
+    out: Path
+
+    @property
+    def data_dir(self) -> Path:
+        return self.out / "data"
+
+    def stage_dir(self, model: str, seed: int, stage: str) -> Path:
+        return self.out / model / str(seed) / stage
+
+    def units(self) -> list[tuple[ModelEntry, int]]:
+        return [(entry, seed) for entry in self.config.models for seed in self.config.seeds]
+
+
+def _write_timings(bench: Bench) -> None:
+    timings = {}
+    record = stage_record(bench.data_dir)
+    if record:
+        timings["data"] = record["seconds"]
+    for entry, seed in bench.units():
+        for stage in STAGES:
+            record = stage_record(bench.stage_dir(entry.name, seed, stage))
+            if record:
+                timings[f"{entry.name}/{seed}/{stage}"] = record["seconds"]
+    record = stage_record(bench.out / "report")
+    if record:
+        timings["report"] = record["seconds"]
+    timings["total"] = round(sum(timings.values()), 3)
+    atomic_write_text(bench.out / "timings.json", json.dumps(timings, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------- stages
+def _copy(source: Path, target: Path) -> None:
+    atomic_write_bytes(target, Path(source).read_bytes())
+
+
+def stage_data(bench: Bench, directory: Path) -> dict:
+    """Copy the dataset's training (and validation) structures into DIR/data, validated."""
+    dataset = bench.config.dataset
+    if dataset.train_file:
+        train, val = Path(dataset.train_file), Path(dataset.val_file or dataset.train_file)
+    else:
+        source = ensure_dataset(dataset.name, dataset.size, dataset.seed)
+        train, val = source / "train.extxyz", source / "val.extxyz"
+    structures = read_extxyz(train)
+    check_family(bench.config.family, structures, str(train))
+    read_extxyz(val)
+    _copy(train, directory / "train.extxyz")
+    _copy(val, directory / "val.extxyz")
+    return {"source": str(train), "n_train": len(structures)}
+
+
+class _LogHandlers:
+    """Removes the log handlers a training run attaches (its train.log) once the stage is over."""
+
+    def __enter__(self):
+        self.before = list(log.handlers)
+
+    def __exit__(self, *exc):
+        for handler in [h for h in log.handlers if h not in self.before]:
+            log.removeHandler(handler)
+            handler.close()
+
+
+def stage_train(bench: Bench, entry: ModelEntry, seed: int, directory: Path) -> dict:
+    """Train (or resume) the model in the stage directory through the model registry, as ``dismax.train``."""
+    if entry.generated is not None:
+        return {"model": "external file"}
+    config = model_config(entry, bench.base, seed, bench.data_dir)
+    model = model_module(config.model.name)
+    model.check(config)
+    evaluation = None
+    if bench.config.eval.every:
+        evaluation = benchmark_evaluation(bench.config.family, read_extxyz(bench.data_dir / "train.extxyz"),
+                                          bench.config.eval.every, bench.config.eval.n_samples, seed)
+    with _LogHandlers(), exclusive_lock(directory, "run directory"):
+        run = prepare_run(config, directory)
+        model.train(config, run, evaluation)
+    return {"model": config.model.name}
+
+
+def stage_sample(bench: Bench, entry: ModelEntry, seed: int, directory: Path) -> dict:
+    """n_generated structures into gen.extxyz, as ``dismax.sample`` writes them (or the external file)."""
+    target = directory / "gen.extxyz"
+    if entry.generated is not None:
+        structures = read_structure_set(entry.generated)
+        check_family(bench.config.family, structures, entry.generated)
+        write_extxyz(structures, target)
+        return {"n": len(structures)}
+    run = RunDir(bench.stage_dir(entry.name, seed, "train"))
+    config = load_config(run.config_path)
+    model_module(config.model.name).sample(run, bench.config.n_generated, target, seed)
+    structures = read_structure_set(target)
+    check_family(bench.config.family, structures, str(target))
+    return {"n": len(structures)}
+
+
+def stage_postprocess(bench: Bench, entry: ModelEntry, seed: int, directory: Path) -> dict:
+    """Move atoms apart (interface, a-Si) or assign alloy lattice sites; gen_clean.extxyz + status.csv."""
+    section = bench.config.postprocess
+    source = bench.stage_dir(entry.name, seed, "sample") / "gen.extxyz"
+    accepted, rows, n_structures = postprocess_file(bench.config.family, source, section.reference_compatible,
+                                                    section.alignment, section.variant, section.min_dist,
+                                                    section.max_iter)
+    write_postprocessed(directory, accepted, rows)
+    return {"n_accepted": 0 if accepted is None else len(accepted), "n_input": n_structures}
+
+
+def stage_relax(bench: Bench, entry: ModelEntry, seed: int, directory: Path) -> dict:
+    """Relax the accepted structures with the configured potential (fixed cell); nothing if potential none."""
+    section = bench.config.relax
+    source = bench.stage_dir(entry.name, seed, "postprocess") / "gen_clean.extxyz"
+    if section.potential == "none" or source.stat().st_size == 0:
+        return {"potential": section.potential, "relaxed": False}
+    relax_cli.run(argparse.Namespace(input=source, out=directory, potential=section.potential, fmax=section.fmax,
+                                     max_steps=section.max_steps, chunk_size=section.chunk_size, batching="auto"))
+    return {"potential": section.potential, "relaxed": True}
+
+
+def score_inputs(bench: Bench, entry: ModelEntry, seed: int):
+    """(structures to score or None, statuses ID -> status) from the postprocess and relax outputs.
+
+    A structure relaxed with a final max force above fmax + 0.001 eV/Å is ``failed_relax`` (the
+    published failure rule); IDs are positions in the sampled file.
+    """
+    post = bench.stage_dir(entry.name, seed, "postprocess")
+    statuses = read_status(post / "status.csv")
+    clean_ids = [i for i in sorted(statuses) if statuses[i] == "ok"]
+    clean_file = post / "gen_clean.extxyz"
+    if not clean_ids:
+        return None, statuses
+    relax_dir = bench.stage_dir(entry.name, seed, "relax")
+    if not (relax_dir / "results.csv").is_file():
+        return read_structure_set(clean_file), statuses
+    results = _relax_results(relax_dir / "results.csv")
+    relaxed, infos = (read_structure_set(relax_dir / "relaxed.extxyz", with_info=True)
+                      if (relax_dir / "relaxed.extxyz").is_file() else (None, []))
+    frame_of = {int(info["id"]): frame for frame, info in enumerate(infos)}
+    limit = bench.config.relax.fmax + FAILURE_FMAX_MARGIN
+    keep = []
+    for clean_index, structure_id in enumerate(clean_ids):
+        row = results[clean_index]
+        if row["status"] == "failed" or clean_index not in frame_of:
+            statuses[structure_id] = "failed_relax"
+        elif row["fmax"] > limit:
+            statuses[structure_id] = "failed_relax_max_steps"
+        else:
+            keep.append(frame_of[clean_index])
+    return (relaxed.select(keep) if keep else None), statuses
+
+
+def _relax_results(path: Path) -> dict[int, dict]:
+    rows = {}
+    for line in path.read_text().splitlines()[1:]:
+        i, status, steps, e_initial, e_final, fmax = line.split(",")
+        rows[int(i)] = {"status": status, "steps": int(steps), "e_initial": float(e_initial),
+                        "e_final": float(e_final), "fmax": float(fmax)}
+    return rows
+
+
+def score_options(bench: Bench) -> ScoreOptions:
+    metrics, post = bench.config.metrics, bench.config.postprocess
+    return ScoreOptions(reference_compatible=post.reference_compatible, alignment=post.alignment,
+                        reference_variant=post.variant, seed=metrics.seed, n_replicates=metrics.n_replicates,
+                        workers=metrics.workers, cache_dir=default_cache(), progress=progress,
+                        angle_cutoff=metrics.angle_cutoff)
+
+
+def stage_score(bench: Bench, entry: ModelEntry, seed: int, directory: Path) -> dict:
+    """Write the scored structures and statuses (the inputs of ``bench metrics``), then score them."""
+    structures, statuses = score_inputs(bench, entry, seed)
+    n_generated = bench.config.n_generated
+    if structures is not None:
+        write_extxyz(structures, directory / "gen.extxyz")
+    atomic_write_text(directory / "status.csv", records_csv([{"id": i, "status": s} for i, s in
+                                                            sorted(statuses.items())]))
+    train = read_extxyz(bench.data_dir / "train.extxyz")
+    if structures is not None:
+        check_scored_structures(bench.config.family, train, structures, str(directory / "gen.extxyz"))
+    result = score(bench.config.family, train, structures, score_options(bench), statuses, n_generated)
+    write_report(directory, bench.config.family, result.metrics, result.rows, result.curves, plots=False)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in result.curves.items()})
+    atomic_write_bytes(directory / "curves.npz", buffer.getvalue())
+    return {"n_scored": result.metrics["n_scored"], "n_generated": n_generated}
+
+
+STAGE_FUNCTIONS = {"train": stage_train, "sample": stage_sample, "postprocess": stage_postprocess,
+                   "relax": stage_relax, "score": stage_score}
+
+
+# ---------------------------------------------------------------------- driver
+def _prepare_out(bench: Bench) -> None:
+    """Create DIR and save the resolved config; refuse a rerun whose config differs."""
+    path = bench.out / "bench.yaml"
+    resolved = to_dict(bench.config)
+    resolved["base"] = str(bench.base)
+    if path.is_file():
+        previous = yaml.safe_load(path.read_text())
+        if previous != resolved:
+            changed = sorted(k for k in set(previous) | set(resolved) if previous.get(k) != resolved.get(k))
+            raise DismaxConfigError(f"'{bench.out}' holds a bench run with a different config (differs in "
+                                    f"{', '.join(changed)}); use another --out or the same config")
+    else:
+        bench.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))
+
+
+def execute(bench: Bench) -> list[str]:
+    """Run every unfinished stage; returns one line per failed model/seed (empty if all succeeded)."""
+    _prepare_out(bench)
+    units = bench.units()
+    total = 1 + len(units) * len(STAGES) + 1
+    started = time.perf_counter()
+    count = 0
+
+    def announce(label: str) -> None:
+        nonlocal count
+        count += 1
+        elapsed = time.perf_counter() - started
+        log.info("stage %d/%d: %s (%.0f s elapsed)", count, total, label, elapsed)
+
+    announce("data")
+    ran_any = stage_record(bench.data_dir) is None
+    run_stage(bench.data_dir, "data", lambda d: stage_data(bench, d))
+    _write_timings(bench)
+    failures = []
+    for entry, seed in units:
+        for index, stage in enumerate(STAGES):
+            directory = bench.stage_dir(entry.name, seed, stage)
+            announce(f"{entry.name} seed {seed} {stage}")
+            ran_any = ran_any or stage_record(directory) is None
+            try:
+                run_stage(directory, stage, lambda d: STAGE_FUNCTIONS[stage](bench, entry, seed, d))
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:  # a failing model/seed must not stop the others
+                message = " ".join(str(exc).split()) or type(exc).__name__
+                atomic_write_text(directory / FAILED, json.dumps(
+                    {"stage": stage, "error": message,
+                     "traceback": None if isinstance(exc, DismaxError) else traceback.format_exc()}, indent=2))
+                failures.append(f"{entry.name} seed {seed}: {stage} failed: {message}")
+                log.error("%s", failures[-1])
+                count += len(STAGES) - index - 1
+                break
+            finally:
+                _write_timings(bench)
+    announce("report")
+    if ran_any or failures:
+        (bench.out / "report" / DONE).unlink(missing_ok=True)
+    run_stage(bench.out / "report", "report", lambda d: report.write(bench))
+    _write_timings(bench)
+    return failures
+
+
+def stage_table(out: Path) -> str:
+    """The status table of a bench output directory: one row per model/seed, one column per stage."""
+    out = Path(out)
+    path = out / "bench.yaml"
+    if not path.is_file():
+        raise DismaxInputError(f"'{out}' is not a bench output directory (no bench.yaml)")
+    resolved = yaml.safe_load(path.read_text())
+    resolved.pop("base", None)
+    config = from_dict(BenchConfig, resolved)
+    bench = Bench(config, out, out)
+
+    def cell(directory: Path) -> str:
+        record = stage_record(directory)
+        if record is not None:
+            return f"done {record['seconds']:.0f}s"
+        if (directory / FAILED).is_file():
+            return "FAILED"
+        return "started" if directory.is_dir() else "-"
+
+    rows = [("data", "", cell(bench.data_dir), *[""] * (len(STAGES) - 1))]
+    for entry, seed in bench.units():
+        rows.append((entry.name, str(seed), *[cell(bench.stage_dir(entry.name, seed, s)) for s in STAGES]))
+    rows.append(("report", "", cell(out / "report"), *[""] * (len(STAGES) - 1)))
+    header = ("model", "seed", *STAGES)
+    widths = [max(len(str(r[k])) for r in [header, *rows]) for k in range(len(header))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    for entry, seed in bench.units():
+        for stage in STAGES:
+            failed = bench.stage_dir(entry.name, seed, stage) / FAILED
+            if failed.is_file():
+                lines.append(f"{entry.name} seed {seed} {stage}: {json.loads(failed.read_text())['error']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- CLI
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="bench config (see configs/bench/)")
+    parser.add_argument("--out", default=None, help="output directory (default: bench_runs/<config name>)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="bench config overrides, e.g. n_generated=8")
+
+
+def run_run(args: argparse.Namespace) -> int:
+    config, base = load_bench_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path("bench_runs") / Path(args.config).stem
+    return _finish(Bench(config, base, out))
+
+
+def _finish(bench: Bench) -> int:
+    validate(bench.config, bench.base, bench.out)
+    failures = execute(bench)
+    print(stage_table(bench.out))
+    print(f"report: {bench.out / 'report.md'} and {bench.out / 'report.html'}")
+    if failures:
+        print(f"{len(failures)} model/seed run(s) failed; see the table above")
+        return 1
+    return 0
+
+
+def add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", help="bench output directory")
+
+
+def run_status(args: argparse.Namespace) -> int:
+    print(stage_table(Path(args.dir)))
+    return 0
+
+
+def add_score_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--family", required=True, choices=FAMILIES)
+    parser.add_argument("--train", required=True, help="training structures (extxyz)")
+    parser.add_argument("--gen", required=True, help="generated structures (extxyz), from any model")
+    parser.add_argument("--relax", default="none", help=f"potential: none or one of {', '.join(sorted(POTENTIALS))}")
+    parser.add_argument("--n-generated", type=int, default=None,
+                        help="number of structures originally generated (default: the frames of --gen)")
+    parser.add_argument("--out", required=True, help="output directory (resumable)")
+    parser.add_argument("--replicates", type=int, default=ScoreOptions.n_replicates, help="bootstrap replicates")
+    parser.add_argument("--workers", type=int, default=None, help="CrystalNN processes (default: all cores)")
+    parser.add_argument("--angle-cutoff", type=float, default=ScoreOptions.angle_cutoff,
+                        help=f"Å, fast cutoff bond-angle variant ({ScoreOptions.angle_cutoff})")
+
+
+def run_score(args: argparse.Namespace) -> int:
+    """Post-process, relax, score and report structures generated by any model."""
+    n_frames = len(read_structure_set(args.gen))
+    n_generated = n_frames if args.n_generated is None else args.n_generated
+    if n_generated < n_frames:
+        raise DismaxInputError(f"--n-generated {n_generated} is smaller than the {n_frames} structures in {args.gen}")
+    config = BenchConfig(family=args.family, dataset=DatasetSection(train_file=str(Path(args.train).resolve())),
+                         models=(ModelEntry(name="generated", generated=str(Path(args.gen).resolve())),),
+                         n_generated=n_generated, relax=RelaxSection(potential=args.relax),
+                         metrics=MetricsSection(n_replicates=args.replicates, workers=args.workers,
+                                                angle_cutoff=args.angle_cutoff))
+    return _finish(Bench(config, Path(args.out).resolve(), Path(args.out)))

@@ -1,0 +1,24 @@
+"""Energy models for relaxation, MD and labelling.
+
+A potential provides ``cutoff`` (Å), ``name``, ``check_species(species)``, the pure-JAX
+``energy_from_displacements(dR (N, K, 3), mask (N, K)) -> eV`` of one structure, and
+``potential(crystals) -> (B,)`` energies. :mod:`dismax.potentials.evaluate` evaluates any potential on
+Crystals (energies, forces); :mod:`dismax.potentials.jaxmd` is the neighbour-list plumbing shared by the
+relaxation driver and the a-Si MD.
+"""
+
+from dismax.errors import DismaxInputError
+from dismax.potentials.evaluate import energies_and_forces
+from dismax.potentials.stillinger_weber import StillingerWeber, amorphous_sw, original_sw
+
+POTENTIALS = {"sw": original_sw, "sw_a_si": amorphous_sw}
+
+
+def get_potential(name: str):
+    """Potential by its CLI name (``sw``, ``sw_a_si``)."""
+    if name not in POTENTIALS:
+        raise DismaxInputError(f"unknown potential {name!r}; choose one of {sorted(POTENTIALS)}")
+    return POTENTIALS[name]()
+
+
+__all__ = ["POTENTIALS", "StillingerWeber", "amorphous_sw", "energies_and_forces", "get_potential", "original_sw"]
