@@ -317,7 +317,7 @@ def stage_relax(bench: Bench, entry: ModelEntry, seed: int, directory: Path) -> 
     if section.potential == "none" or source.stat().st_size == 0:
         return {"potential": section.potential, "relaxed": False}
     relax_cli.run(argparse.Namespace(input=source, out=directory, potential=section.potential, fmax=section.fmax,
-                                     max_steps=section.max_steps, chunk_size=section.chunk_size, batching="auto"))
+                                     max_steps=section.max_steps, chunk_size=section.chunk_size))
     return {"potential": section.potential, "relaxed": True}
 
 
