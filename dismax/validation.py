@@ -25,14 +25,13 @@ import numpy as np
 
 from dismax.errors import DismaxInputError
 from dismax.geometry import pairwise_minimum_image_distances
+from dismax.io import DEGENERATE_CELL_TOLERANCE
 from dismax.structures import Crystals, StructureSet, as_structure_set
 
 # Minimum interatomic distance in Å below which two atoms overlap. Nearest-neighbour distances are
 # ~2.5 Å in the Fe-Ni-Cr alloys, ~2.35 Å in a-Si and >= 1.9 Å (Li/Co-O, Sc-Cl) at the interface.
 MIN_DISTANCE = {"alloy": 1.0, "a_si": 1.0, "interface": 1.0}
 DEFAULT_MIN_DISTANCE = 0.5
-# A cell whose volume is below this fraction of |a||b||c| is degenerate (the io readers use the same rule).
-DEGENERATE_CELL_TOLERANCE = 1e-8
 _CHUNK = 32  # structures per pair-distance evaluation (B * N * N floats in memory)
 
 
@@ -86,9 +85,11 @@ def screen(structures: Crystals | StructureSet, min_distance: float | None = DEF
 
 
 def require_valid(structures: Crystals | StructureSet, source: str, min_distance: float | None = DEFAULT_MIN_DISTANCE,
-                  n_atoms: int | None = None, composition: dict[int, int] | None = None) -> None:
-    """Raise :class:`DismaxInputError` for the first structure of ``source`` that fails :func:`screen`."""
-    for index, verdict in enumerate(screen(structures, min_distance, n_atoms, composition)):
+                  n_atoms: int | None = None, composition: dict[int, int] | None = None,
+                  first_index: int = 0) -> None:
+    """Raise :class:`DismaxInputError` for the first structure of ``source`` that fails :func:`screen`
+    (``first_index``: the index in ``source`` of ``structures[0]``, for files checked chunk by chunk)."""
+    for index, verdict in enumerate(screen(structures, min_distance, n_atoms, composition), start=first_index):
         if not verdict.ok:
             raise DismaxInputError(f"{source}, structure {index}: {verdict.reason}")
 

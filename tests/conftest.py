@@ -1,4 +1,9 @@
-"""Test-wide settings: CPU only, quiet progress bars, and a private dataset cache per session."""
+"""Test-wide settings: CPU only, quiet progress bars, and a private dataset cache per session.
+
+Tests never read or write the user's cache: ``DISMAX_CACHE`` is always replaced by a temporary folder
+(removed with pytest's temporary files), or by ``DISMAX_TEST_CACHE`` when a developer sets it explicitly
+to reuse datasets built by earlier test sessions.
+"""
 
 import os
 
@@ -10,7 +15,11 @@ import pytest  # noqa: E402
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
-    """Datasets built by tests go to a temporary cache unless DISMAX_CACHE is set explicitly."""
-    if "DISMAX_CACHE" not in os.environ:
-        os.environ["DISMAX_CACHE"] = str(tmp_path_factory.mktemp("dismax-cache"))
+    """Point dismax's cache (datasets, bench fingerprints) at a folder that belongs to the tests."""
+    previous = os.environ.get("DISMAX_CACHE")
+    os.environ["DISMAX_CACHE"] = os.environ.get("DISMAX_TEST_CACHE") or str(tmp_path_factory.mktemp("dismax-cache"))
     yield
+    if previous is None:
+        del os.environ["DISMAX_CACHE"]
+    else:
+        os.environ["DISMAX_CACHE"] = previous

@@ -175,6 +175,28 @@ def _loss_plot(bench: "Bench", model: str, path: Path) -> bool:
     return True
 
 
+def _benchmark_plot(bench: "Bench", model: str, path: Path) -> bool:
+    """The in-training benchmark metrics (``bench_*`` columns of metrics.csv) against the epoch."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 3.6))
+    drawn = False
+    for seed in bench.config.seeds:
+        rows = RunDir(bench.stage_dir(model, seed, "train")).read_metrics()
+        for key in [k for k in (rows[0] if rows else {}) if k.startswith("bench_")]:
+            points = [(r["epoch"], r[key]) for r in rows
+                      if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+            if points:
+                axis.plot(*zip(*points), marker="o", ms=3, lw=1, label=f"{key[6:]} (seed {seed})")
+                drawn = True
+    if not drawn:
+        plt.close(figure)
+        return False
+    axis.set(xlabel="epoch", ylabel="distance to training set", title=f"{model}: benchmark metrics during training")
+    axis.legend(fontsize="small")
+    save_figure(figure, path)
+    return True
+
+
 def _pooled(results: dict[int, dict], key: str) -> np.ndarray | None:
     parts = [r["curves"][key] for r in results.values() if key in r["curves"]]
     return np.concatenate([np.atleast_2d(p) if p.ndim > 1 else p[None] for p in parts]) if parts else None
@@ -306,6 +328,9 @@ def write(bench: "Bench") -> dict:
         plots = []
         if _loss_plot(bench, entry.name, figures / f"{entry.name}_losses.png"):
             plots.append(("Training curves", f"{entry.name}_losses.png"))
+        if _benchmark_plot(bench, entry.name, figures / f"{entry.name}_bench_metrics.png"):
+            plots.append(("Benchmark metrics of samples drawn during training (eval.every)",
+                          f"{entry.name}_bench_metrics.png"))
         plots += _curve_plots(family, entry.name, results, figures)
         if _pictures(bench, entry.name, figures / f"{entry.name}_structures.png"):
             plots.append(("Generated (top) and training (bottom) structures", f"{entry.name}_structures.png"))

@@ -35,6 +35,7 @@ import numpy as np
 import yaml
 
 from dismax.bench import report
+from dismax.bench.evaluation import benchmark_evaluation
 from dismax.bench.cli import check_scored_structures, default_cache, postprocess_file, write_postprocessed
 from dismax.bench.pipeline import (FAMILIES, ScoreOptions, check_family, read_status, records_csv, score,
                                    write_report)
@@ -45,9 +46,11 @@ from dismax.data.registry import ensure_dataset
 from dismax.errors import DismaxConfigError, DismaxError, DismaxInputError
 from dismax.io import read_extxyz, read_structure_set, write_extxyz
 from dismax.relax import cli as relax_cli
+from dismax.potentials.fire import DEFAULT_CHUNK_SIZE, DEFAULT_FMAX, DEFAULT_MAX_STEPS
+from dismax.models import model_module
 from dismax.potentials import POTENTIALS
-from dismax.runs import RunDir, atomic_write_bytes, atomic_write_text, log, progress
-from dismax.train import model_module, prepare_run
+from dismax.runs import RunDir, atomic_write_bytes, atomic_write_text, exclusive_lock, log, progress
+from dismax.train import prepare_run
 
 STAGES = ("train", "sample", "postprocess", "relax", "score")
 DONE, FAILED = "done.json", "failed.json"
@@ -92,9 +95,9 @@ class RelaxSection:
     """``potential`` none (alloys; no JAX potential for the interface) or a name of ``dismax.potentials.POTENTIALS``."""
 
     potential: str = "none"
-    fmax: float = 0.05
-    max_steps: int = 1000
-    chunk_size: int = 32
+    fmax: float = DEFAULT_FMAX
+    max_steps: int = DEFAULT_MAX_STEPS
+    chunk_size: int = DEFAULT_CHUNK_SIZE
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,15 @@ class MetricsSection:
     n_replicates: int = ScoreOptions.n_replicates
     workers: Optional[int] = None
     angle_cutoff: float = ScoreOptions.angle_cutoff
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    """Benchmark metrics inside training: every ``every`` epochs (0 = off) sample ``n_samples`` structures
+    per member and log the family's metrics to the run's metrics.csv (see :mod:`dismax.bench.evaluation`)."""
+
+    every: int = 0
+    n_samples: int = 4
 
 
 @dataclass(frozen=True)
@@ -120,6 +132,7 @@ class BenchConfig:
     postprocess: PostprocessSection = PostprocessSection()
     relax: RelaxSection = RelaxSection()
     metrics: MetricsSection = MetricsSection()
+    eval: EvalSection = EvalSection()
     report: ReportSection = ReportSection()
 
 
@@ -157,6 +170,9 @@ def validate(config: BenchConfig, base: Path, out: Path) -> None:
         raise DismaxConfigError(f"model names must be unique, got {names}")
     if not config.seeds or len(set(config.seeds)) != len(config.seeds):
         raise DismaxConfigError(f"config key 'seeds' must list distinct seeds, got {list(config.seeds)}")
+    if config.eval.every < 0 or config.eval.n_samples < 1:
+        raise DismaxConfigError(f"config keys 'eval.every' (>= 0) and 'eval.n_samples' (>= 1) are "
+                                f"{config.eval.every} and {config.eval.n_samples}")
     if config.n_generated < 1:
         raise DismaxConfigError(f"config key 'n_generated' must be at least 1, got {config.n_generated}")
     if config.relax.potential != "none" and config.relax.potential not in POTENTIALS:
@@ -277,9 +293,15 @@ def stage_train(bench: Bench, entry: ModelEntry, seed: int, directory: Path) -> 
     if entry.generated is not None:
         return {"model": "external file"}
     config = model_config(entry, bench.base, seed, bench.data_dir)
-    with _LogHandlers():
+    model = model_module(config.model.name)
+    model.check(config)
+    evaluation = None
+    if bench.config.eval.every:
+        evaluation = benchmark_evaluation(bench.config.family, read_extxyz(bench.data_dir / "train.extxyz"),
+                                          bench.config.eval.every, bench.config.eval.n_samples, seed)
+    with _LogHandlers(), exclusive_lock(directory, "run directory"):
         run = prepare_run(config, directory)
-        model_module(config.model.name).train(config, run)
+        model.train(config, run, evaluation)
     return {"model": config.model.name}
 
 

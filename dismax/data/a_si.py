@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dismax.geometry import minimum_image, pair_distance_histogram, wrap_centered
 from dismax.potentials import StillingerWeber
 from dismax.potentials.fire import relax
 from dismax.potentials.jaxmd import default_batching, neighbor_energy, over_batch
@@ -90,8 +91,7 @@ def random_start(protocol: MeltQuench, rng: np.random.Generator) -> np.ndarray:
     placed = 0
     for _ in range(1000 * protocol.n_atoms):
         trial = rng.random(3)
-        d = frac[:placed] - trial
-        d -= np.round(d)
+        d = wrap_centered(frac[:placed] - trial)
         if placed == 0 or np.min(np.sum(d**2, axis=1)) * length**2 >= protocol.min_separation**2:
             frac[placed] = trial
             placed += 1
@@ -182,13 +182,15 @@ def structure_statistics(crystals: Crystals, bond_cutoff: float = BOND_CUTOFF, r
     density_sum = 0.0
     for b in range(c.batch_size):
         lattice = np.asarray(c.lattice[b], float)
-        d = np.asarray(c.frac[b], float)[None] - np.asarray(c.frac[b], float)[:, None]
-        d -= np.round(d)
-        vectors = d @ lattice
+        frac = np.asarray(c.frac[b], float)
+        vectors = minimum_image(frac[None] - frac[:, None], lattice, n_images=0)
         r = np.linalg.norm(vectors, axis=-1)
         n = len(r)
         np.fill_diagonal(r, np.inf)
-        histogram += np.histogram(r[np.isfinite(r)], edges)[0]
+        with jax.enable_x64(True):
+            histogram += np.asarray(pair_distance_histogram(
+                jnp.asarray(frac), jnp.asarray(lattice), jnp.zeros((1, 3)), r_max=float(edges[-1]),
+                n_bins=len(edges) - 1))
         density_sum += n * n / abs(np.linalg.det(lattice))
         bonded = r < bond_cutoff
         cn = bonded.sum(axis=1)

@@ -38,6 +38,7 @@ RUNNING, CONVERGED, MAX_STEPS, FAILED, OVERFLOW = 0, 1, 2, 3, 4
 STATUS_NAMES = {CONVERGED: "converged", MAX_STEPS: "max_steps", FAILED: "failed"}
 DEFAULT_FMAX = 0.05  # eV/Å: stop when every atomic force is below this (the dataset spec's criterion)
 DEFAULT_MAX_STEPS = 1000
+DEFAULT_CHUNK_SIZE = 32  # structures per compiled chunk in bench configs (relax() alone picks default_chunk_size)
 
 
 @dataclass(frozen=True)

@@ -50,9 +50,13 @@ def _relax(args: argparse.Namespace, potential) -> int:
     from dismax.potentials.fire import relax_chunks
     from dismax.relax.output import RelaxOutput
     from dismax.runs import progress
+    from dismax.validation import require_valid
 
     read_chunk = args.chunk_size or READ_CHUNK
-    total = sum(len(c) for c in iter_extxyz_chunks(args.input, read_chunk, fixed_composition=False))
+    total = 0
+    for chunk in iter_extxyz_chunks(args.input, read_chunk, fixed_composition=False):
+        require_valid(chunk, str(args.input), first_index=total)  # overlapping atoms: an error before any work
+        total += len(chunk)
     output = RelaxOutput(args.out, {
         "input": str(args.input.resolve()), "n_structures": total, "potential": args.potential,
         "fmax": args.fmax, "max_steps": args.max_steps,

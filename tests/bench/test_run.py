@@ -175,7 +175,7 @@ def test_sigkill_in_every_stage_then_rerun_gives_identical_results(tmp_path, all
     config = _bench_config(tmp_path, train, "kill", seeds=[0], n_generated=2,
                            models=[{"name": "tiny", "config": "tiny.yaml"},
                                    {"name": "given", "generated": str(tmp_path / "given.extxyz")}],
-                           report={"n_pictures": 1})
+                           report={"n_pictures": 1}, eval={"every": 1, "n_samples": 2})
     env = dict(os.environ, DISMAX_NO_PROGRESS="1")
     command = [sys.executable, "-m", "dismax.bench", "run", "--config", str(config), "--out"]
     subprocess.run(command + [str(tmp_path / "reference")], env=env, check=True, capture_output=True)
@@ -197,6 +197,8 @@ def test_sigkill_in_every_stage_then_rerun_gives_identical_results(tmp_path, all
     for name in ("metrics.json", "report.md"):
         assert (out / name).read_bytes() == (tmp_path / "reference" / name).read_bytes()
     assert json.loads((out / "metrics.json").read_text())["models"]["given"]["metrics"]["d_cluster"]["mean"] > 0
+    header = (out / "tiny" / "0" / "train" / "metrics.csv").read_text().splitlines()[0]
+    assert "bench_d_cluster" in header.split(",")
     timings = json.loads((out / "timings.json").read_text())
     assert {"data", "tiny/0/train", "given/0/score", "report", "total"} <= set(timings)
 
@@ -212,3 +214,20 @@ def test_shipped_bench_configs_load_with_their_model_configs(name, tmp_path):
     for entry in config.models:
         assert model_config(entry, base, config.seeds[-1], tmp_path).seed == config.seeds[-1]
     assert (config.n_generated, len(config.seeds)) == ((1000, 3) if "small" not in name else (config.n_generated, 1))
+
+
+def test_in_training_benchmark_evaluation_scores_each_member(alloy_files):
+    from types import SimpleNamespace
+
+    from dismax.bench.evaluation import benchmark_evaluation
+    from dismax.io import read_extxyz
+
+    train_file, uniform_file = alloy_files
+    train, uniform = read_extxyz(train_file), read_extxyz(uniform_file)
+    samples = {0: train, 1: uniform}                     # member 0 reproduces the data, member 1 is noise
+    task = SimpleNamespace(members=[{"member": 0}, {"member": 1}],
+                           sample=lambda state, member, n, key: samples[member][:n])
+    evaluation = benchmark_evaluation("alloy", train, every=2, n_samples=3)
+    assert evaluation.columns == ("bench_d_cluster",) and evaluation.every == 2
+    values = evaluation.evaluate(task, None, 3)["bench_d_cluster"]
+    assert values[0] == pytest.approx(0.0, abs=1e-12) and np.isnan(values[1])
