@@ -29,7 +29,7 @@ import optax
 from dismax.config import load_config
 from dismax.data.loader import BatchLoader
 from dismax.errors import DismaxConfigError, DismaxInputError
-from dismax.runs import atomic_write_text, log, progress
+from dismax.runs import atomic_write_text, exclusive_lock, log, progress
 from dismax.training import LoopConfig, Panel, TrainingTask, check_loop_config, load_run_state, train_loop
 from dismax.vae.conditional import optimise_latents
 from dismax.vae.generate import (GenerationReport, decode_outputs, evaluate_genes, reconstruction_metrics,
@@ -261,10 +261,11 @@ def make_task(config: Config, run, data: PreparedData) -> TrainingTask:
 def train(config: Config, run, evaluation=None) -> None:
     """Train (or resume) a Wyckoff VAE in run directory `run` (dismax.runs.RunDir)."""
     check(config)
-    run.create()
-    data = prepare_data(config, run)
-    train_loop(make_task(config, run, data), config.train, run, evaluation)
-    write_reconstruction(config, run, data)
+    with exclusive_lock(run.path, "run directory"):
+        run.create()
+        data = prepare_data(config, run)
+        train_loop(make_task(config, run, data), config.train, run, evaluation)
+        write_reconstruction(config, run, data)
 
 
 def load_state(config: Config, run, checkpoint: str = "best"):
