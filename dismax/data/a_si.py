@@ -2,7 +2,7 @@
 
 Protocol per 256-atom cubic cell at the a-Si density (2.28 g/cm³): random start with a minimum
 separation, short FIRE pre-relaxation, Nosé–Hoover NVT melt at 3000 K, linear quench to 300 K, final FIRE
-relaxation to 0.05 eV/Å with :mod:`dismax.relax`. The potential is Stillinger–Weber with the three-body
+relaxation to 0.05 eV/Å with :mod:`dismax.potentials.fire`. The potential is Stillinger–Weber with the three-body
 term × 1.5, which gives tetrahedral a-Si (the original SW gives over-coordinated a-Si). Cells are
 propagated together (``lax.map`` on CPU, ``vmap`` on accelerators).
 
@@ -24,6 +24,7 @@ import numpy as np
 
 from dismax.geometry import minimum_image, pair_distance_histogram, wrap_centered
 from dismax.potentials import StillingerWeber
+from dismax.potentials.fire import relax
 from dismax.potentials.jaxmd import default_batching, neighbor_energy, over_batch
 from dismax.structures import Crystals
 
@@ -226,20 +227,16 @@ def structure_statistics(crystals: Crystals, bond_cutoff: float = BOND_CUTOFF, r
 # ---------------------------------------------------------------------- dataset builder
 def generate(protocol: MeltQuench, seed: int, batching: str | None = None, progress: bool = True):
     """Melt-quench ``protocol.n_structures`` cells and relax them; returns (Crystals, RelaxResult)."""
-    from dismax.relax.driver import relax
-
     rng = np.random.default_rng(seed)
     n = protocol.n_structures
     lattice = np.tile(np.eye(3) * protocol.box_length, (n, 1, 1))
     species = np.full((n, protocol.n_atoms), SI_Z, np.int32)
     frac = np.stack([random_start(protocol, rng) for _ in range(n)])
     potential = StillingerWeber(three_body_strength=protocol.three_body_strength)
-    chunk = min(n, 32)
-    start = relax(Crystals(frac, lattice, species), potential, fmax=0.5, max_steps=protocol.pre_relax_steps,
-                  chunk_size=chunk, batching=batching)
+    start = relax(Crystals(frac, lattice, species), potential, fmax=0.5, max_steps=protocol.pre_relax_steps)
     quenched = melt_quench(protocol, np.asarray(start.crystals.frac), seed, batching, progress)
     result = relax(Crystals(np.mod(quenched, 1.0), lattice, species), potential, fmax=protocol.final_fmax,
-                   max_steps=protocol.final_max_steps, chunk_size=chunk, batching=batching, progress=progress)
+                   max_steps=protocol.final_max_steps, progress=progress)
     return result.crystals, result
 
 
