@@ -16,113 +16,11 @@ and for uniformly random positions (the no-learning baseline, aligned the same w
 from __future__ import annotations
 
 import argparse
-import itertools
 
 import numpy as np
 
+from dismax.diffusion.quality import neighbour_statistics, site_statistics
 from dismax.io import read_extxyz
-
-# The 12 nearest-neighbour vectors of the FCC lattice in site-grid units (half a conventional cell).
-FCC_NEIGHBOURS = np.array([v for v in itertools.product((-1, 0, 1), repeat=3) if sum(map(abs, v)) == 2], float)
-_CANDIDATES = np.concatenate([np.zeros((1, 3)), FCC_NEIGHBOURS])
-
-
-def nearest_fcc_grid_points(u: np.ndarray) -> np.ndarray:
-    """Nearest point of the FCC lattice {integer vectors with even sum} to every row of ``u`` (..., 3).
-
-    Rounds every coordinate; when the sum is odd, re-rounds the coordinate with the largest rounding error
-    the other way (the exact nearest point in the Euclidean metric of ``u``).
-    """
-    rounded = np.round(u)
-    odd = (rounded.sum(axis=-1) % 2) != 0
-    error = u - rounded
-    worst = np.argmax(np.abs(error), axis=-1)
-    flip = np.where(np.take_along_axis(error, worst[..., None], -1)[..., 0] >= 0, 1.0, -1.0)
-    fixed = rounded.copy()
-    np.put_along_axis(fixed, worst[..., None], (np.take_along_axis(rounded, worst[..., None], -1)[..., 0]
-                                                + flip)[..., None], -1)
-    return np.where(odd[..., None], fixed, rounded)
-
-
-def site_displacements(frac: np.ndarray, lattice: np.ndarray, repeats: int, shift: np.ndarray | None = None):
-    """Cartesian vectors (..., N, 3) in Å from every atom to its nearest FCC site, and the site's grid index.
-
-    frac (..., N, 3); lattice (3, 3) rows are lattice vectors; sites at (shift + grid point / (2·repeats))
-    with FCC grid points (integer vectors of even sum); ``shift`` (..., 3) fractional, zero by default.
-    The nearest site in Cartesian space is searched among the nearest grid point in fractional space and
-    its 12 neighbours (exact for cubic cells, and for moderately distorted ones).
-    """
-    scale = 2 * repeats
-    u = frac * scale if shift is None else (frac - shift[..., None, :]) * scale
-    base = nearest_fcc_grid_points(u)
-    points = base[..., None, :] + _CANDIDATES  # (..., N, 13, 3)
-    vectors = ((points - u[..., None, :]) / scale) @ lattice
-    best = np.argmin(np.sum(vectors ** 2, axis=-1), axis=-1)
-    vectors = np.take_along_axis(vectors, best[..., None, None], -2)[..., 0, :]
-    grid = np.take_along_axis(points, best[..., None, None], -2)[..., 0, :].astype(np.int64) % scale
-    return vectors, grid
-
-
-def best_translation(frac: np.ndarray, lattice: np.ndarray, repeats: int, n_anchors: int = 64,
-                     refine: int = 10, cutoff: float = 0.8) -> np.ndarray:
-    """Fractional shift (3,) of the FCC site lattice minimising the atoms' mean distance to their sites.
-
-    Candidates: the zero shift and the shifts that put a site exactly on one of ``n_anchors`` evenly spread
-    atoms; the best candidate is refined by moving the lattice onto the mean displacement of the atoms
-    within ``cutoff`` Å of a site (never accepting a worse shift).
-    """
-    inverse = np.linalg.inv(lattice)
-    anchors = np.unique(np.linspace(0, len(frac) - 1, min(n_anchors, len(frac))).astype(int))
-    to_site, _ = site_displacements(frac[anchors], lattice, repeats)
-    shifts = np.concatenate([np.zeros((1, 3)), -(to_site @ inverse)])  # lattice moved onto each anchor
-    vectors, _ = site_displacements(np.broadcast_to(frac, (len(shifts),) + frac.shape), lattice, repeats, shifts)
-    costs = np.linalg.norm(vectors, axis=-1).mean(axis=-1)
-    best = int(np.argmin(costs))
-    shift, cost = shifts[best], costs[best]
-    for _ in range(refine):
-        vectors, _ = site_displacements(frac, lattice, repeats, shift)
-        near = np.linalg.norm(vectors, axis=-1) < cutoff
-        if not near.any():
-            break
-        trial = shift - vectors[near].mean(axis=0) @ inverse
-        trial_vectors, _ = site_displacements(frac, lattice, repeats, trial)
-        trial_cost = np.linalg.norm(trial_vectors, axis=-1).mean()
-        if trial_cost >= cost - 1e-9:
-            break
-        shift, cost = trial, trial_cost
-    return shift
-
-
-def site_statistics(frac: np.ndarray, lattice: np.ndarray, repeats: int = 4, align: bool = True):
-    """Per-atom nearest-site distances (B, N) in Å and per-structure fraction of distinct sites (B,).
-
-    ``align``: move the site lattice by the best global translation of every structure first.
-    """
-    frac = np.asarray(frac, float)
-    lattice = np.asarray(lattice, float).reshape(-1, 3, 3)
-    distances, distinct = np.empty(frac.shape[:2]), np.empty(len(frac))
-    for b in range(len(frac)):
-        cell = lattice[b if len(lattice) > 1 else 0]
-        shift = best_translation(frac[b], cell, repeats) if align else np.zeros(3)
-        vectors, grid = site_displacements(frac[b], cell, repeats, shift)
-        distances[b] = np.linalg.norm(vectors, axis=-1)
-        distinct[b] = len(np.unique(grid, axis=0)) / frac.shape[1]
-    return distances, distinct
-
-
-def neighbour_statistics(frac: np.ndarray, lattice: np.ndarray, cutoff: float = 1.5, k: int = 6):
-    """Mean number of atom pairs closer than ``cutoff`` Å per structure and the mean k-NN distance (Å)."""
-    close, knn = [], []
-    cell = np.asarray(lattice, float).reshape(-1, 3, 3)[0]
-    for one in np.asarray(frac, float):
-        delta = one[None] - one[:, None]
-        delta -= np.round(delta)
-        distances = np.linalg.norm(delta @ cell, axis=-1)
-        np.fill_diagonal(distances, np.inf)
-        close.append(np.sum(distances < cutoff) / 2)
-        knn.append(np.sort(distances, axis=1)[:, :k].mean())
-    return float(np.mean(close)), float(np.mean(knn))
-
 
 def summary(distances: np.ndarray, distinct: np.ndarray) -> str:
     return (f"mean {distances.mean():.3f} Å, median {np.median(distances):.3f} Å, "

@@ -1,9 +1,10 @@
 """Time one CryinGAN critic step and one generator step: dismax (JAX) vs PyTorch, same run.
 
 Sizes of the paper: B = 32; the interface composition Li72 Sc12 Co36 Cl72 O72 (N = 264, λ = 0.05) and
-the Fe–Ni–Cr alloy (N = 256, λ = 0.1). The PyTorch side is the same architecture written here, twice: with
-the reference's convolution layout and with dense per-atom layers (both with a brute-force kNN over the
-27-image cloud, autograd gradient penalties, Adam); it runs only when torch is installed (``pip install -e .[bench]``). Prints medians in milliseconds, the
+the Fe–Ni–Cr alloy (N = 256, λ = 0.1). The PyTorch side is dismax.gan.reference_torch (the implementation
+the parity test checks against dismax), with the reference's convolution layout and with dense per-atom
+layers (brute-force kNN over the 27-image cloud, autograd gradient penalties, Adam); it runs only when
+torch is installed (``pip install -e .[dev]``). Prints medians in milliseconds, the
 torch/dismax ratio, and achieved GFLOP/s (XLA's flop count of the dismax step) next to a float32 matmul
 measured in the same run.
 
@@ -84,103 +85,23 @@ def time_matmul(size: int, repeats: int) -> float:
 
 # ------------------------------------------------------------------------------------------ PyTorch
 def time_torch(problem, repeats, threads, conv):
-    import torch
-    from torch import nn
+    """Critic and generator step times of dismax.gan.reference_torch (conv or dense layout)."""
+    import torch  # optional dependency: the comparison runs only where torch is installed
+
+    from dismax.gan.reference_torch import ReferenceGan
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    counts, n = problem["counts"], sum(problem["counts"])
-    lattice = torch.tensor(problem["lattice"], dtype=torch.float32)
-    w_dist = problem["w_dist"]
-
-    class Generator(nn.Module):
-        """Dense layout (B, N, 3, C); with ``conv`` the reference's NCHW ConvTranspose2d/BatchNorm2d layout."""
-
-        def __init__(self):
-            super().__init__()
-            self.l1 = nn.Linear(64, 128 * n)
-            if conv:
-                self.maps = nn.ModuleList([nn.ConvTranspose2d(128, 256, (1, 3)), nn.ConvTranspose2d(256, 512, 1),
-                                           nn.ConvTranspose2d(512, 256, 1)])
-                self.norms = nn.ModuleList([nn.BatchNorm2d(c, eps=0.8) for c in (256, 512, 256)])
-                self.out = nn.ConvTranspose2d(256, 1, 1)
-            else:
-                self.maps = nn.ModuleList([nn.Linear(128, 256 * 3), nn.Linear(256, 512), nn.Linear(512, 256)])
-                self.norms = nn.ModuleList([nn.BatchNorm1d(c, eps=0.8) for c in (256, 512, 256)])
-                self.out = nn.Linear(256, 1)
-
-        def forward(self, z):
-            h = torch.relu(self.l1(z)).view(z.shape[0], 128, n)
-            if conv:
-                h = h[..., None]
-                for layer, norm in zip(self.maps, self.norms):
-                    h = torch.relu(norm(layer(h)))
-                return torch.sigmoid(self.out(h))[:, 0]
-            h = self.maps[0](h.transpose(1, 2)).view(z.shape[0], n, 3, 256)
-            for i, norm in enumerate(self.norms):
-                if i:
-                    h = self.maps[i](h)
-                shape = h.shape  # BN per channel over (B, N, 3)
-                h = torch.relu(norm(h.reshape(-1, shape[-1])).reshape(shape))
-            return torch.sigmoid(self.out(h)[..., 0])
-
-    class Critic(nn.Module):
-        def __init__(self, width):
-            super().__init__()
-            if conv:
-                self.atoms = nn.Sequential(nn.Conv2d(1, 512, (1, width)), nn.LeakyReLU(0.2), nn.Conv2d(512, 512, 1),
-                                           nn.LeakyReLU(0.2), nn.Conv2d(512, 256, 1), nn.LeakyReLU(0.2))
-            else:
-                self.atoms = nn.Sequential(nn.Linear(width, 512), nn.LeakyReLU(0.2), nn.Linear(512, 512),
-                                           nn.LeakyReLU(0.2), nn.Linear(512, 256), nn.LeakyReLU(0.2))
-            self.head = nn.Sequential(nn.Linear(256 * len(counts), 1000), nn.LeakyReLU(0.2),
-                                      nn.Linear(1000, 200), nn.LeakyReLU(0.2), nn.Linear(200, 10))
-
-        def forward(self, x):
-            if conv:  # (B, 1, N, F) → (B, 256, N, 1) → per-element mean over atoms
-                h = self.atoms(x[:, None])[..., 0]
-                pooled = torch.stack([part.mean(2) for part in torch.split(h, list(counts), dim=2)], -1)
-            else:
-                h = self.atoms(x)
-                pooled = torch.stack([part.mean(1) for part in torch.split(h, list(counts), dim=1)], -1)
-            return self.head(pooled.flatten(1))
-
-    images = torch.tensor([[i, j, k] for i in (0, -1, 1) for j in (0, -1, 1) for k in (0, -1, 1)],
-                          dtype=torch.float32)
-
-    def distances(frac):
-        cart = frac @ lattice
-        cloud = ((frac[:, None] + images[None, :, None]).reshape(frac.shape[0], -1, 3)) @ lattice
-        squared = torch.cdist(cart, cloud) ** 2
-        return torch.sqrt(torch.topk(squared, 7, dim=-1, largest=False).values[..., 1:])
-
-    def penalty(critic, real, fake):
-        alpha = torch.rand(real.shape[0], 1, 1)
-        x = (alpha * real + (1 - alpha) * fake).detach().requires_grad_(True)
-        grad, = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
-        return 10 * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
-
-    gen, coord, dist = Generator(), Critic(3), Critic(6)
-    opt_g = torch.optim.Adam(gen.parameters(), 5e-5, betas=(0.5, 0.999))
-    opt_c = torch.optim.Adam(list(coord.parameters()) + list(dist.parameters()), 5e-5, betas=(0.5, 0.999))
-    real = torch.tensor(real_batch(counts, problem["lattice"]))
-    real_d = distances(real)
+    reference = ReferenceGan(problem["counts"], problem["lattice"], problem["w_dist"],
+                             layout="conv" if conv else "dense")
+    real = torch.tensor(real_batch(problem["counts"], problem["lattice"]))
+    real_dists = reference.distances(real)
 
     def critic_step():
-        fake = gen(torch.randn(BATCH, 64)).detach()
-        fake_d = distances(fake)
-        loss = (coord(fake).mean() - coord(real).mean() + penalty(coord, real, fake)
-                + w_dist * (dist(fake_d).mean() - dist(real_d).mean() + penalty(dist, real_d, fake_d)))
-        opt_c.zero_grad()
-        loss.backward()
-        opt_c.step()
+        reference.critic_step(real, real_dists, torch.randn(BATCH, 64), torch.rand(BATCH), torch.rand(BATCH))
 
     def generator_step():
-        fake = gen(torch.randn(BATCH, 64))
-        loss = -coord(fake).mean() - w_dist * dist(distances(fake)).mean()
-        opt_g.zero_grad()
-        loss.backward()
-        opt_g.step()
+        reference.generator_step(torch.randn(BATCH, 64))
 
     return {"critic": median_seconds(critic_step, repeats), "generator": median_seconds(generator_step, repeats)}
 
@@ -196,7 +117,7 @@ def main():
         have_torch = True
     except ImportError:
         have_torch = False
-        print("torch is not installed: timing dismax only (pip install -e .[bench] for the comparison)")
+        print("torch is not installed: timing dismax only (pip install -e .[dev] for the comparison)")
     matmul = time_matmul(args.matmul, args.repeats)
     print(f"jax float32 matmul {args.matmul}^3: {matmul:.1f} GFLOP/s")
     print("torch conv = the reference's layout (Conv2d / ConvTranspose2d / BatchNorm2d on NCHW tensors); "

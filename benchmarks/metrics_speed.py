@@ -1,6 +1,6 @@
 """Dismai-Bench metrics: dismax vs the tools the published scripts use, on the same structures, same run.
 
-    python benchmarks/metrics_speed.py [--structures 3] [--skip crystalnn]
+    python -m benchmarks.metrics_speed [--structures 3] [--skip crystalnn]    # from the repository root
 
 For each operation prints the time per structure of the published approach (pymatgen / vasppy / matminer
 used as the published scripts use them) and of dismax, their ratio, and the maximum absolute difference of
@@ -14,6 +14,8 @@ import itertools
 import time
 
 import numpy as np
+
+from tests.bench.published import published_crystalnn_angles
 
 
 def timed(function, repeats=1):
@@ -139,25 +141,6 @@ def bench_rdf(rng, n_structures):
     ours, ours_time = timed(lambda: rdf(frac, lattice), 3)
     report("RDF (vasppy 2x2x2 supercell)", reference_time / n_structures, ours_time / n_structures,
            np.abs(ours - expected).max())
-
-
-def published_crystalnn_angles(struc) -> np.ndarray:
-    """The published bond-angle computation (degrees): every pair of CrystalNN neighbours of every site of a
-    pymatgen Structure, with the published fallback of rounding the cosine to 5 decimals when arccos is NaN."""
-    from pymatgen.analysis.local_env import CrystalNN
-
-    crystalnn = CrystalNN(distance_cutoffs=None, x_diff_weight=0, porous_adjustment=False)
-    angles = []
-    for j in range(len(struc)):
-        coords = [nn["site"].coords for nn in crystalnn.get_nn_info(struc, j)]
-        for a, b in itertools.combinations(range(len(coords)), 2):
-            u, v = coords[a] - struc[j].coords, coords[b] - struc[j].coords
-            cosine = np.dot(u, v) / (np.linalg.norm(u) * np.linalg.norm(v))
-            angle = np.arccos(cosine)
-            if np.isnan(angle):
-                angle = np.arccos(round(cosine, 5))
-            angles.append(angle * 180 / np.pi)
-    return np.array(angles)
 
 
 def bench_crystalnn(rng, n_structures, workers):

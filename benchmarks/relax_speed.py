@@ -1,12 +1,15 @@
-"""Relaxation speed: dismax (batched jax-md FIRE) vs ASE FIRE + matscipy Stillinger-Weber.
+"""Relaxation speed: dismax (batched FIRE, dismax.potentials.fire) vs ASE FIRE + matscipy Stillinger-Weber.
 
 The same perturbed 256-atom a-Si structures are relaxed by both, with the same potential parameters
 (SW, three-body term x1.5) and the same force criterion, in one run. Prints structure-steps per second
-for each, their ratio and the largest difference in final energies (eV/atom).
+for each, their ratio, the largest difference in final energies (eV/atom), and a simple roofline: the
+flops XLA counts for one batched force evaluation (the dominant part of a FIRE step) times the steps
+taken, over the rate of a same-run float32 matmul probe.
 
-    python benchmarks/relax_speed.py [--n 8] [--fmax 0.05] [--structures FILE.extxyz]
+    python benchmarks/relax_speed.py [--n 32] [--fmax 0.05] [--structures FILE.extxyz] [--profile]
 
 Without ``--structures`` the a-Si structures come from a short melt-quench (dismax.data.a_si).
+``--profile`` also times the pieces of a step (force evaluation, table rebuild) on the same batch.
 """
 
 from __future__ import annotations
@@ -14,12 +17,19 @@ from __future__ import annotations
 import argparse
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from ase.optimize import FIRE
+
+from dismax.data.a_si import generate, tiny_protocol
+from dismax.io import read_extxyz
+from dismax.potentials import amorphous_sw
+from dismax.potentials.fire import FireSettings, relax, step_cost
+from dismax.structures import Crystals
 
 
 def a_si_structures(n: int, seed: int):
-    from dismax.data.a_si import generate, tiny_protocol
-
     protocol = tiny_protocol(n_structures=n, n_atoms=256, melt_ps=0.5, quench_ps=1.5)
     crystals, _ = generate(protocol, seed, progress=False)
     return crystals
@@ -36,26 +46,34 @@ def matscipy_sw(potential):
     return Manybody(**StillingerWeber(parameters))
 
 
+def matmul_probe(size: int = 1024, repeats: int = 20) -> float:
+    """float32 matmul rate of this machine right now, flop/s."""
+    a = jnp.ones((size, size), jnp.float32)
+    multiply = jax.jit(lambda x: x @ x)
+    multiply(a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        multiply(a).block_until_ready()
+    return 2.0 * size**3 * repeats / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=8, help="number of structures")
+    parser.add_argument("--n", type=int, default=32, help="number of structures")
     parser.add_argument("--fmax", type=float, default=0.05)
     parser.add_argument("--max-steps", type=int, default=1000)
     parser.add_argument("--noise", type=float, default=0.1, help="Gaussian displacement (Å)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--structures", default=None, help="extxyz of 256-atom Si structures to perturb")
+    parser.add_argument("--structures", default=None,
+                        help="extxyz of Si structures to perturb (cycled through when shorter than --n)")
+    parser.add_argument("--profile", action="store_true", help="also time the pieces of one step")
     args = parser.parse_args()
 
-    from ase.optimize import FIRE
-
-    from dismax.io import read_extxyz
-    from dismax.potentials import amorphous_sw
-    from dismax.potentials.jaxmd import default_batching
-    from dismax.relax.driver import relax
-    from dismax.structures import Crystals
-
-    base = read_extxyz(args.structures)[: args.n] if args.structures else a_si_structures(args.n, args.seed)
-    base = base.to_numpy()
+    if args.structures:  # perturbed copies cycle through the file's structures
+        base = read_extxyz(args.structures).to_numpy()
+        base = base[np.arange(args.n) % len(base)]
+    else:
+        base = a_si_structures(args.n, args.seed).to_numpy()
     rng = np.random.default_rng(args.seed)
     cart = np.einsum("bni,bij->bnj", base.frac, base.lattice) + rng.normal(0.0, args.noise, base.frac.shape)
     frac = np.einsum("bnj,bji->bni", cart, np.linalg.inv(base.lattice)) % 1.0
@@ -63,7 +81,7 @@ def main() -> None:
     potential = amorphous_sw()
     n = len(crystals)
     print(f"{n} structures x {crystals.n_atoms} atoms, SW three-body x{potential.three_body_strength}, "
-          f"fmax {args.fmax} eV/Å, batching {default_batching()}")
+          f"fmax {args.fmax} eV/Å, {jax.device_count()} {jax.default_backend()} device(s)")
 
     start = time.perf_counter()
     relax(crystals, potential, fmax=args.fmax, max_steps=1, chunk_size=n)  # compile
@@ -71,6 +89,7 @@ def main() -> None:
     start = time.perf_counter()
     ours = relax(crystals, potential, fmax=args.fmax, max_steps=args.max_steps, chunk_size=n)
     ours_time = time.perf_counter() - start
+    probe = matmul_probe()
 
     ase_steps, ase_energy = [], []
     start = time.perf_counter()
@@ -92,6 +111,17 @@ def main() -> None:
           f"wall-clock ratio for the whole set: {ase_time / ours_time:.1f}x")
     print(f"steps per structure dismax {ours.steps.tolist()} ASE {ase_steps}")
     print(f"max |E_final(dismax) - E_final(ASE)|: {np.max(np.abs(ours.e_final - np.array(ase_energy))):.2e} eV/atom")
+
+    cost = step_cost(crystals, potential, FireSettings())
+    batch_steps = int(ours.steps.max())  # the chunk advances together until its last structure stops
+    achieved = cost["flops"] * batch_steps / ours_time
+    print(f"roofline: {cost['flops'] / n / 1e6:.2f} MFLOP per structure-step (XLA count of the batched force, "
+          f"capacity {cost['capacity']}, compact {cost['compact']}); {achieved / 1e9:.2f} GFLOP/s achieved vs "
+          f"{probe / 1e9:.1f} GFLOP/s matmul probe = {100 * achieved / probe:.1f} % of the roofline")
+    if args.profile:
+        for piece, seconds in cost["timings"].items():
+            print(f"profile: {piece:>28s} {1e3 * seconds:8.2f} ms per batch ({1e6 * seconds / n:.1f} µs/structure)")
+        print(f"profile: {'whole FIRE step (measured)':>28s} {1e3 * ours_time / batch_steps:8.2f} ms per batch")
 
 
 if __name__ == "__main__":

@@ -14,24 +14,18 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from dismax.errors import DismaxError
 
 _BEST = "best"
-
-
-def _orbax():
-    import orbax.checkpoint as ocp
-
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    return ocp
+logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
 
 
 class Checkpointer:
     """Versioned checkpoints in ``directory`` (step-numbered subdirectories and ``best/``)."""
 
     def __init__(self, directory: str | Path, keep: int = 3):
-        ocp = _orbax()
         self.directory = Path(directory).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
@@ -44,7 +38,6 @@ class Checkpointer:
 
     def save(self, step: int, state, meta: dict | None = None, metric: float | None = None) -> None:
         """Save ``state`` at ``step``; with ``metric`` (lower is better) also update the best slot."""
-        ocp = _orbax()
         meta = dict(meta or {})
         if metric is not None:
             meta["metric"] = float(metric)
@@ -79,7 +72,7 @@ class Checkpointer:
         step = self._best_manager.latest_step()
         if step is None:
             return None
-        meta = self._best_manager.restore(step, args=_orbax().args.Composite(meta=_orbax().args.JsonRestore()))
+        meta = self._best_manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return meta["meta"].get("metric")
 
     def restore_best(self, like_state):
@@ -95,7 +88,6 @@ class Checkpointer:
 
     @staticmethod
     def _restore(manager, step, like_state):
-        ocp = _orbax()
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
         try:
             restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),

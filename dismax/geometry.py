@@ -35,6 +35,11 @@ ImageCounts = int | Sequence[int]
 
 
 # ---------------------------------------------------------------------------------------------- basics
+def _array_module(*arrays):
+    """numpy when every argument is a NumPy array or scalar (host loops, no compilation), else jax.numpy."""
+    return np if all(isinstance(a, (np.ndarray, np.generic, float, int)) for a in arrays) else jnp
+
+
 def wrap(frac: jax.Array) -> jax.Array:
     """Wrap fractional coordinates (any shape) into [0, 1); values that round to 1.0 become 0.0.
 
@@ -42,6 +47,14 @@ def wrap(frac: jax.Array) -> jax.Array:
     """
     wrapped = frac - jnp.floor(frac)
     return wrapped - (wrapped >= 1.0).astype(wrapped.dtype)
+
+
+def wrap_centered(dfrac):
+    """Fractional displacements (any shape) wrapped into [-1/2, 1/2): the cell-centred periodic image.
+
+    NumPy in, NumPy out; the gradient is the identity (the integer shift is piecewise constant).
+    """
+    return dfrac - _array_module(dfrac).floor(dfrac + 0.5)
 
 
 def frac_to_cart(frac: jax.Array, lattice: jax.Array) -> jax.Array:
@@ -60,11 +73,14 @@ def cart_to_frac(cart: jax.Array, lattice: jax.Array) -> jax.Array:
 
 
 def perpendicular_widths(lattice: jax.Array) -> jax.Array:
-    """Distances (..., 3) in Å between opposite faces of the cell: width_i = volume / |a_j x a_k|."""
+    """Distances (..., 3) in Å between opposite faces of the cell: width_i = volume / |a_j x a_k|.
+
+    NumPy in, NumPy out (float64 host checks); JAX otherwise."""
+    xp = _array_module(lattice)
     a, b, c = lattice[..., 0, :], lattice[..., 1, :], lattice[..., 2, :]
-    cross = jnp.stack([jnp.cross(b, c), jnp.cross(c, a), jnp.cross(a, b)], axis=-2)
-    volume = jnp.abs(jnp.sum(a * cross[..., 0, :], axis=-1))
-    return volume[..., None] / jnp.linalg.norm(cross, axis=-1)
+    cross = xp.stack([xp.cross(b, c), xp.cross(c, a), xp.cross(a, b)], axis=-2)
+    volume = xp.abs(xp.sum(a * cross[..., 0, :], axis=-1))
+    return volume[..., None] / xp.linalg.norm(cross, axis=-1)
 
 
 def _image_counts(n_images: ImageCounts) -> tuple[int, int, int]:
@@ -186,23 +202,105 @@ def _closest_offset_index(centred: jax.Array, lattice: jax.Array, offsets: np.nd
 
 def _minimum_image_single(dfrac: jax.Array, lattice: jax.Array, n_images: ImageCounts) -> jax.Array:
     offsets = image_offsets(n_images)
-    centred = dfrac - jax.lax.stop_gradient(jnp.floor(dfrac + 0.5))
+    centred = wrap_centered(dfrac)
     best = _closest_offset_index(centred, lattice, offsets)
     return _to_cart(centred + jnp.asarray(offsets, centred.dtype)[best], lattice)
 
 
 @partial(jax.jit, static_argnames="n_images")
-def minimum_image(dfrac: jax.Array, lattice: jax.Array, n_images: ImageCounts = 1) -> jax.Array:
+def _minimum_image_search(dfrac: jax.Array, lattice: jax.Array, n_images: ImageCounts) -> jax.Array:
+    if lattice.ndim == 2:
+        return _minimum_image_single(dfrac, lattice, n_images)
+    return jax.vmap(partial(_minimum_image_single, n_images=n_images))(dfrac, lattice)
+
+
+def minimum_image(dfrac, lattice, n_images: ImageCounts = 1):
     """Shortest periodic image of fractional displacements, as Cartesian vectors in Å.
 
     ``dfrac`` (B, ..., 3) with ``lattice`` (B, 3, 3), or ``dfrac`` (..., 3) with ``lattice`` (3, 3).
     The displacement is wrapped into [-1/2, 1/2) and the (2 n_images + 1)^3 neighbouring images are
     searched for the shortest, which is correct for skewed triclinic cells; n_images = 1 suffices for
-    reduced cells, :func:`minimum_image_range` gives a guaranteed value for any cell.
+    reduced cells, :func:`minimum_image_range` gives a guaranteed value for any cell. ``n_images = 0``
+    keeps the wrapped (cell-centred) displacement, exact whenever the distance is below half the smallest
+    perpendicular width; it also runs on NumPy arrays without compiling (for host loops over changing
+    shapes), returning NumPy.
     """
+    if n_images != 0:
+        return _minimum_image_search(dfrac, lattice, n_images)
+    centred = wrap_centered(dfrac)
     if lattice.ndim == 2:
-        return _minimum_image_single(dfrac, lattice, n_images)
-    return jax.vmap(partial(_minimum_image_single, n_images=n_images))(dfrac, lattice)
+        return centred @ lattice
+    return (centred.reshape(centred.shape[0], -1, 3) @ lattice).reshape(centred.shape)
+
+
+def displacements(points_cart, atoms_cart, lattice, n_images: ImageCounts = 0):
+    """Minimum-image vectors (M, N, 3) in Å from each point (M, 3) to each atom (N, 3) (Cartesian, one
+    cell (3, 3)); NumPy in, NumPy out, see :func:`minimum_image` for ``n_images``."""
+    xp = _array_module(points_cart, atoms_cart, lattice)
+    dfrac = (atoms_cart[None, :, :] - points_cart[:, None, :]) @ xp.linalg.inv(lattice)
+    return minimum_image(dfrac, lattice, n_images)
+
+
+def nearest_atom(points_cart: jax.Array, atoms_cart: jax.Array, atom_mask: jax.Array,
+                 lattice: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Index (M,) and minimum-image distance (M,) in Å of the closest atom with ``atom_mask`` (N,) True to
+    each point (M, 3); atoms (N, 3) Cartesian in one cell (3, 3) smaller than twice the distances sought."""
+    vectors = displacements(points_cart, atoms_cart, lattice)
+    distances = jnp.sqrt(jnp.sum(vectors**2, axis=-1))
+    distances = jnp.where(atom_mask[None, :], distances, jnp.inf)
+    index = jnp.argmin(distances, axis=1)
+    return index, jnp.take_along_axis(distances, index[:, None], axis=1)[:, 0]
+
+
+# ---------------------------------------------------------------------------------------- lattice sites
+def nearest_fcc_vector(u):
+    """Closest point of the FCC lattice {n in Z^3, n_x + n_y + n_z even} (the D3 lattice) to each row of
+    ``u`` (..., 3), all in units of half the cubic lattice constant (Conway & Sloane's rounding rule: round
+    every coordinate; if the sum is odd, round the worst-rounded coordinate the other way). NumPy or JAX."""
+    xp = _array_module(u)
+    rounded = xp.round(u)
+    error = u - rounded
+    odd = (xp.sum(rounded, axis=-1) % 2) != 0
+    worst = xp.argmax(xp.abs(error), axis=-1)
+    flip = (xp.arange(3) == worst[..., None]).astype(u.dtype) * xp.where(error >= 0, 1.0, -1.0)
+    return xp.where(odd[..., None], rounded + flip, rounded)
+
+
+# ------------------------------------------------------------------------------------------------- RDF
+def _histogram_bins(values, r_min: float, r_max: float, n_bins: int):
+    """Bin index and in-range mask reproducing ``numpy.histogram`` for uniform bins (float64 inputs)."""
+    edges = jnp.linspace(r_min, r_max, n_bins + 1)
+    index = ((values - r_min) * (n_bins / (r_max - r_min))).astype(jnp.int32)
+    index = jnp.clip(index, 0, n_bins - 1)
+    index = jnp.where(values < edges[index], index - 1, index)
+    index = jnp.clip(index, 0, n_bins - 1)
+    index = jnp.where((values >= edges[index + 1]) & (index != n_bins - 1), index + 1, index)
+    inside = (values >= r_min) & (values <= r_max)
+    return index, inside
+
+
+@partial(jax.jit, static_argnames=("r_min", "r_max", "n_bins"))
+def pair_distance_histogram(frac: jax.Array, lattice: jax.Array, images: jax.Array, r_max: float, n_bins: int,
+                            r_min: float = 0.0, mask_i: jax.Array | None = None,
+                            mask_j: jax.Array | None = None) -> jax.Array:
+    """RDF counts (n_bins,): (i, j, image) triples of one cell with 0 < d, r_min <= d <= r_max Å.
+
+    ``frac`` (N, 3), ``lattice`` (3, 3), ``images`` (M, 3) integer offsets added to the centred difference
+    frac[j] - frac[i] (``image_offsets(images_needed(lattice, r_max))`` finds every pair; a pruned list
+    saves work); optional ``mask_i``/``mask_j`` (N,) restrict centres/neighbours. Bins are those of
+    ``numpy.histogram`` on [r_min, r_max] (last bin closed); use float64 for bin decisions equal to NumPy.
+    Normalising g_k = h_k V / (N_i N_j V_k) with shell volumes V_k gives g(r).
+    """
+    everyone = jnp.ones(frac.shape[0], bool)
+    mask_i = everyone if mask_i is None else mask_i
+    mask_j = everyone if mask_j is None else mask_j
+    difference = wrap_centered(frac[None, :, :] - frac[:, None, :])
+    vectors = (difference @ lattice)[:, :, None, :] + (images @ lattice)[None, None, :, :]   # (N, N, M, 3)
+    distances = jnp.sqrt(jnp.sum(vectors**2, axis=-1))
+    index, inside = _histogram_bins(distances, r_min, r_max, n_bins)
+    pair = mask_i[:, None, None] & mask_j[None, :, None]
+    keep = inside & pair & (distances > 0.0)
+    return jnp.zeros(n_bins, distances.dtype).at[index.ravel()].add(keep.ravel().astype(distances.dtype))
 
 
 @partial(jax.jit, static_argnames="n_images")
@@ -216,26 +314,6 @@ def pairwise_minimum_image_distances(frac: jax.Array, lattice: jax.Array,
         offsets = image_offsets(n_images)
         best = _closest_offset_index(centred, lattice_one, offsets)
         return _safe_norm(_to_cart(centred + jnp.asarray(offsets, centred.dtype)[best], lattice_one))
-
-    return jax.vmap(single)(frac, lattice)
-
-
-@partial(jax.jit, static_argnames="n_images")
-def all_pair_distances(frac: jax.Array, lattice: jax.Array, n_images: ImageCounts) -> jax.Array:
-    """Distances (B, N, N, M) in Å from atom i to every listed image of atom j.
-
-    Entry [b, i, j, m] is |(c_ij + image_offsets(n_images)[m]) @ lattice| with c_ij = frac[j] - frac[i]
-    wrapped into [-1/2, 1/2) (so the true image is offset_m - floor(frac[j] - frac[i] + 1/2)). With
-    ``n_images = images_needed(lattice, cutoff)`` every pair within ``cutoff`` appears, also for cells
-    smaller than twice the cutoff. Entry [b, i, i, 0] is the zero self-distance.
-    """
-    _check_batched(frac, lattice, "all_pair_distances")
-    offsets = image_offsets(n_images)
-
-    def single(frac_one, lattice_one):
-        centred, _ = _centred_difference(frac_one)
-        offset_cart = _to_cart(jnp.asarray(offsets, frac_one.dtype), lattice_one)
-        return _safe_norm(_to_cart(centred, lattice_one)[:, :, None, :] + offset_cart)
 
     return jax.vmap(single)(frac, lattice)
 

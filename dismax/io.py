@@ -447,7 +447,20 @@ def _parse_cif_block(block_text: str):
     return structures[0]
 
 
-def _describe_disorder(structure) -> str:
+def _describe_disorder(block_text: str, structure) -> str:
+    """The first partially occupied atom site as the CIF names it (label and row of its _atom_site loop);
+    pymatgen's expanded structure orders sites differently, so it is only the fallback."""
+    from pymatgen.io.cif import CifFile
+
+    data = next(iter(CifFile.from_str(block_text).data.values())).data
+    labels, occupancies = data.get("_atom_site_label", []), data.get("_atom_site_occupancy", [])
+    for row, (label, occupancy) in enumerate(zip(labels, occupancies), start=1):
+        try:
+            value = float(str(occupancy).split("(")[0])
+        except ValueError:
+            continue
+        if value < 1.0 - 1e-6:
+            return f"atom site {label} (row {row} of the _atom_site loop) has occupancy {occupancy}"
     for k, site in enumerate(structure):
         if not site.is_ordered:
             occupancy = ", ".join(f"{sp}:{occ:g}" for sp, occ in site.species.items())
@@ -479,7 +492,7 @@ def _read_cif_entries(path_or_paths, allow_partial: bool) -> list[tuple[Path, in
             except _Problem as problem:
                 raise _input_error(path, index, str(problem)) from None
             if not allow_partial and not structure.is_ordered:
-                raise _input_error(path, index, f"partial occupancy ({_describe_disorder(structure)}); "
+                raise _input_error(path, index, f"partial occupancy ({_describe_disorder(block, structure)}); "
                                    "integer occupancy is required")
             entries.append((path, index, structure))
     return entries

@@ -15,6 +15,8 @@ from dismax.errors import DismaxConfigError, DismaxError
 MODELS: dict[str, str] = {
     "cryingan": "dismax.gan.trainer",
     "diffusion": "dismax.diffusion.trainer",
+    "crystens": "dismax.diffusion.unet_trainer",
+    "unimat": "dismax.diffusion.unet_trainer",
     "wyckoff_vae": "dismax.vae.trainer",
 }
 

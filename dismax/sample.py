@@ -11,6 +11,7 @@ import yaml
 
 from dismax.cli import main_wrapper
 from dismax.config import load_config
+from dismax.data.registry import dataset_dir
 from dismax.errors import DismaxError
 from dismax.models import model_module
 from dismax.runs import RunDir, exclusive_lock
@@ -43,8 +44,6 @@ EXTXYZ_BYTES_PER_STRUCTURE = 200
 def estimated_output_bytes(run, n: int) -> int | None:
     """Estimated size in bytes of ``n`` sampled structures as extxyz, from the atom count of the run's
     training structures (first line of the training file); None when that file is not known or absent."""
-    from dismax.data.registry import dataset_dir
-
     data = (yaml.safe_load(run.config_path.read_text()) or {}).get("data") or {}
     try:
         path = Path(data["train_file"]) if data.get("train_file") else dataset_dir(

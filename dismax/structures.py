@@ -20,6 +20,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ase import Atoms
 
 from dismax.errors import DismaxInputError
 
@@ -89,8 +90,6 @@ class Crystals:
 
     def to_ase(self) -> list:
         """One ASE ``Atoms`` per structure, periodic in all directions."""
-        from ase import Atoms
-
         c = self.to_numpy()
         return [
             Atoms(numbers=c.species[b], scaled_positions=c.frac[b], cell=c.lattice[b], pbc=True)
@@ -101,7 +100,7 @@ class Crystals:
     @classmethod
     def from_pymatgen(cls, structures) -> "Crystals":
         """Build a batch from ordered pymatgen ``Structure`` objects (one or a list)."""
-        from pymatgen.core import Structure
+        from pymatgen.core import Structure  # pymatgen is slow to import; only conversions need it
 
         if isinstance(structures, Structure):
             structures = [structures]
@@ -119,7 +118,7 @@ class Crystals:
 
     def to_pymatgen(self) -> list:
         """One pymatgen ``Structure`` per structure."""
-        from pymatgen.core import Lattice, Structure
+        from pymatgen.core import Lattice, Structure  # pymatgen is slow to import; only conversions need it
 
         c = self.to_numpy()
         return [

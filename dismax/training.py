@@ -40,7 +40,7 @@ from dismax.data.loader import BatchLoader
 from dismax.data.registry import dataset_dir
 from dismax.devices import data_mesh, replicate, shard_batch
 from dismax.errors import DismaxConfigError, DismaxInputError
-from dismax.runs import RunDir, atomic_write, log, progress
+from dismax.runs import RunDir, atomic_write, exclusive_lock, log, progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,9 +151,14 @@ class Evaluation:
 def train_loop(task: TrainingTask, config: LoopConfig, run: RunDir, evaluation: Evaluation | None = None,
                mesh=None):
     """Train ``task`` for ``config.epochs`` epochs in ``run`` (resuming from its latest checkpoint); returns
-    the final state. ``mesh``: the 'data' mesh to shard batches over (default: all devices). See the module
-    docstring."""
+    the final state. ``mesh``: the 'data' mesh to shard batches over (default: all devices). The run directory
+    is locked (:func:`dismax.runs.exclusive_lock`) while training. See the module docstring."""
     check_loop_config(config)
+    with exclusive_lock(run.path, "run directory"):
+        return _train_loop(task, config, run, evaluation, mesh)
+
+
+def _train_loop(task: TrainingTask, config: LoopConfig, run: RunDir, evaluation: Evaluation | None, mesh):
     steps = {loader.steps_per_epoch for loader in task.loaders}
     if len(steps) != 1:
         raise DismaxConfigError(f"the member data loaders disagree on the steps per epoch: {sorted(steps)}")

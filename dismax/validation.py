@@ -85,9 +85,11 @@ def screen(structures: Crystals | StructureSet, min_distance: float | None = DEF
 
 
 def require_valid(structures: Crystals | StructureSet, source: str, min_distance: float | None = DEFAULT_MIN_DISTANCE,
-                  n_atoms: int | None = None, composition: dict[int, int] | None = None) -> None:
-    """Raise :class:`DismaxInputError` for the first structure of ``source`` that fails :func:`screen`."""
-    for index, verdict in enumerate(screen(structures, min_distance, n_atoms, composition)):
+                  n_atoms: int | None = None, composition: dict[int, int] | None = None,
+                  first_index: int = 0) -> None:
+    """Raise :class:`DismaxInputError` for the first structure of ``source`` that fails :func:`screen`
+    (``first_index``: the index in ``source`` of ``structures[0]``, for files checked chunk by chunk)."""
+    for index, verdict in enumerate(screen(structures, min_distance, n_atoms, composition), start=first_index):
         if not verdict.ok:
             raise DismaxInputError(f"{source}, structure {index}: {verdict.reason}")
 

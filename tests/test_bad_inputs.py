@@ -180,6 +180,8 @@ CASES = [
                                                "{tmp}/not_a_dir/relaxed"], "not a folder"),
     ("bench-relax-permission-denied", "bench", ["relax", "--in", "{tmp}/good.extxyz", "--out",
                                                 "/sys/dismax-test/relaxed"], "not permitted"),
+    ("bench-relax-overlap", "bench", ["relax", "--in", "{tmp}/overlap.extxyz", "--out", "{tmp}/rx",
+                                      "--chunk-size", "1"], "overlap.extxyz, structure 1: atoms 2 and 5"),
     ("bench-relax-zero-fmax", "bench", ["relax", "--in", "{tmp}/good.extxyz", "--out", "{tmp}/rx", "--fmax", "0"],
      "--fmax must be > 0"),
     ("bench-relax-missing-input", "bench", ["relax", "--in", "{tmp}/nope.extxyz", "--out", "{tmp}/rx"],

@@ -1,12 +1,11 @@
 """The Fe–Ni–Cr cluster expansion tables and formulas against independent statements of the definitions."""
 
-import itertools
-
 import jax
 import numpy as np
 import pytest
 
 from dismax import cluster_expansion as CE
+from dismax.bench.alloy import cubic_point_operations
 
 
 def test_eci_table_order_matches_cluster_labels():
@@ -21,12 +20,8 @@ def test_cluster_offsets_are_the_cubic_orbits_of_the_published_shell_vectors():
     rounded to 3 decimals, duplicates removed, sorted."""
     published = ((0.5, 0.5, 0.0), (1.0, 0.0, 0.0), (1.0, 0.5, 0.5), (1.0, 1.0, 0.0), (1.5, 0.5, 0.0),
                  (1.0, 1.0, 1.0), (1.5, 1.0, 0.5))
-    operations = []
-    for permutation in itertools.permutations(range(3)):
-        for signs in itertools.product((1, -1), repeat=3):
-            matrix = np.zeros((3, 3))
-            matrix[np.arange(3), permutation] = signs
-            operations.append(matrix)
+    operations = cubic_point_operations()
+    assert len(operations) == 48 and len({op.tobytes() for op in operations}) == 48
     expected = []
     for vector, length in zip(published, CE.SHELL_LENGTHS):
         vector = np.asarray(vector) * (length / np.linalg.norm(vector))

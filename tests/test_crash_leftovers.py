@@ -17,6 +17,7 @@ from dismax.data import BUILDERS
 from dismax.data.registry import build_dataset, is_complete
 from dismax.gan import trainer as gan_trainer
 from dismax.io import read_extxyz, write_extxyz
+from dismax.sample import estimated_output_bytes
 from dismax.train import prepare_run
 from tests.gan.helpers import write_fcc_dataset
 
@@ -43,7 +44,7 @@ def _gan_config(train_file: Path, epochs: int = 1):
     return from_dict(gan_trainer.Config, {
         "data": {"train_file": str(train_file), "augmentation": "none"},
         "model": {"gen_channels": 8},
-        "train": {"batch_size": 4, "epochs": epochs, "gen_int": 1, "checkpoint_every": 1, "sample_every": 50,
+        "train": {"batch_size": 4, "epochs": epochs, "gen_int": 1, "checkpoint_every": 1, "val_every": 50,
                   "n_save": 1},
     })
 
@@ -66,6 +67,9 @@ def test_killed_sample_leaves_nothing_after_the_next_run(tmp_path):
     assert subprocess.run(command + ["--n", "3"], env=ENV, cwd=REPO).returncode == 0
     assert read_extxyz(out).batch_size == 3
     assert _hidden(out_dir) == []
+    assert out.stat().st_mode & 0o777 == 0o666 & ~_umask()  # readable by the group, as the umask allows
+    size = out.stat().st_size
+    assert size <= estimated_output_bytes(run, 3) <= 2 * size  # the disk check's estimate is an upper bound
 
 
 def slow_builder(size: str, seed: int, out_dir: Path) -> None:

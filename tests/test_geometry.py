@@ -118,19 +118,6 @@ def test_minimum_image_exact_for_a_strongly_skewed_cell():
     assert np.all(nearby_only >= reference - 1e-4) and np.any(nearby_only > reference + 0.1)
 
 
-def test_all_pair_distances_contain_every_pair_within_cutoff(batch):
-    frac, lattice, structures = batch
-    cutoff = 7.0  # larger than half of every width of the small cell
-    counts = geometry.images_needed(_cells(), cutoff)
-    distances = np.asarray(geometry.all_pair_distances(frac, lattice, counts))
-    assert distances.shape == (4, N_ATOMS, N_ATOMS, len(geometry.image_offsets(counts)))
-    for b, structure in enumerate(structures):
-        found = distances[b][(distances[b] > 1e-6) & (distances[b] <= cutoff)]
-        reference = structure.get_neighbor_list(cutoff)[3]
-        assert len(found) == len(reference)
-        np.testing.assert_allclose(np.sort(found), np.sort(reference), atol=1e-4)
-
-
 # ---------------------------------------------------------------------------------- neighbour lists
 def test_neighbor_list_matches_pymatgen(batch):
     frac, lattice, structures = batch
@@ -286,3 +273,59 @@ def test_knn_and_neighbor_list_at_interface_size():
         structure = Structure(lattice, ["Si"] * 264, frac[b])
         np.testing.assert_allclose(result.distances[b], _reference_knn(structure, 6), atol=1e-4)
         assert int(nl.n_pairs[b]) == len(structure.get_neighbor_list(3.5)[0])
+
+
+def test_nearest_fcc_vector_matches_brute_force_in_numpy_and_jax():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(500, 3)) * 2
+    r = np.arange(-8, 9)
+    points = np.array([[i, j, k] for i in r for j in r for k in r if (i + j + k) % 2 == 0])
+    brute = np.linalg.norm(y[:, None] - points[None], axis=-1).min(axis=1)
+    host = geometry.nearest_fcc_vector(y)
+    assert isinstance(host, np.ndarray) and np.all(host.sum(axis=-1) % 2 == 0)
+    np.testing.assert_allclose(np.linalg.norm(y - host, axis=-1), brute, atol=1e-12)
+    traced = jax.jit(geometry.nearest_fcc_vector)(jnp.asarray(y, jnp.float32))
+    np.testing.assert_array_equal(np.asarray(traced), host)
+
+
+def test_cell_centred_minimum_image_in_numpy_and_jax_and_displacements():
+    rng = np.random.default_rng(1)
+    lattice = np.diag([7.0, 8.0, 9.0])
+    dfrac = rng.uniform(-2.0, 2.0, (40, 3))
+    host = geometry.minimum_image(dfrac, lattice, n_images=0)
+    assert isinstance(host, np.ndarray)
+    centred = geometry.wrap_centered(dfrac)
+    assert np.all((centred >= -0.5) & (centred < 0.5))
+    np.testing.assert_allclose(np.round(dfrac - centred), dfrac - centred, atol=1e-12)
+    # an orthorhombic cell: the centred image is the shortest one
+    exact = np.asarray(geometry.minimum_image(jnp.asarray(dfrac, jnp.float32), jnp.asarray(lattice, jnp.float32)))
+    np.testing.assert_allclose(np.linalg.norm(host, axis=-1), np.linalg.norm(exact, axis=-1), atol=1e-5)
+    points, atoms = rng.random((5, 3)) * 7, rng.random((6, 3)) * 7
+    vectors = geometry.displacements(points, atoms, lattice)
+    assert vectors.shape == (5, 6, 3)
+    shift = (vectors - (atoms[None] - points[:, None])) @ np.linalg.inv(lattice)
+    np.testing.assert_allclose(shift, np.round(shift), atol=1e-12)
+    index, distance = geometry.nearest_atom(jnp.asarray(points), jnp.asarray(atoms), jnp.ones(6, bool),
+                                            jnp.asarray(lattice))
+    np.testing.assert_array_equal(np.asarray(index), np.linalg.norm(vectors, axis=-1).argmin(axis=1))
+    np.testing.assert_allclose(np.asarray(distance), np.linalg.norm(vectors, axis=-1).min(axis=1), rtol=1e-6)
+
+
+def test_pair_distance_histogram_equals_numpy_histogram_of_pymatgen_distances():
+    structure = Structure(_cells()[0], ["Si"] * N_ATOMS, np.random.default_rng(2).random((N_ATOMS, 3)))
+    r_max, n_bins = 6.0, 30
+    _, _, _, distances = structure.get_neighbor_list(r_max)
+    expected, _ = np.histogram(distances, bins=n_bins, range=(0.0, r_max))
+    lattice = structure.lattice.matrix
+    images = geometry.image_offsets(geometry.images_needed(lattice, r_max))
+    with jax.enable_x64(True):
+        counts = geometry.pair_distance_histogram(jnp.asarray(structure.frac_coords), jnp.asarray(lattice),
+                                                  jnp.asarray(images, jnp.float64), r_max=r_max, n_bins=n_bins)
+        mask = jnp.arange(N_ATOMS) < 4
+        centres_only = geometry.pair_distance_histogram(jnp.asarray(structure.frac_coords), jnp.asarray(lattice),
+                                                        jnp.asarray(images, jnp.float64), r_max=r_max,
+                                                        n_bins=n_bins, mask_i=mask)
+    np.testing.assert_array_equal(np.asarray(counts), expected)
+    centres, _, _, distances = structure.get_neighbor_list(r_max)
+    expected_centres, _ = np.histogram(distances[centres < 4], bins=n_bins, range=(0.0, r_max))
+    np.testing.assert_array_equal(np.asarray(centres_only), expected_centres)

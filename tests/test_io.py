@@ -321,6 +321,9 @@ def test_read_cif_many_paths_and_partial_occupancy(tmp_path):
     assert structures[1][1].species.get_atomic_fraction("Au") == pytest.approx(1.0)
     with pytest.raises(DismaxInputError, match=r"b\.cif, structure 0: partial occupancy"):
         dio.read_cif([ordered, disordered])
+    # the message names the site as the CIF does (label, row of the _atom_site loop), not pymatgen's order
+    with pytest.raises(DismaxInputError, match=r"atom site Au1 \(row 2 of the _atom_site loop\) has occupancy 0\.5"):
+        dio.read_cif(disordered)
 
 
 def test_ase_and_pymatgen_round_trips_through_files(tmp_path):

@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dismax.bench.periodic import (float64, min_image_vectors, min_image_vectors_np, nearest_atom, nearest_atom_jit,
-                                   plane_spacings)
+from dismax.bench.periodic import float64
 from dismax.cluster_expansion import (ATOMIC_NUMBERS, LATTICE_CONSTANT, N_SHELLS, REPEATS, cluster_offsets,
                                       cluster_probabilities, cluster_vectors, offset_lookup_table)
 from dismax.errors import DismaxInputError
+from dismax.geometry import displacements, minimum_image, nearest_atom, nearest_fcc_vector, perpendicular_widths
 
 REFERENCE_CELL = REPEATS * LATTICE_CONSTANT   # Å, cubic 4x4x4 reference cell
 N_REFERENCE_SITES = 256
@@ -71,7 +71,7 @@ def find_fcc_basis(cart: np.ndarray, lattice: np.ndarray, margin: float = BASIS_
     90° to a, c = a × b. Returns (None, -1) when no atom qualifies.
     """
     cart = np.asarray(cart, float)
-    vectors = min_image_vectors_np(cart, cart, lattice)
+    vectors = displacements(cart, cart, np.asarray(lattice, float))
     distances = np.linalg.norm(vectors, axis=-1)
     np.fill_diagonal(distances, np.inf)
     in_shell = (distances >= LATTICE_CONSTANT - margin) & (distances <= LATTICE_CONSTANT + margin)
@@ -149,10 +149,13 @@ def _rotated_sites(basis: np.ndarray) -> np.ndarray:
     return rotated[keep] * 3 + 0.5
 
 
+_nearest_atom_jit = jax.jit(nearest_atom)
+
+
 def _within(points_cart: np.ndarray, atoms_cart: np.ndarray, lattice: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if len(atoms_cart) == 0:
         return np.zeros(len(points_cart), dtype=int), np.full(len(points_cart), np.inf)
-    index, distance = nearest_atom_jit(jnp.asarray(points_cart), jnp.asarray(atoms_cart),
+    index, distance = _nearest_atom_jit(jnp.asarray(points_cart), jnp.asarray(atoms_cart),
                                    jnp.ones(len(atoms_cart), bool), jnp.asarray(lattice))
     return np.asarray(index), np.asarray(distance)
 
@@ -164,7 +167,7 @@ def _match_sites(site_cart: np.ndarray, atom_cart: np.ndarray, lattice: np.ndarr
     Returns the matched atom per site (-1 = empty), the number of surplus atoms within the margin of an
     already matched site, and the number of atoms farther than the margin from every site.
     """
-    vectors = min_image_vectors_np(site_cart, atom_cart, lattice)
+    vectors = displacements(site_cart, atom_cart, lattice)
     distances = np.linalg.norm(vectors, axis=-1)
     site_index, atom_index = np.nonzero(distances <= margin)
     order = np.argsort(distances[site_index, atom_index], kind="stable")
@@ -312,7 +315,7 @@ def reference_cleanup(frac: np.ndarray, numbers: np.ndarray, lattice: np.ndarray
     def near_accepted(point_cart: np.ndarray) -> bool:
         if not accepted:
             return False
-        vectors = min_image_vectors_np(point_cart[None], frac[accepted] @ ref_lattice, ref_lattice)[0]
+        vectors = displacements(point_cart[None], frac[accepted] @ ref_lattice, ref_lattice)[0]
         return bool(np.min(np.linalg.norm(vectors, axis=-1)) <= margin)
 
     for j in range(len(numbers)):
@@ -378,16 +381,6 @@ def _pair_counts_scan(cart, codes, lattice, offsets, shells, margin, reference_r
     return _encode_pairs(codes, target_codes.T, shells)
 
 
-def _nearest_fcc_vector(u):
-    """Closest point of the FCC lattice {n in Z^3, sum(n) even} to u (..., 3) in units of a/2."""
-    rounded = jnp.round(u)
-    error = u - rounded
-    odd = (jnp.sum(rounded, axis=-1) % 2) != 0
-    worst = jnp.argmax(jnp.abs(error), axis=-1)
-    flip = jax.nn.one_hot(worst, 3, dtype=u.dtype) * jnp.where(error >= 0, 1.0, -1.0)
-    return jnp.where(odd[..., None], rounded + flip, rounded)
-
-
 @jax.jit
 def _pair_counts_pairwise(cart, codes, lattice, offsets, shells, margin, reference_rounding, basis, table):
     """Target species from the pair vectors: every pair vector is decoded to its closest FCC lattice vector
@@ -396,8 +389,8 @@ def _pair_counts_pairwise(cart, codes, lattice, offsets, shells, margin, referen
     leaves the minimum-image cell (checked by the caller)."""
     n_atoms, n_offsets = cart.shape[0], offsets.shape[0]
     valid = codes >= 0
-    vectors = min_image_vectors(cart, cart, lattice)                       # (N, N, 3): r_j - r_i
-    lattice_vector = _nearest_fcc_vector(vectors @ jnp.linalg.inv(basis * (LATTICE_CONSTANT / 2)))
+    vectors = displacements(cart, cart, lattice)                          # (N, N, 3): r_j - r_i
+    lattice_vector = nearest_fcc_vector(vectors @ jnp.linalg.inv(basis * (LATTICE_CONSTANT / 2)))
     integers = lattice_vector.astype(jnp.int32) + 3
     inside = jnp.all((integers >= 0) & (integers <= 6), axis=-1)
     integers = jnp.clip(integers, 0, 6)
@@ -407,7 +400,7 @@ def _pair_counts_pairwise(cart, codes, lattice, offsets, shells, margin, referen
     targets = _targets(cart, offsets, lattice, reference_rounding)          # (N, K, 3)
     chosen = targets[jnp.arange(n_atoms)[:, None], best_offset]             # (N, N, 3)
     delta = (cart[None, :, :] - chosen) @ jnp.linalg.inv(lattice)
-    distance = jnp.linalg.norm((delta - jnp.round(delta)) @ lattice, axis=-1)
+    distance = jnp.linalg.norm(minimum_image(delta, lattice, n_images=0), axis=-1)
     usable = inside & valid[:, None] & valid[None, :] & (distance <= margin)
     distance = jnp.where(usable, distance, jnp.inf)
     key = (jnp.arange(n_atoms)[:, None] * n_offsets + best_offset).ravel()
@@ -423,7 +416,7 @@ def _pairwise_is_exact(offsets: np.ndarray, lattice: np.ndarray, margin: float) 
     """True when every offset's ball of radius margin (+ rounding slack) stays inside the fractional
     minimum-image cell, so pair vectors computed by minimum image reach every target."""
     frac = np.abs(offsets @ np.linalg.inv(lattice))
-    slack = (margin + 0.05) / plane_spacings(lattice)
+    slack = (margin + 0.05) / perpendicular_widths(lattice)
     return bool(np.all(frac + slack[None, :] < 0.5))
 
 
@@ -507,7 +500,7 @@ def reference_vacancy_estimate(cart: np.ndarray, lattice: np.ndarray, basis: np.
     dummies: list[np.ndarray] = []
     for target in targets[distance > margin]:
         if dummies:
-            vectors = min_image_vectors_np(target[None], np.array(dummies), lattice)[0]
+            vectors = displacements(target[None], np.array(dummies), lattice)[0]
             if np.min(np.linalg.norm(vectors, axis=-1)) <= margin:
                 continue
         dummies.append(target)

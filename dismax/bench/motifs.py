@@ -29,6 +29,7 @@ import numpy as np
 
 from dismax.bench.periodic import float64
 from dismax.errors import DismaxInputError
+from dismax.geometry import minimum_image
 
 MAX_CN = 24
 # CN -> list of (label, pymatgen order-parameter type, parameters or None), in fingerprint order after "wt"
@@ -80,7 +81,7 @@ class MotifFingerprinter:
     """Computes the per-site fingerprint from CrystalNN neighbour data (order-parameter objects built once)."""
 
     def __init__(self, cation_anion: bool = False, species_fractions: Sequence[str] = (), **crystalnn_settings):
-        from pymatgen.analysis.local_env import CrystalNN, LocalStructOrderParams
+        from pymatgen.analysis.local_env import CrystalNN, LocalStructOrderParams  # heavy; CrystalNN paths only
 
         self.crystalnn = CrystalNN(cation_anion=cation_anion, **crystalnn_settings)
         self.species_fractions = tuple(species_fractions)
@@ -108,7 +109,7 @@ class MotifFingerprinter:
 
 
 def _to_structure(frac, lattice, numbers, oxidation: dict | None = None):
-    from pymatgen.core import Lattice, Structure
+    from pymatgen.core import Lattice, Structure  # heavy optional dependency; CrystalNN paths only
 
     structure = Structure(Lattice(np.asarray(lattice, float)), [int(z) for z in numbers], np.asarray(frac, float))
     if oxidation:
@@ -130,7 +131,7 @@ def motif_fingerprints(frac, lattice, numbers, site_numbers: Sequence[int] | Non
 
 def crystalnn_bond_angles(frac, lattice, numbers) -> np.ndarray:
     """All bond angles (degrees) of one structure, pooled over sites, published bond-angle CrystalNN settings."""
-    from pymatgen.analysis.local_env import CrystalNN
+    from pymatgen.analysis.local_env import CrystalNN  # heavy optional dependency; CrystalNN paths only
 
     structure = _to_structure(frac, lattice, numbers)
     crystalnn = CrystalNN(**BOND_ANGLE_CRYSTALNN)
@@ -166,8 +167,7 @@ def _cutoff_angle_histogram(frac, lattice, cutoff, edges, max_neighbours):
     """Angle-bin counts (n_bins,) of one structure from all pairs of neighbours closer than ``cutoff``, and a
     flag set when some atom has more than ``max_neighbours`` such neighbours."""
     n_atoms, n_bins = frac.shape[0], edges.shape[0] - 1
-    delta = frac[None, :, :] - frac[:, None, :]
-    vectors = (delta - jnp.round(delta)) @ lattice                            # (N, N, 3) r_j - r_i
+    vectors = minimum_image(frac[None, :, :] - frac[:, None, :], lattice, n_images=0)   # (N, N, 3) r_j - r_i
     distance = jnp.linalg.norm(vectors, axis=-1) + jnp.where(jnp.eye(n_atoms, dtype=bool), jnp.inf, 0.0)
     negative, neighbours = jax.lax.top_k(-distance, max_neighbours)
     bonded = -negative < cutoff                                                # (N, K)

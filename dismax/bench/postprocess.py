@@ -18,6 +18,7 @@ import numpy as np
 
 from dismax.bench.periodic import float64
 from dismax.errors import DismaxInputError
+from dismax.geometry import minimum_image
 
 MIN_DIST = 1.5      # Å
 PUSH = 0.1          # Å beyond MIN_DIST
@@ -41,8 +42,7 @@ def _close_matrix(frac, lattice, min_dist):
     """(B, N, N) mask of pairs i < j closer than min_dist by minimum image, for the whole batch at once."""
 
     def one(frac_one, lattice_one):
-        delta = frac_one[None, :, :] - frac_one[:, None, :]
-        vectors = (delta - jnp.round(delta)) @ lattice_one
+        vectors = minimum_image(frac_one[None, :, :] - frac_one[:, None, :], lattice_one, n_images=0)
         squared = jnp.sum(vectors * vectors, axis=-1)
         n = frac_one.shape[0]
         return (jnp.arange(n)[:, None] < jnp.arange(n)[None, :]) & (squared < min_dist**2)
@@ -83,8 +83,7 @@ def move_atoms_apart(frac: np.ndarray, lattice: np.ndarray, min_dist: float = MI
             for i, j in zip(rows, cols):
                 vector = positions[j] - positions[i]
                 if not reference_compatible:
-                    shift = vector @ inverse[b]
-                    vector = (shift - np.round(shift)) @ lattice[b]
+                    vector = minimum_image(vector @ inverse[b], lattice[b], n_images=0)
                 positions[j] = positions[i] + vector * (target / np.linalg.norm(vector))
             if not reference_compatible:
                 wrapped = positions @ inverse[b]

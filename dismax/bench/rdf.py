@@ -13,11 +13,11 @@ from __future__ import annotations
 import functools
 import itertools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dismax.bench.periodic import float64, plane_spacings
+from dismax.bench.periodic import float64
+from dismax.geometry import pair_distance_histogram, perpendicular_widths
 
 R_MAX = 10.0      # Å
 N_BINS = 500      # bin width 0.02 Å
@@ -63,35 +63,9 @@ def image_grid(lattice: np.ndarray, r_max: float) -> np.ndarray:
 @functools.lru_cache(maxsize=64)
 def _image_grid_cached(lattice_bytes: bytes, r_max: float) -> np.ndarray:
     lattice = np.frombuffer(lattice_bytes, dtype=float).reshape(3, 3)
-    counts = np.floor(r_max / plane_spacings(lattice) + 0.5 + 1e-9).astype(int)
+    counts = np.floor(r_max / perpendicular_widths(lattice) + 0.5 + 1e-9).astype(int)
     grid = np.array(list(itertools.product(*(range(-c, c + 1) for c in counts))), dtype=float)
     return grid[[_box_min_distance(image, lattice) < r_max for image in grid]]
-
-
-def numpy_histogram_bins(values: jax.Array, r_min: float, r_max: float, n_bins: int) -> tuple[jax.Array, jax.Array]:
-    """Bin index and in-range mask reproducing ``numpy.histogram`` for uniform bins (float64 inputs)."""
-    edges = jnp.linspace(r_min, r_max, n_bins + 1)
-    index = ((values - r_min) * (n_bins / (r_max - r_min))).astype(jnp.int32)
-    index = jnp.clip(index, 0, n_bins - 1)
-    index = jnp.where(values < edges[index], index - 1, index)
-    index = jnp.clip(index, 0, n_bins - 1)
-    index = jnp.where((values >= edges[index + 1]) & (index != n_bins - 1), index + 1, index)
-    inside = (values >= r_min) & (values <= r_max)
-    return index, inside
-
-
-def _histogram_one(frac, lattice, mask_i, mask_j, images, r_min, r_max, n_bins):
-    difference = frac[None, :, :] - frac[:, None, :]
-    difference = difference - jnp.floor(difference + 0.5)
-    vectors = (difference @ lattice)[:, :, None, :] + (images @ lattice)[None, None, :, :]   # (N, N, M, 3)
-    distances = jnp.sqrt(jnp.sum(vectors**2, axis=-1))
-    index, inside = numpy_histogram_bins(distances, r_min, r_max, n_bins)
-    pair = mask_i[:, None, None] & mask_j[None, :, None]
-    keep = inside & pair & (distances > 0.0)
-    return jnp.zeros(n_bins, distances.dtype).at[index.ravel()].add(keep.ravel().astype(distances.dtype))
-
-
-_histogram_jit = jax.jit(_histogram_one, static_argnames=("r_min", "r_max", "n_bins"))
 
 
 @float64
@@ -117,9 +91,9 @@ def rdf(frac: np.ndarray, lattice: np.ndarray, numbers: np.ndarray | None = None
         mask_i = everything if species_i is None else np.asarray(numbers[b]) == species_i
         mask_j = everything if species_j is None else np.asarray(numbers[b]) == species_j
         images = image_grid(lattice[b], r_max)
-        counts = np.asarray(_histogram_jit(jnp.asarray(frac[b]), jnp.asarray(lattice[b]), jnp.asarray(mask_i),
-                                           jnp.asarray(mask_j), jnp.asarray(images), r_min=r_min, r_max=r_max,
-                                           n_bins=n_bins))
+        counts = np.asarray(pair_distance_histogram(
+            jnp.asarray(frac[b]), jnp.asarray(lattice[b]), jnp.asarray(images), r_max=r_max, n_bins=n_bins,
+            r_min=r_min, mask_i=jnp.asarray(mask_i), mask_j=jnp.asarray(mask_j)))
         volume = abs(np.linalg.det(lattice[b]))
         rows.append(counts * volume / (mask_i.sum() * mask_j.sum() * volumes_shell))
     return np.array(rows)

@@ -46,7 +46,7 @@ from dismax.data.registry import ensure_dataset
 from dismax.errors import DismaxConfigError, DismaxError, DismaxInputError
 from dismax.io import read_extxyz, read_structure_set, write_extxyz
 from dismax.relax import cli as relax_cli
-from dismax.relax.driver import DEFAULT_CHUNK_SIZE, DEFAULT_FMAX, DEFAULT_MAX_STEPS
+from dismax.potentials.fire import DEFAULT_CHUNK_SIZE, DEFAULT_FMAX, DEFAULT_MAX_STEPS
 from dismax.models import model_module
 from dismax.potentials import POTENTIALS
 from dismax.runs import RunDir, atomic_write_bytes, atomic_write_text, exclusive_lock, log, progress
@@ -339,7 +339,7 @@ def stage_relax(bench: Bench, entry: ModelEntry, seed: int, directory: Path) -> 
     if section.potential == "none" or source.stat().st_size == 0:
         return {"potential": section.potential, "relaxed": False}
     relax_cli.run(argparse.Namespace(input=source, out=directory, potential=section.potential, fmax=section.fmax,
-                                     max_steps=section.max_steps, chunk_size=section.chunk_size, batching="auto"))
+                                     max_steps=section.max_steps, chunk_size=section.chunk_size))
     return {"potential": section.potential, "relaxed": True}
 
 

@@ -2,7 +2,7 @@
 
 Protocol per 256-atom cubic cell at the a-Si density (2.28 g/cm³): random start with a minimum
 separation, short FIRE pre-relaxation, Nosé–Hoover NVT melt at 3000 K, linear quench to 300 K, final FIRE
-relaxation to 0.05 eV/Å with :mod:`dismax.relax`. The potential is Stillinger–Weber with the three-body
+relaxation to 0.05 eV/Å with :mod:`dismax.potentials.fire`. The potential is Stillinger–Weber with the three-body
 term × 1.5, which gives tetrahedral a-Si (the original SW gives over-coordinated a-Si). Cells are
 propagated together (``lax.map`` on CPU, ``vmap`` on accelerators).
 
@@ -22,7 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dismax.geometry import minimum_image, pair_distance_histogram, wrap_centered
 from dismax.potentials import StillingerWeber
+from dismax.potentials.fire import relax
 from dismax.potentials.jaxmd import default_batching, neighbor_energy, over_batch
 from dismax.structures import Crystals
 
@@ -89,8 +91,7 @@ def random_start(protocol: MeltQuench, rng: np.random.Generator) -> np.ndarray:
     placed = 0
     for _ in range(1000 * protocol.n_atoms):
         trial = rng.random(3)
-        d = frac[:placed] - trial
-        d -= np.round(d)
+        d = wrap_centered(frac[:placed] - trial)
         if placed == 0 or np.min(np.sum(d**2, axis=1)) * length**2 >= protocol.min_separation**2:
             frac[placed] = trial
             placed += 1
@@ -181,13 +182,15 @@ def structure_statistics(crystals: Crystals, bond_cutoff: float = BOND_CUTOFF, r
     density_sum = 0.0
     for b in range(c.batch_size):
         lattice = np.asarray(c.lattice[b], float)
-        d = np.asarray(c.frac[b], float)[None] - np.asarray(c.frac[b], float)[:, None]
-        d -= np.round(d)
-        vectors = d @ lattice
+        frac = np.asarray(c.frac[b], float)
+        vectors = minimum_image(frac[None] - frac[:, None], lattice, n_images=0)
         r = np.linalg.norm(vectors, axis=-1)
         n = len(r)
         np.fill_diagonal(r, np.inf)
-        histogram += np.histogram(r[np.isfinite(r)], edges)[0]
+        with jax.enable_x64(True):
+            histogram += np.asarray(pair_distance_histogram(
+                jnp.asarray(frac), jnp.asarray(lattice), jnp.zeros((1, 3)), r_max=float(edges[-1]),
+                n_bins=len(edges) - 1))
         density_sum += n * n / abs(np.linalg.det(lattice))
         bonded = r < bond_cutoff
         cn = bonded.sum(axis=1)
@@ -224,20 +227,16 @@ def structure_statistics(crystals: Crystals, bond_cutoff: float = BOND_CUTOFF, r
 # ---------------------------------------------------------------------- dataset builder
 def generate(protocol: MeltQuench, seed: int, batching: str | None = None, progress: bool = True):
     """Melt-quench ``protocol.n_structures`` cells and relax them; returns (Crystals, RelaxResult)."""
-    from dismax.relax.driver import relax
-
     rng = np.random.default_rng(seed)
     n = protocol.n_structures
     lattice = np.tile(np.eye(3) * protocol.box_length, (n, 1, 1))
     species = np.full((n, protocol.n_atoms), SI_Z, np.int32)
     frac = np.stack([random_start(protocol, rng) for _ in range(n)])
     potential = StillingerWeber(three_body_strength=protocol.three_body_strength)
-    chunk = min(n, 32)
-    start = relax(Crystals(frac, lattice, species), potential, fmax=0.5, max_steps=protocol.pre_relax_steps,
-                  chunk_size=chunk, batching=batching)
+    start = relax(Crystals(frac, lattice, species), potential, fmax=0.5, max_steps=protocol.pre_relax_steps)
     quenched = melt_quench(protocol, np.asarray(start.crystals.frac), seed, batching, progress)
     result = relax(Crystals(np.mod(quenched, 1.0), lattice, species), potential, fmax=protocol.final_fmax,
-                   max_steps=protocol.final_max_steps, chunk_size=chunk, batching=batching, progress=progress)
+                   max_steps=protocol.final_max_steps, progress=progress)
     return result.crystals, result
 
 

@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from dismax.data import BUILDERS
+from dismax.data import BUILDERS, BUILT_FILES
 from dismax.errors import DismaxInputError
 from dismax.runs import atomic_write_text, exclusive_lock, log, make_staging_dir
 
@@ -72,7 +72,7 @@ def _build_into(name: str, size: str, seed: int, target: Path) -> None:
     staging = make_staging_dir(target)
     try:
         _builder(name)(size=size, seed=seed, out_dir=staging)
-        missing = [f for f in DATASET_FILES if not (staging / f).is_file()]
+        missing = [f for f in BUILT_FILES.get(name, DATASET_FILES) if not (staging / f).is_file()]
         if missing:
             raise RuntimeError(f"builder of '{name}' did not write {missing}")
         if target.exists():

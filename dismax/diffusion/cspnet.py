@@ -41,14 +41,15 @@ class CSPLayer(nn.Module):
 
 class CSPNet(nn.Module):
     """DiffCSP denoiser: (frac (N,3), lattice (3,3), species (N,), t ()) → normalised score (N, 3), or
-    (score (N, 3), lattice noise (3, 3)) with ``lattice_head``."""
+    (score (N, 3), lattice noise (3, 3)) with ``lattice_head``. Built by ``denoisers.build_denoiser``; the
+    hyperparameters' defaults live in ``DenoiserConfig`` only."""
 
-    hidden: int = 256
-    n_layers: int = 4
-    n_freq: int = 128
-    time_dim: int = 256
-    max_atomic_num: int = 100
-    remat: bool = False
+    hidden: int
+    n_layers: int
+    n_freq: int
+    time_dim: int
+    max_atomic_num: int
+    remat: bool
     lattice_head: bool = False
 
     @nn.compact

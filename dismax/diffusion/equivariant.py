@@ -29,19 +29,20 @@ from dismax.nn.radial import bessel_basis, polynomial_envelope
 
 
 class EquivariantDenoiser(nn.Module):
-    """(frac (N,3), lattice (3,3), species (N,), t ()) → normalised fractional score (N, 3)."""
+    """(frac (N,3), lattice (3,3), species (N,), t ()) → normalised fractional score (N, 3). Built by
+    ``denoisers.build_denoiser``; the hyperparameters' defaults live in ``DenoiserConfig`` only."""
 
-    hidden_irreps: str = "64x0e+32x1o+16x2e"
-    n_layers: int = 4
-    l_max: int = 2
-    n_neighbors: int = 32
-    n_images: int = 1
-    cutoff: float = 6.0
-    n_radial: int = 8
-    radial_hidden: int = 64
-    time_dim: int = 128
-    max_atomic_num: int = 100
-    global_frequencies: int = 0
+    hidden_irreps: str
+    n_layers: int
+    l_max: int
+    n_neighbors: int
+    n_images: int
+    cutoff: float
+    n_radial: int
+    radial_hidden: int
+    time_dim: int
+    max_atomic_num: int
+    global_frequencies: int
 
     @nn.compact
     def __call__(self, frac, lattice, species, t):

@@ -19,10 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def wrap_centered(x):
-    """Map values onto [-0.5, 0.5) modulo 1 (works for numpy and jax arrays)."""
-    return x - jnp.floor(x + 0.5) if isinstance(x, jax.Array) else x - np.floor(x + 0.5)
+from dismax.geometry import wrap_centered
 
 
 def log_wrapped_normal(x, sigma, n_images: int = 10):

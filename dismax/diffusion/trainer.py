@@ -53,7 +53,7 @@ from dismax.diffusion.noise import BetaSchedule, SigmaSchedule, noise_coordinate
 from dismax.diffusion.sampling import annealed_langevin, predictor_corrector, predictor_corrector_lattice
 from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.io import write_extxyz
-from dismax.runs import RunDir, atomic_write_text, log, progress
+from dismax.runs import RunDir, atomic_write_text, exclusive_lock, log, progress
 from dismax.structures import Crystals
 from dismax.training import (LoopConfig, Panel, TrainingTask, check_data_source, check_loop_config,
                              load_run_state, train_loop)
@@ -425,7 +425,8 @@ def make_task(config: Config, run: RunDir) -> TrainingTask:
 def train(config: Config, run: RunDir, evaluation=None) -> None:
     """Train (or resume) the diffusion model of ``config`` in ``run``; see the module docstring."""
     check(config)
-    train_loop(make_task(config, run), config.train, run, evaluation)
+    with exclusive_lock(run.path, "run directory"):
+        train_loop(make_task(config, run), config.train, run, evaluation)
 
 
 def _plateau_lr(plateau: dict, val_loss: float, lr: float, t: TrainConfig) -> float:

@@ -108,9 +108,10 @@ def init_state(setup: GanSetup, key: jax.Array, w_dist: float | jax.Array) -> Ga
     )
 
 
-def _step_keys(state: GanState):
+def step_keys(state: GanState):
+    """The PRNG keys of one training step: z of the critic step, α of the two penalties, z of the generator."""
     key = jax.random.fold_in(state.key, state.step)
-    return jax.random.split(key, 4)  # z for the critic step, α coord, α dist, z for the generator step
+    return jax.random.split(key, 4)
 
 
 def _generate(setup: GanSetup, params, stats, z, train: bool):
@@ -139,6 +140,44 @@ def _apply_adam(adam, opt_state, grads, params, learning_rates):
     return params, opt_state
 
 
+def critic_loss(setup: GanSetup, critic_params, real_coords, real_dists, fake, fake_dists, w_dist, keys):
+    """Joint critic loss L_D = [CD(fake) − CD(real) + GP] + w·[DD(fake) − DD(real) + GP] and its metrics.
+
+    real/fake coordinates (B, N, 3), bond distances (B, N, K) (None without a distance critic);
+    ``keys`` = (PRNG key of the coordinate penalty's α, of the distance penalty's α). Returns (loss,
+    metrics) with distance_dis (Wasserstein estimate), cost_dis, D_real, D_fake, D_dist_real, D_dist_fake.
+    """
+    modules = setup.critic_modules()
+
+    def critic_fn(name):
+        return lambda x: modules[name].apply({"params": critic_params[name]}, x)
+
+    k_coord, k_dist = keys
+    first = "comb" if setup.model.critics == "combined" else "coord"
+    coord = critic_terms(critic_fn(first), real_coords, fake, k_coord, setup.model.gp_weight, setup.model.gp_on)
+    metrics = {"D_real": coord.real, "D_fake": coord.fake}
+    loss, wasserstein = coord.loss, coord.wasserstein
+    if setup.has_dist_critic:
+        dist = critic_terms(critic_fn("dist"), real_dists, fake_dists, k_dist, setup.model.gp_weight,
+                            setup.model.gp_on)
+        loss = loss + w_dist * dist.loss
+        wasserstein = wasserstein + w_dist * dist.wasserstein
+        metrics.update(D_dist_real=dist.real, D_dist_fake=dist.fake)
+    else:
+        metrics.update(D_dist_real=jnp.zeros(()), D_dist_fake=jnp.zeros(()))
+    metrics.update(cost_dis=loss, distance_dis=wasserstein)
+    return loss, metrics
+
+
+def generator_loss(setup: GanSetup, gen_params, gen_stats, critic_params, z, w_dist):
+    """L_G = −CD(G(z)) − w·DD(dist(G(z))) (or −C_comb(G(z))), generator in training mode.
+
+    Returns (loss, updated BatchNorm statistics).
+    """
+    fake, stats = _generate(setup, gen_params, gen_stats, z, train=True)
+    return -_scores(setup, critic_params, fake, w_dist), stats
+
+
 def critic_update(setup: GanSetup, state: GanState, real_coords: jax.Array, real_dists: jax.Array | None,
                   lr_scale: jax.Array):
     """One joint update of the critics on a real batch; returns (state, metrics), ``step`` unchanged.
@@ -148,33 +187,16 @@ def critic_update(setup: GanSetup, state: GanState, real_coords: jax.Array, real
     updated as in the reference. Metrics: distance_dis (Wasserstein estimate), cost_dis, D_real, D_fake,
     D_dist_real, D_dist_fake (zeros without a distance critic).
     """
-    k_z, k_coord, k_dist, _ = _step_keys(state)
+    k_z, k_coord, k_dist, _ = step_keys(state)
     batch = real_coords.shape[0]
-    modules = setup.critic_modules()
     z = jax.random.normal(k_z, (batch, setup.model.latent_dim))
     fake, gen_stats = _generate(setup, state.gen_params, state.gen_stats, z, train=True)
     fake = jax.lax.stop_gradient(fake)
     fake_dists = setup.distances(fake) if setup.has_dist_critic else None
 
-    def critic_loss(critic_params):
-        def critic_fn(name):
-            return lambda x: modules[name].apply({"params": critic_params[name]}, x)
-
-        first = "comb" if setup.model.critics == "combined" else "coord"
-        coord = critic_terms(critic_fn(first), real_coords, fake, k_coord, setup.model.gp_weight, setup.model.gp_on)
-        metrics = {"D_real": coord.real, "D_fake": coord.fake}
-        loss, wasserstein = coord.loss, coord.wasserstein
-        if setup.has_dist_critic:
-            dist = critic_terms(critic_fn("dist"), real_dists, fake_dists, k_dist, setup.model.gp_weight, setup.model.gp_on)
-            loss = loss + state.w_dist * dist.loss
-            wasserstein = wasserstein + state.w_dist * dist.wasserstein
-            metrics.update(D_dist_real=dist.real, D_dist_fake=dist.fake)
-        else:
-            metrics.update(D_dist_real=jnp.zeros(()), D_dist_fake=jnp.zeros(()))
-        metrics.update(cost_dis=loss, distance_dis=wasserstein)
-        return loss, metrics
-
-    critic_grads, metrics = jax.grad(critic_loss, has_aux=True)(state.critic_params)
+    loss_fn = functools.partial(critic_loss, setup, real_coords=real_coords, real_dists=real_dists, fake=fake,
+                                fake_dists=fake_dists, w_dist=state.w_dist, keys=(k_coord, k_dist))
+    critic_grads, metrics = jax.grad(loss_fn, has_aux=True)(state.critic_params)
     base_lr = {"coord": setup.train.lr_coord, "comb": setup.train.lr_coord, "dist": setup.train.lr_dist}
     critic_lr_tree = {name: jax.tree.map(lambda _, lr=lr_scale * base_lr[name]: lr, params)
                       for name, params in state.critic_params.items()}
@@ -188,14 +210,11 @@ def generator_update(setup: GanSetup, state: GanState, batch: int, lr_scale: jax
 
     L_G = −CD(G(z)) − w·DD(dist(G(z))) (or −C_comb(G(z))); ``step`` unchanged.
     """
-    *_, k_zgen = _step_keys(state)
+    *_, k_zgen = step_keys(state)
     z_gen = jax.random.normal(k_zgen, (batch, setup.model.latent_dim))
 
-    def generator_loss(params):
-        fake, stats = _generate(setup, params, state.gen_stats, z_gen, train=True)
-        return -_scores(setup, state.critic_params, fake, state.w_dist), stats
-
-    (cost_gen, gen_stats), gen_grads = jax.value_and_grad(generator_loss, has_aux=True)(state.gen_params)
+    (cost_gen, gen_stats), gen_grads = jax.value_and_grad(generator_loss, argnums=1, has_aux=True)(
+        setup, state.gen_params, state.gen_stats, state.critic_params, z_gen, state.w_dist)
     gen_lr = jax.tree.map(lambda _: lr_scale * setup.train.lr_gen, state.gen_params)
     gen_params, gen_opt = _apply_adam(setup.adam(), state.gen_opt, gen_grads, state.gen_params, gen_lr)
     return state.replace(gen_params=gen_params, gen_stats=gen_stats, gen_opt=gen_opt), cost_gen

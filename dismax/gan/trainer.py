@@ -31,7 +31,7 @@ from dismax.gan.steps import (GanSetup, ensemble_sampler, ensemble_step_fn, gene
                               member_state)
 from dismax.geometry import pairwise_minimum_image_distances
 from dismax.io import write_extxyz, write_extxyz_frames
-from dismax.runs import RunDir, atomic_write, atomic_write_text, log, progress
+from dismax.runs import RunDir, atomic_write, atomic_write_text, exclusive_lock, log, progress
 from dismax.structures import Crystals, sort_into_blocks, species_blocks
 from dismax.training import (Panel, TrainingTask, check_data_source, check_loop_config, load_run_state,
                              train_loop)
@@ -212,8 +212,9 @@ def make_task(config: Config, run: RunDir) -> TrainingTask:
 def train(config: Config, run: RunDir, evaluation=None) -> None:
     """Train (or resume) the ensemble of ``config`` in ``run``; see the module docstring."""
     check(config)
-    run.create()
-    train_loop(make_task(config, run), config.train, run, evaluation)
+    with exclusive_lock(run.path, "run directory"):
+        run.create()
+        train_loop(make_task(config, run), config.train, run, evaluation)
 
 
 # ------------------------------------------------------------------------------------------ sampling

@@ -19,7 +19,7 @@ import numpy as np
 
 from dismax.errors import DismaxInputError
 from dismax.io import write_extxyz_frames
-from dismax.relax.driver import RelaxResult
+from dismax.potentials.fire import RelaxResult
 from dismax.runs import atomic_write_text
 
 CSV_HEADER = "id,status,steps,e_initial,e_final,fmax\n"

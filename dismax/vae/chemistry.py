@@ -12,7 +12,6 @@ ICSD-derived `icsd_oxidation_states`; `oxidation_state_source()` says which.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from fractions import Fraction
 
@@ -80,8 +79,10 @@ def charge_neutral(amounts: dict[str, float], pauling_test: bool = True, thresho
     """True when the integerised composition admits a neutral combination of oxidation states (and, with
     `pauling_test`, every cation is less electronegative than every anion, within `threshold`).
 
-    Compositions with more than `max_combinations` oxidation-state combinations (e.g. 10+ elements on
-    decoded sites) count as not neutral rather than being searched exhaustively."""
+    Equivalent to testing every product of oxidation states, but searched as reachable charge sums: for
+    each candidate lowest anion electronegativity v, elements below v must be cations, above v + threshold
+    anions, the rest either. Compositions with more than `max_combinations` oxidation-state combinations
+    (e.g. 10+ elements on decoded sites) count as not neutral, as in the exhaustive search they replace."""
     counts = integer_composition(amounts)
     symbols = sorted(counts)
     if not symbols:
@@ -90,21 +91,42 @@ def charge_neutral(amounts: dict[str, float], pauling_test: bool = True, thresho
         return True
     if len(symbols) == 1:
         return False
-    choices = [oxidation_states(s) for s in symbols]
-    if any(not c for c in choices) or math.prod(len(c) for c in choices) > max_combinations:
+    choices = {s: oxidation_states(s) for s in symbols}
+    if any(not c for c in choices.values()) or math.prod(len(c) for c in choices.values()) > max_combinations:
         return False
-    for states in itertools.product(*choices):
-        if sum(q * counts[s] for q, s in zip(states, symbols)) != 0:
+    if not pauling_test:
+        return 0 in _reachable_sums([[q * counts[s] for q in choices[s]] for s in symbols])
+    electronegativity = {s: _electronegativity(s) for s in symbols}
+    for lowest_anion in sorted({x for x in electronegativity.values() if x == x}):
+        options = []
+        for s in symbols:
+            x = electronegativity[s]
+            cation_allowed = x == x and x <= lowest_anion + threshold
+            anion_allowed = x == x and x >= lowest_anion
+            options.append([(q * counts[s], q > 0, q < 0) for q in choices[s]
+                            if (q > 0 and cation_allowed) or (q < 0 and anion_allowed)])
+        if any(not option for option in options):
             continue
-        if not pauling_test:
-            return True
-        cations = [_electronegativity(s) for q, s in zip(states, symbols) if q > 0]
-        anions = [_electronegativity(s) for q, s in zip(states, symbols) if q < 0]
-        if not cations or not anions or any(x != x for x in cations + anions):
-            continue
-        if max(cations) - min(anions) <= threshold:
+        if _neutral_with_both_signs(options):
             return True
     return False
+
+
+def _reachable_sums(per_element: list[list[int]]) -> set[int]:
+    sums = {0}
+    for charges in per_element:
+        sums = {total + charge for total in sums for charge in charges}
+    return sums
+
+
+def _neutral_with_both_signs(options: list[list[tuple[int, bool, bool]]]) -> bool:
+    """Some choice of one (charge, is_cation, is_anion) per element sums to zero with at least one cation and
+    one anion (states track (sum, has cation, has anion))."""
+    states = {(0, False, False)}
+    for option in options:
+        states = {(total + charge, has_cation or cation, has_anion or anion)
+                  for total, has_cation, has_anion in states for charge, cation, anion in option}
+    return (0, True, True) in states
 
 
 def composition_of(structure) -> dict[str, float]:

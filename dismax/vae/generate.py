@@ -1,8 +1,9 @@
 """From decoder outputs to Wyckoff genes, CIFs and the Dis-GEN generation metrics.
 
 Pipeline per latent (Dis-GEN §4.2): decode -> gene (or generation failure) -> symmetry-matching check
-(SMA) -> snap onto Wyckoff positions and write a symmetrised CIF -> re-parse -> structural validity and
-charge neutrality.
+(SMA) -> snap onto Wyckoff positions, resolve overlapping orbits -> symmetrised CIF read back by pymatgen
+with default tolerances -> declared space group confirmed by SpacegroupAnalyzer -> written; then
+structural validity and charge neutrality. Rejected samples are listed with their stage and reason.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from dismax.runs import atomic_write_text
 from dismax.vae import representation as rep
 from dismax.vae.chemistry import charge_neutral, composition_of, oxidation_state_source, structurally_valid
 from dismax.vae.genes import WyckoffGene
 from dismax.vae.representation import GenerationFailure, LatticeScaler
-from dismax.vae.structure import gene_to_cif, parse_generated_cif, symmetry_matches
+from dismax.vae.structure import Rejection, realise_gene, symmetry_matches
 
 
 def outputs_to_numpy(outputs: dict) -> dict:
@@ -51,74 +53,105 @@ def decode_outputs(outputs: dict, scaler: LatticeScaler, element_acc: float = 0.
     return results
 
 
+REJECTION_STAGES = ("generation", "sma", "collapse", "overlap", "parse", "symmetry")
+
+
 @dataclass
 class GenerationReport:
-    """Counts of the generation pipeline; `as_dict` adds the rates."""
+    """Counts of the generation pipeline (rejections per stage in `rejected`); `as_dict` adds the rates.
+
+    Stages, in order: generation (no Wyckoff gene), sma (letters/multiplicities do not match the space
+    group), collapse and overlap (`structure.placed_sites`), parse (pymatgen cannot read the CIF with
+    default tolerances), symmetry (SpacegroupAnalyzer finds another group). Only structures passing all of
+    them are written; `structurally_valid`, `charge_neutral` and `valid` count written structures."""
 
     samples: int = 0
-    generation_failures: int = 0
-    sma_failures: int = 0
-    parse_failures: int = 0
+    rejected: dict = field(default_factory=lambda: dict.fromkeys(REJECTION_STAGES, 0))
+    written: int = 0
     structurally_valid: int = 0
     charge_neutral: int = 0
     valid: int = 0
     disordered: int = 0
     oxidation_states: str = field(default_factory=oxidation_state_source)
 
+    def add(self, other: "GenerationReport") -> None:
+        """Accumulate the counts of another report (one sampling batch)."""
+        self.samples += other.samples
+        for stage, count in other.rejected.items():
+            self.rejected[stage] += count
+        for key in ("written", "structurally_valid", "charge_neutral", "valid", "disordered"):
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+
     def as_dict(self) -> dict:
-        genes = self.samples - self.generation_failures - self.sma_failures
-        parsed = genes - self.parse_failures
+        rejected = self.rejected
+        genes = self.samples - rejected["generation"] - rejected["sma"]
+        cif_texts = genes - rejected["collapse"] - rejected["overlap"]
 
         def rate(numerator, denominator):
             return numerator / denominator if denominator else float("nan")
 
         return {
-            **self.__dict__,
+            **{key: value for key, value in self.__dict__.items() if key != "rejected"},
+            "rejected": dict(rejected),
+            "generation_failures": rejected["generation"],
+            "sma_failures": rejected["sma"],
             "wyckoff_genes": genes,
-            "generation_pass_rate": rate(self.samples - self.generation_failures, self.samples),
+            "generation_pass_rate": rate(self.samples - rejected["generation"], self.samples),
             "sma": rate(genes, self.samples),
-            "sma_reference_formula": 1.0 - rate(self.sma_failures, self.samples),
-            "parse_rate": rate(parsed, genes),
+            "sma_reference_formula": 1.0 - rate(rejected["sma"], self.samples),
+            "parse_rate": rate(cif_texts - rejected["parse"], cif_texts),
+            "written_rate": rate(self.written, genes),
             "structural_validity": rate(self.structurally_valid, genes),
             "charge_neutrality": rate(self.charge_neutral, genes),
-            "structural_validity_of_parsed": rate(self.structurally_valid, parsed),
-            "charge_neutrality_of_parsed": rate(self.charge_neutral, parsed),
+            "charge_neutrality_of_written": rate(self.charge_neutral, self.written),
             "total_valid": rate(self.valid, genes),
-            "disordered_fraction": rate(self.disordered, genes),
+            "disordered_fraction": rate(self.disordered, self.written),
         }
 
 
 def evaluate_genes(results: list, out_dir: Path | None = None, prefix: str = "sample",
-                   pauling_test: bool = True, first_index: int = 0) -> tuple[GenerationReport, list[WyckoffGene]]:
-    """Run SMA, CIF writing/parsing, validity and neutrality on decoded results; write CIFs of Wyckoff
-    genes to out_dir (if given). Returns the report and the genes that passed SMA."""
+                   pauling_test: bool = True, first_index: int = 0) -> tuple[GenerationReport, list[tuple]]:
+    """Check decoded results stage by stage (see GenerationReport) and write the CIFs of the structures that
+    pass every check into out_dir (if given). Returns the report and (name, stage, reason) per rejection."""
     report = GenerationReport(samples=len(results))
-    kept = []
+    rejections = []
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     for index, result in enumerate(results):
-        if isinstance(result, GenerationFailure):
-            report.generation_failures += 1
-            continue
-        if not symmetry_matches(result):
-            report.sma_failures += 1
-            continue
-        kept.append(result)
-        report.disordered += result.n_disordered > 0
         name = f"{prefix}_{first_index + index:06d}"
-        text = gene_to_cif(result, name)
-        if out_dir is not None:
-            (Path(out_dir) / f"{name}.cif").write_text(text)
-        structure = parse_generated_cif(text)
-        if structure is None:
-            report.parse_failures += 1
+        try:
+            if isinstance(result, GenerationFailure):
+                raise Rejection("generation", str(result))
+            if not symmetry_matches(result):
+                raise Rejection("sma", f"Wyckoff sites {', '.join(s.label for s in result.sites)} do not all "
+                                       f"exist in space group {result.spacegroup}")
+            text, structure = realise_gene(result, name)
+        except Rejection as rejection:
+            report.rejected[rejection.stage] += 1
+            rejections.append((name, rejection.stage, str(rejection)))
             continue
+        if out_dir is not None:
+            atomic_write_text(Path(out_dir) / f"{name}.cif", text)
+        report.written += 1
+        report.disordered += result.n_disordered > 0
         valid_structure = structurally_valid(structure)
         neutral = charge_neutral(composition_of(structure), pauling_test=pauling_test)
         report.structurally_valid += valid_structure
         report.charge_neutral += neutral
         report.valid += valid_structure and neutral
-    return report, kept
+    return report, rejections
+
+
+def write_rejections(path: Path, rejections: list[tuple]) -> None:
+    """CSV of rejected samples: sample, stage, reason (atomic write)."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["sample", "stage", "reason"])
+    writer.writerows(rejections)
+    atomic_write_text(Path(path), buffer.getvalue())
 
 
 def reconstruction_metrics(outputs: dict, sites: np.ndarray, lattice: np.ndarray, spacegroup: np.ndarray,

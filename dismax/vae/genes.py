@@ -22,6 +22,11 @@ class WyckoffSite:
     frac: tuple[float, float, float]
 
     @property
+    def label(self) -> str:
+        """Wyckoff label such as '4e'."""
+        return f"{self.multiplicity}{self.letter}"
+
+    @property
     def vacancy(self) -> float:
         """Occupancy left to the vacancy: 1 - sum of the species occupancies (>= 0)."""
         return max(0.0, 1.0 - sum(value for _, value in self.occupancy))

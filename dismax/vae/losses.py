@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dismax.geometry import wrap_centered
 from dismax.vae import representation as rep
 
 
@@ -50,7 +51,7 @@ def loss_terms(outputs: dict, sites, lattice_scaled, spacegroup, weights: LossWe
         optax.softmax_cross_entropy(outputs["multiplicity_logits"], sites[..., rep.MULTIPLICITY]), axis=-1)
     difference = outputs["xyz"] - sites[..., rep.XYZ]
     if weights.periodic_xyz:
-        difference = difference - jnp.round(difference)
+        difference = wrap_centered(difference)
     xyz = jnp.sum(jnp.mean(difference**2, axis=-1), axis=-1)
     disorder = jnp.sum(optax.sigmoid_binary_cross_entropy(outputs["disorder_logits"], sites[..., rep.DISORDER]),
                        axis=-1)

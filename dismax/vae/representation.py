@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dismax.vae import wyckoff
 from dismax.vae.genes import WyckoffGene, WyckoffSite
 
 N_SITES = 9
@@ -136,6 +137,17 @@ class GenerationFailure(Exception):
     """A decoded representation that cannot form a Wyckoff gene (message = reason)."""
 
 
+def _rounded_occupancies(values: np.ndarray, decimals: int = 3) -> list[float]:
+    """Occupancies rounded to `decimals` whose sum never exceeds 1 (an excess from rounding is taken from
+    the largest one)."""
+    rounded = [round(float(v), decimals) for v in values]
+    excess = round(sum(rounded) - 1.0, decimals)
+    if excess > 0:
+        largest = int(np.argmax(rounded))
+        rounded[largest] = round(rounded[largest] - excess, decimals)
+    return rounded
+
+
 def decode_gene(
     element_probs: np.ndarray,
     letter_scores: np.ndarray,
@@ -151,12 +163,13 @@ def decode_gene(
     """One gene from decoded site arrays: element_probs (9, 101), letter_scores (9, 27),
     multiplicity_scores (9, 51), disorder_prob (9,), xyz (9, 3), raw lattice (6,), space group 1-230.
 
-    A site is empty when its letter argmax is padding; disordered when disorder_prob > disorder_acc,
+    The lattice is projected onto the space group's crystal system (`wyckoff.constrain_lattice`) before
+    rounding. A site is empty when its letter argmax is padding; disordered when disorder_prob > disorder_acc,
     then keeping species with occupancy > element_acc (vacancy dropped), else the argmax element.
     Raises GenerationFailure for a zero lattice length or a letter/multiplicity padding mismatch.
     """
     symbols = element_symbols()
-    lattice = np.round(np.asarray(lattice, float), lattice_decimals)
+    lattice = np.round(wyckoff.constrain_lattice(spacegroup, lattice), lattice_decimals)
     if np.any(lattice[:3] <= 0):
         raise GenerationFailure("zero or negative lattice length")
     letters = np.argmax(letter_scores, axis=-1)
@@ -168,7 +181,7 @@ def decode_gene(
         probs = np.asarray(element_probs[j], float)
         if disorder_prob[j] > disorder_acc:
             keep = [k for k in range(VACANCY_INDEX) if probs[k] > element_acc]
-            occupancy = tuple((symbols[k], round(float(probs[k]), 3)) for k in keep)
+            occupancy = tuple(zip((symbols[k] for k in keep), _rounded_occupancies(probs[keep])))
         else:
             k = int(np.argmax(probs))
             occupancy = () if k == VACANCY_INDEX else ((symbols[k], 1.0),)

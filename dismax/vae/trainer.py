@@ -8,7 +8,8 @@ batch of an epoch is completed with the epoch's first structures), then write RU
 test set.
 
 `sample(run, n, out, seed, sampler=...)`: draw latents (gaussian / gmm / kde fitted on the training
-posterior means), decode, write symmetrised CIFs into `out` and the metrics into out/metrics.json.
+posterior means), decode, write the symmetrised CIFs that pass every check into `out`, the rejected
+samples with stage and reason into out/rejected.csv and the metrics into out/metrics.json.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ import optax
 from dismax.config import load_config
 from dismax.data.loader import BatchLoader
 from dismax.errors import DismaxConfigError, DismaxInputError
-from dismax.runs import atomic_write_text, log, progress
+from dismax.runs import atomic_write_text, exclusive_lock, log, progress
 from dismax.training import LoopConfig, Panel, TrainingTask, check_loop_config, load_run_state, train_loop
 from dismax.vae.conditional import optimise_latents
-from dismax.vae.generate import GenerationReport, decode_outputs, evaluate_genes, reconstruction_metrics
+from dismax.vae.generate import (GenerationReport, decode_outputs, evaluate_genes, reconstruction_metrics,
+                                  write_rejections)
 from dismax.vae.ingest import IngestOptions, ingest_cifs, load_genes, save_genes
 from dismax.vae.losses import TERMS, LossWeights
 from dismax.vae.model import WyckoffVAE
@@ -259,10 +261,11 @@ def make_task(config: Config, run, data: PreparedData) -> TrainingTask:
 def train(config: Config, run, evaluation=None) -> None:
     """Train (or resume) a Wyckoff VAE in run directory `run` (dismax.runs.RunDir)."""
     check(config)
-    run.create()
-    data = prepare_data(config, run)
-    train_loop(make_task(config, run, data), config.train, run, evaluation)
-    write_reconstruction(config, run, data)
+    with exclusive_lock(run.path, "run directory"):
+        run.create()
+        data = prepare_data(config, run)
+        train_loop(make_task(config, run, data), config.train, run, evaluation)
+        write_reconstruction(config, run, data)
 
 
 def load_state(config: Config, run, checkpoint: str = "best"):
@@ -327,18 +330,18 @@ def sample(run, n: int, out, seed: int = 0, sampler: str | None = None, checkpoi
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     batch = batch_size or config.sample.batch_size
-    total = GenerationReport()
+    total, rejections = GenerationReport(), []
     batch = min(batch, n)
     for indices, mask in progress(_padded_chunks(n, batch), total=math.ceil(n / batch),
                                   desc=f"sample {sampler_name}"):
         start = int(indices[0])
         outputs = jax.tree.map(lambda x: np.asarray(x)[mask], decode_latents(model, variables, z[indices]))
         decoded = decode_outputs(outputs, data.scaler, config.sample.element_acc, config.sample.disorder_acc)
-        report, _ = evaluate_genes(decoded, out, prefix=sampler_name, first_index=start,
-                                   pauling_test=config.sample.pauling_test)
-        for key in ("samples", "generation_failures", "sma_failures", "parse_failures", "structurally_valid",
-                    "charge_neutral", "valid", "disordered"):
-            setattr(total, key, getattr(total, key) + getattr(report, key))
+        report, batch_rejections = evaluate_genes(decoded, out, prefix=sampler_name, first_index=start,
+                                                  pauling_test=config.sample.pauling_test)
+        total.add(report)
+        rejections += batch_rejections
+    write_rejections(out / "rejected.csv", rejections)
     metrics = {"sampler": sampler_name, "seed": seed, **total.as_dict()}
     if condition:
         metrics["condition"] = {k: v for k, v in condition.items()}

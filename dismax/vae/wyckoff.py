@@ -156,3 +156,36 @@ def expand_orbit(point: np.ndarray, group: int, tolerance: float = 1e-3) -> np.n
 def operations_as_strings(group: int) -> list[str]:
     """The group's general-position operations as 'x,y,z' strings (for writing CIFs)."""
     return list(_table()[str(int(group))]["positions"][LETTERS.index(general_position(group).letter)]["ops"])
+
+
+def crystal_system(group: int) -> str:
+    """Crystal system of a space group number (trigonal groups share the hexagonal lattice here)."""
+    group = int(group)
+    for last, name in ((2, "triclinic"), (15, "monoclinic"), (74, "orthorhombic"), (142, "tetragonal"),
+                       (194, "hexagonal"), (230, "cubic")):
+        if group <= last:
+            return name
+    raise ValueError(f"space group number must be 1-230, got {group}")
+
+
+def constrain_lattice(group: int, lattice) -> np.ndarray:
+    """Lattice parameters (a, b, c Å, alpha, beta, gamma degrees) projected onto the crystal system of the
+    table's setting: monoclinic (unique axis b) alpha = gamma = 90; orthorhombic all angles 90; tetragonal
+    a = b (their mean); hexagonal and rhombohedral groups (hexagonal axes) a = b, gamma = 120; cubic
+    a = b = c (their mean). Triclinic parameters are returned unchanged."""
+    a, b, c, alpha, beta, gamma = (float(x) for x in lattice)
+    system = crystal_system(group)
+    if system == "monoclinic":
+        alpha = gamma = 90.0
+    elif system == "orthorhombic":
+        alpha = beta = gamma = 90.0
+    elif system == "tetragonal":
+        a = b = (a + b) / 2
+        alpha = beta = gamma = 90.0
+    elif system == "hexagonal":
+        a = b = (a + b) / 2
+        alpha, beta, gamma = 90.0, 90.0, 120.0
+    elif system == "cubic":
+        a = b = c = (a + b + c) / 3
+        alpha = beta = gamma = 90.0
+    return np.array([a, b, c, alpha, beta, gamma])

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from benchmarks.metrics_speed import published_crystalnn_angles
 from dismax.bench import motifs as M
+from tests.bench.published import published_crystalnn_angles
 
 
 def diamond(noise=0.0, seed=0, repeats=1):

@@ -1,21 +1,12 @@
 import numpy as np
 
-from dismax.diffusion.quality import fcc_site_fraction, nearest_d3, rdf_and_coordination
+from dismax.diffusion.quality import fcc_site_fraction, rdf_and_coordination
 
 
 def _fcc_supercell(cells=2):
     basis = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
     grid = np.array([[i, j, k] for i in range(cells) for j in range(cells) for k in range(cells)])
     return ((grid[:, None, :] + basis[None]).reshape(-1, 3) / cells)
-
-
-def test_nearest_d3_matches_brute_force():
-    rng = np.random.default_rng(0)
-    y = rng.normal(size=(500, 3)) * 2
-    r = np.arange(-8, 9)
-    points = np.array([[i, j, k] for i in r for j in r for k in r if (i + j + k) % 2 == 0])
-    brute = np.linalg.norm(y[:, None] - points[None], axis=-1).min(axis=1)
-    np.testing.assert_allclose(np.linalg.norm(y - nearest_d3(y), axis=-1), brute, atol=1e-12)
 
 
 def test_fcc_site_fraction_recognises_translated_fcc_and_rejects_random():

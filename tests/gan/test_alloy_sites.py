@@ -1,23 +1,11 @@
-"""The FCC nearest-site statistic of benchmarks/cryingan_alloy_sites.py (quality check of the alloy GAN)."""
-
-import itertools
+"""The FCC nearest-site statistic (dismax.diffusion.quality; the quality check of the alloy GAN)."""
 
 import numpy as np
 
-from benchmarks.cryingan_alloy_sites import (nearest_fcc_grid_points, neighbour_statistics, site_statistics)
+from dismax.diffusion.quality import neighbour_statistics, site_statistics
 from tests.gan.helpers import fcc_sites
 
 LATTICE = np.diag([14.4, 14.4, 14.4])
-
-
-def test_nearest_fcc_grid_point_matches_brute_force():
-    rng = np.random.default_rng(0)
-    u = rng.uniform(-3, 3, (500, 3))
-    grid = np.array([p for p in itertools.product(range(-5, 6), repeat=3) if sum(p) % 2 == 0], float)
-    brute = grid[np.argmin(np.linalg.norm(u[:, None] - grid[None], axis=-1), axis=1)]
-    fast = nearest_fcc_grid_points(u)
-    np.testing.assert_allclose(np.linalg.norm(fast - u, axis=-1), np.linalg.norm(brute - u, axis=-1), atol=1e-12)
-    assert np.all(fast.sum(axis=-1) % 2 == 0)
 
 
 def test_reference_sites_and_globally_shifted_lattices_count_as_on_site():

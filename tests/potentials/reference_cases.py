@@ -46,7 +46,7 @@ def compute() -> dict:
     """Today's results for the fixed inputs (relaxations with SW and SW x1.5, a short melt MD)."""
     from dismax.data.a_si import melt_quench
     from dismax.potentials import amorphous_sw, original_sw
-    from dismax.relax.driver import relax
+    from dismax.potentials.fire import relax
 
     out = {}
     for name, potential in (("sw", original_sw()), ("sw_a_si", amorphous_sw())):

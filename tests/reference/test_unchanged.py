@@ -25,9 +25,11 @@ def test_bench_metrics_reports_are_unchanged(tmp_path, run):
 def test_comparison_catches_a_changed_number():
     expected = {"metrics": {"d": {"value": 0.25, "ci": [0.1, 0.3]}, "n": 4}}
     assert_same_numbers({"metrics": {"d": {"value": 0.25, "ci": [0.1, 0.3]}, "n": 4}}, expected)
+    assert_same_numbers({"metrics": {"d": {"value": 0.25, "ci": [0.1, 0.3], "warning": "few"}, "n": 4}}, expected)
     for changed in ({"metrics": {"d": {"value": 0.25 * (1 + 1e-8), "ci": [0.1, 0.3]}, "n": 4}},
                     {"metrics": {"d": {"value": 0.25, "ci": [0.1]}, "n": 4}},
-                    {"metrics": {"d": {"value": 0.25, "ci": [0.1, 0.3]}, "n": 4, "extra": 1}}):
+                    {"metrics": {"d": {"value": 0.25, "ci": [0.1, 0.3]}}},
+                    {"metrics": {"d": {"value": "0.25", "ci": [0.1, 0.3]}, "n": 4}}):
         try:
             assert_same_numbers(changed, expected)
         except AssertionError:

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from dismax.errors import DismaxInputError
-from dismax.relax.driver import relax
+from dismax.potentials.fire import relax
 from dismax.relax.output import RelaxOutput
 from dismax.potentials import original_sw
 from dismax.structures import Crystals
 
-from tests.relax.test_driver import perturbed_diamond
+from tests.potentials.test_fire import perturbed_diamond
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = {"input": "gen.extxyz", "n_structures": 4, "potential": "sw", "fmax": 0.05, "max_steps": 1000}

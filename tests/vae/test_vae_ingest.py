@@ -10,7 +10,7 @@ from pymatgen.core import Lattice, Species, Structure
 from dismax.vae import representation as rep
 from dismax.vae import wyckoff
 from dismax.vae.ingest import IngestOptions, Rejected, analyse_cif_text, analyse_structure, ingest_cifs
-from dismax.vae.structure import gene_to_cif, gene_to_structure, parse_generated_cif, symmetry_matches
+from dismax.vae.structure import gene_to_cif, gene_to_structure, read_cif_text, symmetry_matches
 
 from tests.vae.vae_fixtures import ALL, nmc_structure, perovskite_structure, to_cif
 
@@ -55,7 +55,7 @@ def test_round_trip_through_arrays_and_cif(name):
     assert len(rebuilt) == len(structure)
     assert occupancy_multiset(rebuilt) == occupancy_multiset(structure)
     assert TIGHT.fit(structure, rebuilt)
-    parsed = parse_generated_cif(gene_to_cif(decoded))
+    parsed = read_cif_text(gene_to_cif(decoded))
     assert parsed is not None and len(parsed) == len(structure)
     assert occupancy_multiset(parsed) == occupancy_multiset(structure)
     assert TIGHT.fit(structure, parsed)

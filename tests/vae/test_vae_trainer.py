@@ -50,6 +50,8 @@ def test_train_resume_and_sample_on_test_cifs(tmp_path):
     assert metrics["samples"] == 6
     assert metrics["generation_failures"] + metrics["sma_failures"] + metrics["wyckoff_genes"] == 6
     assert metrics["sampler"] == "gaussian"
-    assert len(list((tmp_path / "samples").glob("*.cif"))) == metrics["wyckoff_genes"]
+    assert len(list((tmp_path / "samples").glob("*.cif"))) == metrics["written"]
+    rejected = (tmp_path / "samples" / "rejected.csv").read_text().splitlines()
+    assert len(rejected) - 1 == 6 - metrics["written"]
     with pytest.raises(Exception, match="unknown sampling options"):
         trainer.sample(run, 2, tmp_path / "other", bad_option=1)

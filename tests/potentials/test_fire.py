@@ -1,10 +1,10 @@
-"""Batched FIRE driver: convergence, agreement with ASE FIRE, isolation of bad structures, overflow."""
+"""Batched FIRE (dismax.potentials.fire): convergence, agreement with ASE FIRE, bad structures, table overflow and rebuilds."""
 
 import numpy as np
 import pytest
 from ase.build import bulk
 
-from dismax.relax.driver import FireSettings, relax
+from dismax.potentials.fire import FireSettings, relax
 from dismax.potentials import original_sw
 from dismax.structures import Crystals
 
@@ -66,9 +66,13 @@ def test_bad_structures_do_not_change_the_others():
     mixed = relax(bad, original_sw(), chunk_size=CHUNK)
     assert mixed.status[3] == "failed" and mixed.steps[3] == 0
     keep = [1, 2, 4]
-    for name in ("status", "steps", "e_initial", "e_final", "fmax"):
+    # A chunk runs with the largest table sizes any member needs, so the summation order (not the
+    # result) can differ from a run without the bad structures: equal to float32 rounding.
+    for name in ("status", "steps"):
         np.testing.assert_array_equal(getattr(mixed, name)[keep], getattr(alone, name))
-    np.testing.assert_array_equal(np.asarray(mixed.crystals.frac)[keep], np.asarray(alone.crystals.frac))
+    for name in ("e_initial", "e_final", "fmax"):
+        np.testing.assert_allclose(getattr(mixed, name)[keep], getattr(alone, name), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(mixed.crystals.frac)[keep], np.asarray(alone.crystals.frac), atol=1e-6)
     assert np.isfinite(mixed.e_initial[0]) and mixed.e_initial[0] > 10.0  # the close pair is very repulsive
 
 
@@ -119,10 +123,11 @@ def test_step_limit_and_already_converged():
     assert list(result.steps) == [5, 0]
 
 
-@pytest.mark.slow
-def test_vmap_batching_gives_the_same_results():
-    crystals = Crystals.from_ase(perturbed_diamond(2, seed=7))
-    mapped = relax(crystals, original_sw(), chunk_size=CHUNK, batching="map")
-    vmapped = relax(crystals, original_sw(), chunk_size=CHUNK, batching="vmap")
-    np.testing.assert_array_equal(mapped.steps, vmapped.steps)
-    np.testing.assert_allclose(mapped.e_final, vmapped.e_final, atol=1e-5)
+def test_small_skin_rebuilds_tables_and_gives_the_same_minimum():
+    # With a 0.05 Å skin the tables are rebuilt many times during the relaxation (atoms move ~0.1 Å).
+    crystals = Crystals.from_ase(perturbed_diamond(2, noise=0.15, seed=10))
+    wide = relax(crystals, original_sw(), fmax=1e-3, chunk_size=CHUNK)
+    narrow = relax(crystals, original_sw(), fmax=1e-3, chunk_size=CHUNK, settings=FireSettings(skin=0.05))
+    assert list(narrow.status) == list(wide.status) == ["converged"] * 2
+    np.testing.assert_allclose(narrow.e_final, wide.e_final, atol=1e-5)
+    np.testing.assert_allclose(narrow.e_final, DIAMOND_SW, atol=2e-5)

@@ -1,0 +1,165 @@
+"""Continuous-time Gaussian diffusion of images/videos (imagen-pytorch's GaussianDiffusionContinuousTimes).
+
+Cosine log-SNR schedule λ(t) = −log(max(cos((t + s)/(1 + s) · π/2)^−2 − 1, 1e-5)), s = 0.008, t ∈ [0, 1];
+α = √sigmoid(λ), σ = √sigmoid(−λ). Training draws t ~ U(0, 1) per sample and regresses the noise ε of
+x_t = α x_0 + σ ε (MSE). Sampling is ancestral over ``n_steps`` equal time steps from t = 1 to 0 with the
+posterior q(x_s | x_t, x̂_0): c = −expm1(λ_t − λ_s), mean α_s (x_t (1 − c)/α_t + c x̂_0), variance σ_s² c,
+and x̂_0 clipped to [−1, 1] (the data are scaled into that range).
+
+A cascade (CrysTens) adds a super-resolution stage: it is conditioned on the low-resolution image resized to
+its size and noise-augmented to level ``t_aug`` (U(0, 1) in training, ``LOWRES_SAMPLE_NOISE`` in sampling,
+Imagen's defaults). Both stages are trained at every step on the same batch with one Adam over the joint
+parameters {"base", "sr"}; Adam is elementwise, so this equals training each U-Net on its own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from dismax.diffusion.trainer import TrainState
+
+COSINE_OFFSET = 0.008
+LOWRES_SAMPLE_NOISE = 0.2
+
+
+def log_snr(t: jax.Array) -> jax.Array:
+    """Cosine-schedule log signal-to-noise ratio λ(t), t ∈ [0, 1]."""
+    cosine = jnp.cos((t + COSINE_OFFSET) / (1 + COSINE_OFFSET) * math.pi / 2)
+    return -jnp.log(jnp.maximum(cosine ** -2 - 1, 1e-5))
+
+
+def alpha_sigma(log_snr_value: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jnp.sqrt(jax.nn.sigmoid(log_snr_value)), jnp.sqrt(jax.nn.sigmoid(-log_snr_value))
+
+
+def _expand(values: jax.Array, like: jax.Array) -> jax.Array:
+    return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
+
+
+def noise_to(x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
+    """x_t = α(t) x_0 + σ(t) ε for per-sample times t (B,)."""
+    alpha, sigma = alpha_sigma(log_snr(t))
+    return _expand(alpha, x0) * x0 + _expand(sigma, x0) * noise
+
+
+def resize(x: jax.Array, height: int, width: int) -> jax.Array:
+    """Bilinear resize of videos (B, F, H, W, C) to (B, F, height, width, C) (antialiased when shrinking)."""
+    return jax.image.resize(x, (*x.shape[:2], height, width, x.shape[-1]), "linear")
+
+
+@dataclass(frozen=True)
+class Cascade:
+    """Static description of the diffusion model: the base U-Net at ``low_size`` (None: the full size, no
+    super-resolution stage) and the super-resolution U-Net ``sr`` to the full size."""
+
+    base: object
+    sr: object | None = None
+    low_size: int | None = None
+
+
+def stage_losses(cascade: Cascade, params: dict, x0: jax.Array, key: jax.Array) -> dict:
+    """Noise-regression MSE of every stage on clean data x0 (B, F, H, W, C): {"base", "sr"}."""
+    keys = jax.random.split(key, 5)
+    batch = x0.shape[0]
+    low = x0 if cascade.sr is None else resize(x0, cascade.low_size, cascade.low_size)
+
+    def mse(network, stage_params, clean, time_key, noise_key, **cond):
+        t = jax.random.uniform(time_key, (batch,))
+        noise = jax.random.normal(noise_key, clean.shape, clean.dtype)
+        return jnp.mean((network.apply(stage_params, noise_to(clean, t, noise), t, **cond) - noise) ** 2)
+
+    losses = {"base": mse(cascade.base, params["base"], low, keys[0], keys[1])}
+    if cascade.sr is not None:
+        t_aug = jax.random.uniform(keys[2], (batch,))
+        cond = noise_to(resize(low, *x0.shape[2:4]), t_aug, jax.random.normal(keys[3], x0.shape, x0.dtype))
+        losses["sr"] = mse(cascade.sr, params["sr"], x0, keys[4], jax.random.fold_in(keys[4], 1), cond=cond,
+                           cond_time=t_aug)
+    return losses
+
+
+def init_params(cascade: Cascade, example: jax.Array, key: jax.Array) -> dict:
+    """Parameters {"base", "sr"} for data shaped like ``example`` (B, F, H, W, C)."""
+    base_key, sr_key = jax.random.split(key)
+    t = jnp.zeros(example.shape[:1])
+    low = example if cascade.sr is None else resize(example, cascade.low_size, cascade.low_size)
+    params = {"base": cascade.base.init(base_key, low, t)}
+    if cascade.sr is not None:
+        params["sr"] = cascade.sr.init(sr_key, example, t, cond=example, cond_time=t)
+    return params
+
+
+def make_optimizer(lr: float, b1: float, b2: float) -> optax.GradientTransformation:
+    """Adam with the learning rate as an injected hyperparameter (Imagen: lr 1e-4, betas (0.9, 0.99))."""
+    return optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=b1, b2=b2)
+
+
+def init_state(cascade: Cascade, optimizer, example: jax.Array, key: jax.Array) -> TrainState:
+    init_key, state_key = jax.random.split(key)
+    params = init_params(cascade, example, init_key)
+    return TrainState(params=params, ema_params=jax.tree.map(jnp.copy, params), opt_state=optimizer.init(params),
+                      step=jnp.zeros((), jnp.int32), key=state_key)
+
+
+@partial(jax.jit, static_argnames=("cascade", "optimizer", "ema_decay"), donate_argnums=(0,))
+def train_step(state: TrainState, x0: jax.Array, cascade: Cascade, optimizer, ema_decay: float):
+    """One Adam step on clean data x0 (B, F, H, W, C) with a parameter EMA: (state, {"loss", "base", "sr"})."""
+    key, step_key = jax.random.split(state.key)
+
+    def loss_fn(params):
+        losses = stage_losses(cascade, params, x0, step_key)
+        return sum(losses.values()), losses
+
+    (loss, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+    return TrainState(params, ema, opt_state, state.step + 1, key), {"loss": loss, **losses}
+
+
+@partial(jax.jit, static_argnames=("cascade",))
+def eval_losses(params: dict, x0: jax.Array, key: jax.Array, cascade: Cascade) -> dict:
+    """Stage losses with a fixed key (validation)."""
+    losses = stage_losses(cascade, params, x0, key)
+    return {"loss": sum(losses.values()), **losses}
+
+
+def ancestral_sample(network, params, key: jax.Array, shape: tuple, n_steps: int, cond=None, cond_time=None):
+    """x_0 (shape) from pure noise by ``n_steps`` posterior steps (module docstring)."""
+    times = jnp.linspace(1.0, 0.0, n_steps + 1)
+    init_key, loop_key = jax.random.split(key)
+    batch = shape[0]
+
+    def step(x, inputs):
+        index, t, s = inputs
+        lam_t, lam_s = log_snr(t), log_snr(s)
+        (alpha_t, sigma_t), (alpha_s, sigma_s) = alpha_sigma(lam_t), alpha_sigma(lam_s)
+        extra = {} if cond is None else {"cond": cond, "cond_time": cond_time}
+        eps = network.apply(params, x, jnp.full((batch,), t), **extra)
+        x0 = jnp.clip((x - sigma_t * eps) / alpha_t, -1.0, 1.0)
+        c = -jnp.expm1(lam_t - lam_s)
+        mean = alpha_s * (x * (1 - c) / alpha_t + c * x0)
+        noise = jax.random.normal(jax.random.fold_in(loop_key, index), x.shape, x.dtype)
+        return jnp.where(index == n_steps - 1, x0, mean + jnp.sqrt(sigma_s ** 2 * c) * noise), None
+
+    x, _ = jax.lax.scan(step, jax.random.normal(init_key, shape),
+                        (jnp.arange(n_steps), times[:-1], times[1:]))
+    return x
+
+
+@partial(jax.jit, static_argnames=("cascade", "shape", "n_steps"))
+def sample_cascade(params: dict, key: jax.Array, cascade: Cascade, shape: tuple, n_steps: int) -> jax.Array:
+    """Samples (shape = (B, F, H, W, C)) in [−1, 1]: the base stage, then super-resolution if any."""
+    base_key, sr_key, aug_key = jax.random.split(key, 3)
+    if cascade.sr is None:
+        return ancestral_sample(cascade.base, params["base"], base_key, shape, n_steps)
+    low_shape = (*shape[:2], cascade.low_size, cascade.low_size, shape[-1])
+    low = ancestral_sample(cascade.base, params["base"], base_key, low_shape, n_steps)
+    t_aug = jnp.full((shape[0],), LOWRES_SAMPLE_NOISE)
+    cond = noise_to(resize(low, *shape[2:4]), t_aug, jax.random.normal(aug_key, shape))
+    return ancestral_sample(cascade.sr, params["sr"], sr_key, shape, n_steps, cond=cond, cond_time=t_aug)

@@ -1,0 +1,323 @@
+"""Trainer of the U-Net baselines (``model.name: crystens`` or ``unimat``; Dismai-Bench §2.2, §4.2.3–4.2.4).
+
+``crystens``: structures become CrysTens images (N + 12)² × 4 scaled into [−1, 1]
+(:mod:`dismax.diffusion.crystens`); an Imagen cascade of a base U-Net at ``model.low_size``² and a
+super-resolution U-Net to the full size. ``unimat``: structures become videos of N 4 × 4 × 3 frames
+(:mod:`dismax.diffusion.unimat`) for one video U-Net. Both use continuous-time DDPM
+(:mod:`dismax.diffusion.unet_diffusion`), Adam (lr 1e-4, betas (0.9, 0.99)), batch 8, a parameter EMA,
+and ``sample.n_steps`` = 100 sampling steps.
+
+Augmentation (``augment.permute``): ``interface`` adds ``augment.copies`` (49) copies of every training
+structure in which the interface-region atoms — the first ``region_counts[k]`` atoms of element
+``region_species[k]`` (Li 9, Sc 3, Cl 18: the interface block convention of the interface dataset) — are
+randomly permuted among atoms of the same element; ``all`` permutes all atoms within their elements (the
+paper's failing control); ``none`` trains on the data as they are. Copies are drawn once from the seed.
+
+Training runs the shared loop (:func:`dismax.training.train_loop`) for ``train.epochs`` epochs of the
+(augmented) training set, batch 8: the paper's 150,000 steps are 1,000 epochs of 1,200 structures, or 20
+epochs of the 60,000 augmented interface structures. The validation loss of the EMA parameters (fixed noise)
+selects the best checkpoint.
+
+``sample(run, n, out)`` decodes generated images/videos with the ground-truth lattice of validation
+structure ``sample.reference_index``; structures whose composition differs from the dataset's are failed.
+The valid ones are written to ``out`` (extxyz) and ``<out>.summary.json`` records how many failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dismax.config import load_config
+from dismax.data.loader import BatchLoader
+from dismax.diffusion.crystens import crystens_scale, from_crystens, lattice_parameters, space_groups, to_crystens
+from dismax.diffusion.trainer import DataConfig, load_data
+from dismax.diffusion.unet import UNet
+from dismax.diffusion.unet_diffusion import Cascade, eval_losses, init_state, make_optimizer, sample_cascade, train_step
+from dismax.diffusion.unimat import check_species_order, composition_matches, from_unimat, to_unimat
+from dismax.errors import DismaxConfigError, DismaxInputError
+from dismax.io import write_extxyz
+from dismax.runs import RunDir, atomic_write_text, log, progress
+from dismax.structures import Crystals
+from dismax.training import (LoopConfig, Panel, TrainingTask, check_data_source, check_loop_config,
+                             load_run_state, train_loop)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """U-Net settings (imagen-pytorch names). CrysTens: a base U-Net at ``low_size``² and a super-resolution
+    U-Net (``sr_layer_attns``) to the full size; UniMat: one video U-Net (``layer_attns``)."""
+
+    name: Literal["crystens", "unimat"] = "unimat"
+    dim: int = 64
+    dim_mults: tuple[int, ...] = (1, 2, 4)
+    num_resnet_blocks: int = 3
+    layer_attns: tuple[bool, ...] = (False, True, True)
+    heads: int = 4
+    head_dim: int = 32
+    low_size: int = 64
+    sr_layer_attns: tuple[bool, ...] = (False, False, False)
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    permute: Literal["none", "interface", "all"] = "none"
+    copies: int = 49
+    region_species: tuple[int, ...] = (3, 21, 17)
+    region_counts: tuple[int, ...] = (9, 3, 18)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(LoopConfig):
+    """The shared loop keys (epochs of the augmented data) and Imagen's optimiser settings."""
+
+    epochs: int = 1000
+    batch_size: int = 8
+    val_every: int = 10
+    lr: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.99
+    ema_decay: float = 0.9999
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    n_steps: int = 100
+    batch_size: int = 8
+    use_ema: bool = True
+    reference_index: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+    seed: int = 42
+
+
+# ------------------------------------------------------------------------------------ representation
+@dataclasses.dataclass(frozen=True)
+class Representation:
+    """Static encoder/decoder between structures and the U-Net's data (B, F, H, W, C) in [−1, 1]."""
+
+    kind: str
+    n_atoms: int
+    species_order: tuple[int, ...]
+    composition: tuple[int, ...]
+    length_scale: float = 1.0
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(F, H, W, C) of one structure."""
+        if self.kind == "crystens":
+            size = self.n_atoms + 12
+            return (1, size, size, 4)
+        return (self.n_atoms, 4, 4, 3)
+
+    def encode(self, frac, lattice, species, space_group):
+        if self.kind == "crystens":
+            image = to_crystens(frac, lattice, species, space_group) / crystens_scale(self.n_atoms, self.length_scale)
+            return image[:, None]
+        return to_unimat(frac, species, self.species_order)
+
+    def decode(self, x):
+        """(frac (B, N, 3), species (B, N), valid (B,)) of generated data."""
+        if self.kind == "crystens":
+            frac, species = from_crystens(x[:, 0] * crystens_scale(self.n_atoms, self.length_scale),
+                                          self.species_order)
+            return frac, species, composition_matches(species, self.species_order, self.composition)
+        return from_unimat(x, self.species_order, self.composition)
+
+
+def representation(config: Config, data: Crystals) -> Representation:
+    """The representation of ``data`` (one composition in a fixed order of first appearance)."""
+    species = np.asarray(data.species)
+    order = check_species_order(dict.fromkeys(species[0].tolist()))
+    composition = tuple(int(np.sum(species[0] == z)) for z in order)
+    if not np.all(species == species[:1]) and config.augment.permute == "none":
+        log.warning("%s: the atom order of the species differs between structures; the U-Net baselines rely on "
+                    "a fixed order", config.model.name)
+    length_scale = float(np.max(np.asarray(lattice_parameters(jnp.asarray(data.lattice)))[:, :3].sum(-1)))
+    return Representation(config.model.name, data.n_atoms, order, composition, length_scale)
+
+
+@partial(jax.jit, static_argnames="rep")
+def _encode(rep: Representation, frac, lattice, species, space_group):
+    return rep.encode(frac, lattice, species, space_group)
+
+
+@partial(jax.jit, static_argnames="rep")
+def _decode(rep: Representation, x):
+    return rep.decode(x)
+
+
+def build_cascade(model: ModelConfig, rep: Representation) -> Cascade:
+    common = dict(dim=model.dim, dim_mults=model.dim_mults, num_resnet_blocks=model.num_resnet_blocks,
+                  heads=model.heads, head_dim=model.head_dim)
+    channels = rep.shape[-1]
+    if model.name == "unimat":
+        return Cascade(UNet(channels, layer_attns=model.layer_attns, temporal=True,
+                            max_frames=rep.n_atoms, **common))
+    return Cascade(UNet(channels, layer_attns=model.layer_attns, **common),
+                   UNet(channels, layer_attns=model.sr_layer_attns, **common), model.low_size)
+
+
+# -------------------------------------------------------------------------------------- augmentation
+def permutable_atoms(species: np.ndarray, config: AugmentConfig) -> np.ndarray:
+    """(N,) bool: the atoms the augmentation may permute (within their element) for one species row."""
+    if config.permute == "all":
+        return np.ones(len(species), bool)
+    chosen = np.zeros(len(species), bool)
+    for z, count in zip(config.region_species, config.region_counts):
+        positions = np.flatnonzero(species == z)
+        if len(positions) < count:
+            raise DismaxInputError(f"augment.region_counts asks for {count} atoms of element {z} but the structures "
+                                   f"have {len(positions)}")
+        chosen[positions[:count]] = True
+    return chosen
+
+
+def permutation_copies(data: Crystals, config: AugmentConfig, seed: int) -> tuple[Crystals, np.ndarray]:
+    """(the data followed by ``copies`` permuted copies of every structure, source structure index of each
+    row). Each copy permutes the permutable atoms among atoms of the same element (species unchanged)."""
+    data = data.to_numpy()
+    if config.permute == "none" or config.copies == 0:
+        return data, np.arange(len(data))
+    frac, rows = [data.frac], [np.arange(len(data))]
+    for copy in range(1, config.copies + 1):
+        permuted = data.frac.copy()
+        for b in range(len(data)):
+            rng = np.random.default_rng([seed, b, copy])
+            species = data.species[b]
+            movable = permutable_atoms(species, config)
+            for z in np.unique(species[movable]):
+                slots = np.flatnonzero(movable & (species == z))
+                permuted[b, slots] = data.frac[b, rng.permutation(slots)]
+        frac.append(permuted)
+        rows.append(np.arange(len(data)))
+    source = np.concatenate(rows)
+    return Crystals(np.concatenate(frac), data.lattice[source], data.species[source]), source
+
+
+# ------------------------------------------------------------------------------------------ training
+def check(config: Config) -> None:
+    """Every config error, before anything is written."""
+    t, m = config.train, config.model
+    check_loop_config(t)
+    if len(m.layer_attns) != len(m.dim_mults) or len(m.sr_layer_attns) != len(m.dim_mults):
+        raise DismaxConfigError(f"config keys 'model.layer_attns' and 'model.sr_layer_attns' need one entry per "
+                                f"level of 'model.dim_mults' ({len(m.dim_mults)})")
+    if m.dim % 8 or m.dim < 8:
+        raise DismaxConfigError(f"config key 'model.dim' is {m.dim}; it must be a positive multiple of 8 "
+                                f"(GroupNorm with 8 groups)")
+    if m.name == "crystens" and m.low_size % 2 ** (len(m.dim_mults) - 1):
+        raise DismaxConfigError(f"config key 'model.low_size' is {m.low_size}; it must be divisible by "
+                                f"{2 ** (len(m.dim_mults) - 1)} for {len(m.dim_mults)} U-Net levels")
+    for key, value in (("sample.n_steps", config.sample.n_steps), ("sample.batch_size", config.sample.batch_size)):
+        if value < 1:
+            raise DismaxConfigError(f"config key '{key}' is {value}; it must be at least 1")
+    if len(config.augment.region_species) != len(config.augment.region_counts):
+        raise DismaxConfigError("config keys 'augment.region_species' and 'augment.region_counts' must have the "
+                                "same length")
+    d = config.data
+    check_data_source(d.dataset, d.size, d.dataset_seed, d.train_file, d.val_file)
+
+
+def build(config: Config, data: Crystals, abstract: bool = False):
+    """(representation, cascade, optimizer, initial state or its shapes) for ``config`` on ``data``."""
+    rep = representation(config, data)
+    cascade = build_cascade(config.model, rep)
+    optimizer = make_optimizer(config.train.lr, config.train.beta1, config.train.beta2)
+    example = jnp.zeros((1, *rep.shape), jnp.float32)
+    init = partial(init_state, cascade, optimizer, example, jax.random.PRNGKey(config.seed))
+    return rep, cascade, optimizer, (jax.eval_shape(init) if abstract else jax.jit(init)())
+
+
+def _arrays(data: Crystals, groups: np.ndarray) -> dict:
+    return {"frac": data.frac, "lattice": data.lattice, "species": data.species, "space_group": groups}
+
+
+def train(config: Config, run: RunDir) -> None:
+    check(config)
+    t = config.train
+    train_set, val_set = load_data(config.data)
+    rep, cascade, optimizer, state = build(config, train_set)
+    augmented, source = permutation_copies(train_set, config.augment, config.seed)
+    groups = space_groups(train_set.frac, train_set.lattice, train_set.species)[source]
+    loader = BatchLoader(_arrays(augmented, groups), t.batch_size, seed=config.seed)
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    log.info("%s: %d parameters, data %s per structure, %d training structures (%d with augmentation '%s', "
+             "%d steps per epoch), %d validation", config.model.name, n_params, "×".join(map(str, rep.shape)),
+             len(train_set), len(augmented), config.augment.permute, loader.steps_per_epoch, len(val_set))
+    val = val_set[: min(len(val_set), t.batch_size)]
+    val_x0 = _encode(rep, **_arrays(val, space_groups(val.frac, val.lattice, val.species)))
+
+    def step(state, batch, epoch, index):
+        return train_step(state, _encode(rep, **batch), cascade, optimizer, t.ema_decay)
+
+    def evaluate(state, epoch):
+        losses = eval_losses(state.ema_params, val_x0, jax.random.PRNGKey(config.seed + 1), cascade)
+        return state, {"val_loss": losses["loss"]}
+
+    def sample_task(state, member, n, key):
+        frac, species, valid = generate(state.ema_params, rep, cascade, key, n, config.sample.n_steps)
+        return Crystals(frac, jnp.broadcast_to(jnp.asarray(val.lattice[:1]), (n, 3, 3)), species)
+
+    columns = ("loss", *(("base", "sr") if cascade.sr is not None else ("base",)))
+    task = TrainingTask(name=config.model.name, state=state, loaders=[loader], step=step, members=[{}],
+                        evaluate=evaluate, eval_columns=("val_loss",),
+                        monitor=lambda values: float(np.mean(values["val_loss"])), sample=sample_task,
+                        loss_column="loss", panels=(Panel("noise-regression loss", (*columns, "val_loss"), True),))
+    train_loop(task, t, run)
+
+
+# ------------------------------------------------------------------------------------------ sampling
+def generate(params, rep: Representation, cascade: Cascade, key, n_structures: int, n_steps: int):
+    """(frac (n, N, 3), species (n, N), valid (n,)) of ``n_structures`` samples."""
+    x = sample_cascade(params, key, cascade, (n_structures, *rep.shape), n_steps)
+    return _decode(rep, x)
+
+
+def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, checkpoint: str = "latest",
+           batch_size: int | None = None, **options) -> Path:
+    """Write the valid ones of ``n`` generated structures to ``out`` (see the module docstring)."""
+    config = load_config(run.config_path, config_class=Config)
+    if member != 0:
+        raise DismaxInputError(f"--member {member}: run '{run.path}' has a single {config.model.name} model")
+    train_set, val_set = load_data(config.data)
+    if not 0 <= config.sample.reference_index < len(val_set):
+        raise DismaxConfigError(f"config key 'sample.reference_index' is {config.sample.reference_index}; the "
+                                f"validation set has {len(val_set)} structures")
+    rep, cascade, _, like = build(config, train_set, abstract=True)
+    state, _ = load_run_state(run, like, checkpoint)
+    params = state.ema_params if config.sample.use_ema else state.params
+    reference = val_set[config.sample.reference_index]
+    chunk = batch_size or config.sample.batch_size
+    key = jax.random.PRNGKey(seed)
+    kept, n_failed = [], 0
+    for i in progress(range(0, n, chunk), desc=f"sampling {config.model.name}"):
+        frac, species, valid = generate(params, rep, cascade, jax.random.fold_in(key, i), chunk, config.sample.n_steps)
+        valid = np.asarray(valid)[: n - i]
+        n_failed += int(np.sum(~valid))
+        kept.append((np.asarray(frac)[: n - i][valid], np.asarray(species)[: n - i][valid]))
+    frac = np.concatenate([k[0] for k in kept])
+    species = np.concatenate([k[1] for k in kept])
+    out = Path(out)
+    if len(frac):
+        write_extxyz(Crystals(frac, np.repeat(reference.lattice, len(frac), 0), species), out)
+    summary = {"n_requested": n, "n_failed": n_failed, "percent_failed": 100.0 * n_failed / n,
+               "failure": "decoded composition differs from the training data"}
+    atomic_write_text(out.with_name(out.name + ".summary.json"), json.dumps(summary, indent=1))
+    log.info("%s: %d of %d structures failed (wrong composition); %d written to %s", config.model.name, n_failed, n,
+             len(frac), out)
+    return out
