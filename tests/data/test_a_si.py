@@ -20,6 +20,7 @@ def test_statistics_of_diamond():
     assert stats["rdf_first_peak"] == pytest.approx(5.431 * np.sqrt(3) / 4, abs=0.01)
 
 
+@pytest.mark.slow
 def test_tiny_build_writes_a_dataset(tmp_path):
     protocol = tiny_protocol(n_structures=2, melt_ps=0.2, quench_ps=0.3, final_max_steps=1500)
     build("small", 0, tmp_path, protocol=protocol)

@@ -8,6 +8,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from dismax.diffusion.denoisers import DenoiserConfig, build_denoiser
 from dismax.diffusion.noise import BetaSchedule, SigmaSchedule
@@ -37,6 +38,7 @@ def _crystals(n=6, n_atoms=8, seed=0):
                     np.tile(np.array([13] * 4 + [28] * 4, np.int32), (n, 1)))
 
 
+@pytest.mark.slow
 def test_member_k_of_an_ensemble_equals_training_seed_k_alone():
     data = _crystals()
     seeds = [42, 43]

@@ -34,6 +34,7 @@ def _config(train_file, val_file, epochs):
     })
 
 
+@pytest.mark.slow
 def test_train_resume_and_sample(tmp_path):
     train_file, val_file = _dataset(tmp_path)
     run = RunDir(tmp_path / "run").create()

@@ -23,6 +23,7 @@ def _config(train_file, val_file, **train_options):
     })
 
 
+@pytest.mark.slow
 def test_lattice_diffusion_ensemble_with_teacher_forcing_trains_and_samples(tmp_path):
     train_file, val_file = _dataset(tmp_path)
     run = RunDir(tmp_path / "run").create()

@@ -20,6 +20,7 @@ def real_batches(setup, n_steps, batch=4):
     return [(frac[i], setup.distances(frac[i])) for i in range(n_steps)]
 
 
+@pytest.mark.slow
 def test_one_ensemble_member_equals_training_it_alone():
     setup = tiny_setup()
     seeds, w_dists = [0, 0, 1, 1], [0.05, 0.1, 0.05, 0.1]

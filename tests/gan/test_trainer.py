@@ -55,6 +55,7 @@ def final_state(run_dir, config):
     return state
 
 
+@pytest.mark.slow
 def test_resume_continues_with_identical_results_and_sampling_cli(tmp_path):
     from dismax import sample as sample_cli
     from dismax.train import prepare_run
