@@ -13,6 +13,7 @@ import sys
 from typing import Callable, NoReturn
 from unittest import mock
 
+from dismax.devices import barrier
 from dismax.errors import DismaxError
 from dismax.runs import setup_logging
 
@@ -44,6 +45,7 @@ def main_wrapper(main: Callable[[list[str] | None], int | None], argv: list[str]
     try:
         with mock.patch.object(argparse.ArgumentParser, "error", _usage_error):
             code = main(argv)
+        barrier("command finished")  # in a multi-process run, no process leaves while others still work
     except DismaxError as exc:
         return _fail(str(exc))
     except OSError as exc:
