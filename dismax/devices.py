@@ -156,6 +156,17 @@ def on_all_processes(flag: bool) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
 
 
+def leave_run(code: int) -> int:
+    """``code``; in a multi-process run, exit with it right now instead (after flushing the output), skipping
+    JAX's exit-time barrier, which waits for the other processes and aborts noisily."""
+    if process_count() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    return code
+
+
 def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
     """The multi-process options shared by every dismax CLI."""
     group = parser.add_argument_group("multi-process runs (one process per host; see README)")
@@ -317,7 +328,6 @@ class _PeerWatchdog(threading.Thread):
             raise
 
     def _fail(self, reason: str) -> None:
-        sys.stdout.flush()
         print(f"error: process {self.me}: {reason}; stopping. Rerun the same command on every process to resume "
               f"from the last checkpoint", file=sys.stderr, flush=True)
-        os._exit(PEER_LOST_EXIT_CODE)
+        leave_run(PEER_LOST_EXIT_CODE)
