@@ -107,7 +107,7 @@ class FCCLattice:
     """FCC supercell of ``repeats``³ conventional cells with static neighbour tables (numpy, host side).
 
     ``frac`` (N, 3) site fractional coordinates; ``lattice`` (3, 3) rows in Å; ``neighbours`` (N, C) site
-    indices of all C = Σ z_s shell neighbours of each site (C = 134); ``shell_of_column`` (C,) the shell
+    indices of all C = Σ z_s shell neighbours of each site (C = 134), listed shell by shell; ``shell_of_column`` (C,) the shell
     (0..6) of each column. Sites are ordered cell by cell, 4 basis sites per cell.
     """
 
@@ -199,8 +199,9 @@ def environment_counts(occupation: jax.Array, lattice: FCCLattice) -> jax.Array:
     """(N, 7, 3) int32 environments n[i, s, B]: the number of shell-s neighbours of site i holding species B
     (with multiplicity), for a configuration ``occupation`` (N,) of species indices."""
     around = jax.nn.one_hot(occupation, 3, dtype=jnp.int32)[jnp.asarray(lattice.neighbours)]  # (N, C, 3)
-    return jax.ops.segment_sum(jnp.moveaxis(around, 1, 0), jnp.asarray(lattice.shell_of_column),
-                               num_segments=N_SHELLS).transpose(1, 0, 2)
+    # fcc_lattice lists the columns shell by shell, so each shell is a static slice: sums, no scatter.
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(lattice.shell_of_column, minlength=N_SHELLS))])
+    return jnp.stack([around[:, start:end].sum(axis=1) for start, end in zip(bounds[:-1], bounds[1:])], axis=1)
 
 
 def pair_counts(occupation: jax.Array, lattice: FCCLattice) -> jax.Array:

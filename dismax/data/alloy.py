@@ -102,44 +102,47 @@ class KawasakiSampler:
         log_uniform = jnp.log(jax.random.uniform(k_accept, (n_attempts,), self.ce.pair.dtype))
         return key, slot_u, slot_v, log_uniform
 
-    def sweep(self, state: ChainState, temperature, n_attempts: int) -> ChainState:
-        """``n_attempts`` swap attempts as one ``lax.scan`` (random numbers drawn in bulk up front).
+    def carry(self, state: ChainState):
+        """The scan carry of :meth:`attempt` for a chain: (occupation, slots, environment, accepted), the
+        environment n[B, i, s] (:func:`environment_counts`) as int8, species-major (3, N·7)."""
+        environment = environment_counts(state.occupation, self.lattice).astype(jnp.int8)
+        return state.occupation, state.slots, environment.transpose(2, 0, 1).reshape(3, -1), state.accepted
 
-        The scan carries the exact integer environments n[B, i, s] (:func:`environment_counts`, int8,
-        species-major (3, N·7)): an attempt reads the two sites' (3, 7) blocks for ΔE
-        (:func:`environment_swap_delta`) and, weighted by the accept flag, adds ±(M[j] − M[i]) to the rows
-        of species a and b, a dense, vectorised update of 3 × N × 7 bytes instead of gathers scattered
-        over 2 × 134 neighbour columns. Under ``vmap`` every chain does the same work, so no branch.
+    def attempt(self, carry, draw, temperature):
+        """One swap attempt (a ``lax.scan`` step): ``draw`` = (slot u, slot v, log r) of :meth:`proposals`.
+
+        Reads the two sites' (3, 7) environment blocks for ΔE (:func:`environment_swap_delta`) and, weighted
+        by the accept flag, adds ±(M[j] − M[i]) to the environment rows of species a and b: a dense,
+        vectorised update of 3 × N × 7 bytes instead of gathers scattered over 2 × 134 neighbour columns.
+        Under ``vmap`` every chain does the same work, so there is no branch.
         """
+        occupation, slots, environment, accepted = carry
+        u, v, log_r = draw
         rows = jnp.asarray(self._multiplicity_rows)
         pair = self.ce.pair
         beta = 1.0 / (K_BOLTZMANN * jnp.asarray(temperature, pair.dtype))
+        i, j = slots[u], slots[v]
+        a, b = occupation[i], occupation[j]
+        row_i = jax.lax.dynamic_index_in_dim(rows, i, keepdims=False)
+        row_j = jax.lax.dynamic_index_in_dim(rows, j, keepdims=False)
+        environment_i = jax.lax.dynamic_slice_in_dim(environment, i * N_SHELLS, N_SHELLS, axis=1).T
+        environment_j = jax.lax.dynamic_slice_in_dim(environment, j * N_SHELLS, N_SHELLS, axis=1).T
+        shared = jax.lax.dynamic_slice_in_dim(row_i, j * N_SHELLS, N_SHELLS)
+        delta = environment_swap_delta(environment_i, environment_j, shared, a, b, pair)
+        accept = log_r < -beta * delta
+        occupation = occupation.at[i].set(jnp.where(accept, b, a)).at[j].set(jnp.where(accept, a, b))
+        slots = slots.at[u].set(jnp.where(accept, j, i)).at[v].set(jnp.where(accept, i, j))
         species = jnp.arange(3)
+        change = (accept & (species == a)).astype(jnp.int8) - (accept & (species == b)).astype(jnp.int8)
+        environment = environment + change[:, None] * (row_j - row_i)[None, :]
+        return (occupation, slots, environment, accepted + accept.astype(jnp.int32)), None
 
+    def sweep(self, state: ChainState, temperature, n_attempts: int) -> ChainState:
+        """``n_attempts`` swap attempts (:meth:`attempt`) as one ``lax.scan``, random numbers drawn in bulk
+        up front; the environments are rebuilt exactly from the occupation at the start."""
         key, slot_u, slot_v, log_uniform = self.proposals(state.key, n_attempts)
-
-        def attempt(carry, draw):
-            occupation, slots, environment, accepted = carry
-            u, v, log_r = draw
-            i, j = slots[u], slots[v]
-            a, b = occupation[i], occupation[j]
-            row_i = jax.lax.dynamic_index_in_dim(rows, i, keepdims=False)
-            row_j = jax.lax.dynamic_index_in_dim(rows, j, keepdims=False)
-            environment_i = jax.lax.dynamic_slice_in_dim(environment, i * N_SHELLS, N_SHELLS, axis=1).T
-            environment_j = jax.lax.dynamic_slice_in_dim(environment, j * N_SHELLS, N_SHELLS, axis=1).T
-            shared = jax.lax.dynamic_slice_in_dim(row_i, j * N_SHELLS, N_SHELLS)
-            delta = environment_swap_delta(environment_i, environment_j, shared, a, b, pair)
-            accept = log_r < -beta * delta
-            occupation = occupation.at[i].set(jnp.where(accept, b, a)).at[j].set(jnp.where(accept, a, b))
-            slots = slots.at[u].set(jnp.where(accept, j, i)).at[v].set(jnp.where(accept, i, j))
-            change = (accept & (species == a)).astype(jnp.int8) - (accept & (species == b)).astype(jnp.int8)
-            environment = environment + change[:, None] * (row_j - row_i)[None, :]
-            return (occupation, slots, environment, accepted + accept.astype(jnp.int32)), None
-
-        environment = environment_counts(state.occupation, self.lattice).astype(jnp.int8)
-        environment = environment.transpose(2, 0, 1).reshape(3, -1)
         (occupation, slots, _, accepted), _ = jax.lax.scan(
-            attempt, (state.occupation, state.slots, environment, state.accepted), (slot_u, slot_v, log_uniform)
+            partial(self.attempt, temperature=temperature), self.carry(state), (slot_u, slot_v, log_uniform)
         )
         return ChainState(occupation, slots, key, state.attempted + n_attempts, accepted)
 
