@@ -17,7 +17,7 @@ pivotal interval, so numbers remain comparable with the published CIs.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -41,9 +41,11 @@ class Estimate:
     lower_error: float
     upper_error: float
     warning: str = ""
+    replicates: np.ndarray | None = field(default=None, repr=False, compare=False)   # (R,) statistic values
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The JSON fields (everything but the replicates)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "replicates"}
 
 
 def bootstrap_indices(n_structures: int, n_replicates: int = N_REPLICATES, seed: int = SEED,
@@ -75,7 +77,23 @@ def pivotal_interval(statistic: float, replicates: np.ndarray, confidence: float
                    f"{' and '.join(problems)}: too few structures for a reliable interval")
         log.warning("%s", warning)
     return Estimate(float(statistic), float(ci_low), float(ci_high), float(statistic - ci_low),
-                    float(ci_high - statistic), warning)
+                    float(ci_high - statistic), warning, np.asarray(replicates, float))
+
+
+def mean_over_groups(values, replicates, seed: int = SEED, confidence: float = CONFIDENCE,
+                     support: tuple[float, float] = (-np.inf, np.inf)) -> Estimate:
+    """Pivotal interval of the mean of ``values`` (G,), one statistic per independent group (e.g. the
+    structures of one trained model), from each group's own structure-level bootstrap ``replicates`` (G, R).
+
+    Replicate r of the mean averages one replicate of every group; the groups' replicates are paired by
+    independent random permutations (``default_rng(seed)``; group 0 keeps its order), so every group is
+    resampled independently even when the groups drew the same resampled indices (the published seed 7).
+    With one group this is exactly that group's interval.
+    """
+    replicates = np.asarray(replicates, float)
+    rng = np.random.default_rng(seed)
+    paired = [replicates[0]] + [group[rng.permutation(len(group))] for group in replicates[1:]]
+    return pivotal_interval(float(np.mean(values)), np.mean(paired, axis=0), confidence, "pivotal", support)
 
 
 def euclidean(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -71,11 +71,13 @@ class ScoreOptions:
 class Score(NamedTuple):
     """A family scorer's result: ``metrics`` name -> estimate dict, ``rows`` one dict per generated
     structure (same order as the input; ``status`` set when the scorer rejects a structure), ``curves``
-    name -> array for the report's plots."""
+    name -> array for the report's plots, ``replicates`` name -> (R,) bootstrap replicates of every
+    metric with a CI (the report's CI of the mean over seeds resamples them)."""
 
     metrics: dict
     rows: list[dict]
     curves: dict
+    replicates: dict = {}
 
 
 def _arrays(crystals: Crystals) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -92,11 +94,17 @@ def _estimate_dict(estimate: bootstrap.Estimate | None, value: float | None = No
     return {**entry, "warning": estimate.warning} if estimate.warning else entry
 
 
-def _distances(name: str, train_mean, per_structure, indices) -> dict:
+def _record(metrics: dict, replicates: dict, name: str, estimate: bootstrap.Estimate) -> None:
+    """Store ``estimate`` as metric ``name`` (JSON entry) and its bootstrap replicates."""
+    metrics[name] = _estimate_dict(estimate)
+    replicates[name] = estimate.replicates
+
+
+def _distances(metrics: dict, replicates: dict, name: str, train_mean, per_structure, indices) -> None:
     """Euclidean distance ``name`` and cosine distance ``name_cosine`` with their bootstrap CIs."""
-    return {name: _estimate_dict(bootstrap.distance_estimate(train_mean, per_structure, indices, "euclidean")),
-            f"{name}_cosine": _estimate_dict(bootstrap.distance_estimate(train_mean, per_structure, indices,
-                                                                         "cosine"))}
+    for suffix, distance in (("", "euclidean"), ("_cosine", "cosine")):
+        _record(metrics, replicates, name + suffix,
+                bootstrap.distance_estimate(train_mean, per_structure, indices, distance))
 
 
 def _indices(n: int, options: ScoreOptions) -> np.ndarray:
@@ -144,14 +152,15 @@ def score_alloy(train: StructureSet, generated: StructureSet, options: ScoreOpti
                    **{f"sro_{c}": float(v) for c, v in zip(cluster_expansion.SRO_LABELS, sro_row)})
     indices = _indices(len(cleaned), options)
     train_probabilities = train_counts.probabilities
-    metrics = _distances("d_cluster", train_probabilities.mean(axis=0), counts.probabilities, indices)
-    metrics["pct_vacancy"] = _estimate_dict(bootstrap.mean_estimate(100.0 * (np.array(vacancies) > 0), indices))
+    metrics, replicates = {}, {}
+    _distances(metrics, replicates, "d_cluster", train_probabilities.mean(axis=0), counts.probabilities, indices)
+    _record(metrics, replicates, "pct_vacancy", bootstrap.mean_estimate(100.0 * (np.array(vacancies) > 0), indices))
     curves = dict(train_energy=cluster_expansion.energy_per_atom(train_counts.counts), gen_energy=energies,
                   train_sro=cluster_expansion.warren_cowley(train_counts.counts), gen_sro=sro,
                   train_fingerprint=train_probabilities.mean(axis=0),
                   gen_fingerprint=counts.probabilities.mean(axis=0), train_cluster=train_probabilities,
                   gen_cluster=counts.probabilities)
-    return Score(metrics, rows, curves)
+    return Score(metrics, rows, curves, replicates)
 
 
 # ---------------------------------------------------------------------- a-Si
@@ -169,34 +178,36 @@ def score_a_si(train: StructureSet, generated: StructureSet, options: ScoreOptio
     train_motif = np.concatenate(_per_structure(motifs.motif_fingerprints, "motif_a_si", train, settings, options))
     gen_motif = np.array([rows.mean(axis=0) for rows in
                           _per_structure(motifs.motif_fingerprints, "motif_a_si", generated, settings, options)])
-    metrics = _distances("d_motif", train_motif.mean(axis=0), gen_motif, indices)
+    metrics, replicates = {}, {}
+    _distances(metrics, replicates, "d_motif", train_motif.mean(axis=0), gen_motif, indices)
 
     def rdfs(structures):
         return np.concatenate([rdf(c.frac, c.lattice, c.species, SI, SI) for c in map(Crystals.to_numpy, structures)])
 
     train_rdf, gen_rdf = rdfs(train), rdfs(generated)
-    metrics["d_rdf"] = _estimate_dict(bootstrap.distance_estimate(train_rdf.mean(axis=0), gen_rdf, indices))
+    _record(metrics, replicates, "d_rdf", bootstrap.distance_estimate(train_rdf.mean(axis=0), gen_rdf, indices))
 
     def angles(structures):
         pooled = _per_structure(motifs.crystalnn_bond_angles, "bond_angles", structures, {}, options)
         return np.array([motifs.angle_distribution(a) for a in pooled])
 
     train_angle, gen_angle = angles(train), angles(generated)
-    metrics["d_angle"] = _estimate_dict(bootstrap.distance_estimate(train_angle.mean(axis=0), gen_angle, indices))
+    _record(metrics, replicates, "d_angle",
+            bootstrap.distance_estimate(train_angle.mean(axis=0), gen_angle, indices))
 
     def cutoff_angles(structures):
         return np.concatenate([motifs.cutoff_angle_distributions(c.frac, c.lattice, options.angle_cutoff)
                                for c in map(Crystals.to_numpy, structures)])
 
     fast_train, fast_gen = cutoff_angles(train), cutoff_angles(generated)
-    metrics["d_angle_cutoff"] = _estimate_dict(bootstrap.distance_estimate(fast_train.mean(axis=0), fast_gen,
-                                                                           indices))
+    _record(metrics, replicates, "d_angle_cutoff",
+            bootstrap.distance_estimate(fast_train.mean(axis=0), fast_gen, indices))
     mean, low, high = bootstrap.mean_band(gen_rdf, indices)
     curves = dict(r=bin_centres(), train_rdf=train_rdf.mean(axis=0), gen_rdf=mean, gen_rdf_low=low,
                   gen_rdf_high=high, angle=motifs.angle_bin_centres(), train_angle=train_angle.mean(axis=0),
                   gen_angle=gen_angle.mean(axis=0), train_fingerprint=train_motif.mean(axis=0),
                   gen_fingerprint=gen_motif.mean(axis=0))
-    return Score(metrics, [{} for _ in range(len(generated))], curves)
+    return Score(metrics, [{} for _ in range(len(generated))], curves, replicates)
 
 
 # ---------------------------------------------------------------------- interface
@@ -217,19 +228,19 @@ def score_interface(train: StructureSet, generated: StructureSet, options: Score
             out.append(values[site_numbers == z])
         return out
 
-    metrics = {}
+    metrics, replicates = {}, {}
     for symbol in INTERFACE_CATIONS:
         train_sites = np.concatenate(split(train, train_rows, symbol))
         gen_sites = split(generated, gen_rows, symbol)
         if any(len(s) == 0 for s in gen_sites) or len(train_sites) == 0:
             raise DismaxInputError(f"interface scoring: a structure has no {symbol} atoms")
-        metrics.update(_distances(f"d_{symbol}", train_sites.mean(axis=0),
-                                  np.array([s.mean(axis=0) for s in gen_sites]), indices))
+        _distances(metrics, replicates, f"d_{symbol}", train_sites.mean(axis=0),
+                   np.array([s.mean(axis=0) for s in gen_sites]), indices)
     train_all = np.concatenate(train_rows)
     gen_all = np.array([rows.mean(axis=0) for rows in gen_rows])
-    metrics.update(_distances("d_all", train_all.mean(axis=0), gen_all, indices))
+    _distances(metrics, replicates, "d_all", train_all.mean(axis=0), gen_all, indices)
     curves = dict(train_fingerprint=train_all.mean(axis=0), gen_fingerprint=gen_all.mean(axis=0))
-    return Score(metrics, [{} for _ in range(len(generated))], curves)
+    return Score(metrics, [{} for _ in range(len(generated))], curves, replicates)
 
 
 def check_family(family: str, structures: Crystals | StructureSet, source: str) -> None:
@@ -285,7 +296,7 @@ def score(family: str, train: Crystals | StructureSet, generated: Crystals | Str
     metrics["pct_failed"] = _estimate_dict(None, 100.0 - 100.0 * n_ok / n_total)
     metrics["n_generated"] = n_total
     metrics["n_scored"] = n_ok
-    return Score(metrics, rows, family_score.curves)
+    return Score(metrics, rows, family_score.curves, family_score.replicates)
 
 
 def csv_text(columns: list[str], rows: list) -> str:

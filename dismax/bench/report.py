@@ -1,7 +1,8 @@
 """The bench report: ``DIR/report.md``, a self-contained ``DIR/report.html`` and ``DIR/metrics.json``.
 
-Per model, the paper-style table gives every metric as the mean over seeds with (min–max) and the union
-of the seeds' 95 % pivotal bootstrap intervals, % failed, and the relaxation statistics (steps and
+Per model, the paper-style table gives every metric as the mean over seeds with (min–max) and the 95 %
+pivotal bootstrap interval of that mean (each seed's structures resampled independently, see
+:func:`dismax.bench.bootstrap.mean_over_groups`), % failed, and the relaxation statistics (steps and
 E_initial − E_final, mean ± standard deviation over relaxed structures, as in SI Tables S2–S3); the
 published values (:mod:`dismax.bench.published`) stand beside it, labelled as published data. Plots
 (PNG, Matplotlib Agg) go to ``DIR/report/`` and are embedded in the HTML as base64.
@@ -19,8 +20,9 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from dismax.cluster_expansion import SRO_LABELS
+from dismax.bench import bootstrap
 from dismax.bench.pipeline import save_figure
+from dismax.cluster_expansion import SRO_LABELS
 from dismax.bench.published import RELAXATION, RELAXATION_SOURCES, SOURCES, published_table
 from dismax.io import read_extxyz, read_structure_set
 from dismax.runs import RunDir, atomic_write_text
@@ -48,11 +50,18 @@ def _seed_results(bench: "Bench", model: str) -> dict[int, dict]:
         if not (score_dir / "done.json").is_file():
             continue
         metrics = json.loads((score_dir / "metrics.json").read_text())["metrics"]
-        with np.load(score_dir / "curves.npz") as data:
-            curves = {k: data[k] for k in data.files}
-        results[seed] = {"metrics": metrics, "curves": curves,
+        results[seed] = {"metrics": metrics, "curves": _arrays(score_dir / "curves.npz"),
+                         "replicates": _arrays(score_dir / "replicates.npz"),
                          "relax": _relaxation(bench.stage_dir(model, seed, "relax") / "results.csv", score_dir)}
     return results
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file (empty if it does not exist)."""
+    if not path.is_file():
+        return {}
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
 
 
 def _relaxation(results_csv: Path, score_dir: Path) -> dict[str, np.ndarray]:
@@ -67,17 +76,24 @@ def _relaxation(results_csv: Path, score_dir: Path) -> dict[str, np.ndarray]:
     return {"steps": steps, "delta_e": delta}
 
 
-def summarise(results: dict[int, dict], metric: str) -> dict | None:
-    """Mean, min, max over seeds and the union of the seeds' 95 % CIs of one metric."""
-    entries = [r["metrics"][metric] for r in results.values() if isinstance(r["metrics"].get(metric), dict)]
-    values = [e["value"] for e in entries if e["value"] is not None]
-    if not values:
+def summarise(results: dict[int, dict], metric: str, seed: int = bootstrap.SEED) -> dict | None:
+    """Mean, min, max over seeds of one metric and the 95 % pivotal bootstrap CI of the mean (from every
+    seed's replicates; None when a seed has none, e.g. % failed)."""
+    scored = [r for r in results.values() if isinstance(r["metrics"].get(metric), dict)
+              and r["metrics"][metric]["value"] is not None]
+    if not scored:
         return None
-    lows = [e["ci_low"] for e in entries if e.get("ci_low") is not None]
-    highs = [e["ci_high"] for e in entries if e.get("ci_high") is not None]
-    return {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values)),
-            "ci_low": float(np.min(lows)) if lows else None, "ci_high": float(np.max(highs)) if highs else None,
-            "n_seeds": len(values)}
+    values = [r["metrics"][metric]["value"] for r in scored]
+    summary = {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values)),
+               "ci_low": None, "ci_high": None, "n_seeds": len(values)}
+    if all(metric in r.get("replicates", {}) for r in scored):
+        support = (0.0, 100.0) if metric.startswith("pct_") else (0.0, np.inf)
+        estimate = bootstrap.mean_over_groups(values, [r["replicates"][metric] for r in scored], seed,
+                                              support=support)
+        summary.update(ci_low=estimate.ci_low, ci_high=estimate.ci_high)
+        if estimate.warning:
+            summary["warning"] = estimate.warning
+    return summary
 
 
 def _relax_summary(results: dict[int, dict]) -> dict | None:
@@ -113,8 +129,13 @@ def tables(bench: "Bench", summaries: dict[str, dict]) -> str:
         lines.append(f"| {model} | {summary['n_seeds']} | "
                      + " | ".join(_cell(summary["metrics"].get(n)) for n in names)
                      + f" | {relax_cells[0]} | {relax_cells[1]} |")
-    lines += ["", "Cells: mean over seeds (min–max) [union of the seeds' 95 % pivotal bootstrap intervals]; "
-              "relaxation: mean ± standard deviation over relaxed structures of all seeds. Lower is better."]
+    lines += ["", "Cells: mean over seeds (min–max) [95 % pivotal bootstrap interval of that mean, each seed's "
+              "structures resampled]; relaxation: mean ± standard deviation over relaxed structures of all seeds. "
+              "Lower is better."]
+    warnings = [f"{model} {name}: {entry['warning']}" for model, summary in summaries.items()
+                for name, entry in summary["metrics"].items() if entry and entry.get("warning")]
+    if warnings:
+        lines += ["", "Interval warnings:", ""] + [f"- {w}" for w in warnings]
     published = published_table(family, _dataset_name(bench))
     if published:
         lines += ["", f"Published data (Dismai-Bench {SOURCES[family]}: mean over 3 models (min–max), 1,000 "
@@ -301,7 +322,7 @@ def write(bench: "Bench") -> dict:
         if not results:
             continue
         per_seed[entry.name] = {str(seed): r["metrics"] for seed, r in results.items()}
-        metrics = {name: summarise(results, name) for name in METRICS[family]}
+        metrics = {name: summarise(results, name, bench.config.metrics.seed) for name in METRICS[family]}
         summaries[entry.name] = {"n_seeds": len(results), "metrics": metrics, "relaxation": _relax_summary(results)}
         plots = []
         if _training_plot(bench, entry.name, figures / f"{entry.name}_losses.png",

@@ -9,7 +9,8 @@ An output directory ``DIR`` holds::
     DIR/<model>/<seed>/postprocess/    gen_clean.extxyz, status.csv (move apart / lattice-site assignment)
     DIR/<model>/<seed>/relax/          relaxed.extxyz, results.csv (nothing when relax.potential is none)
     DIR/<model>/<seed>/score/          gen.extxyz + status.csv (exactly what ``bench metrics`` reads), then
-                                       metrics.json, metrics.csv, structures.csv, curves.npz, plots
+                                       metrics.json, metrics.csv, structures.csv, curves.npz and
+                                       replicates.npz (every metric's bootstrap replicates)
     DIR/report/ DIR/report.md DIR/report.html DIR/metrics.json     the report (see :mod:`dismax.bench.report`)
     DIR/timings.json                   wall time of every finished stage
 
@@ -392,6 +393,12 @@ def score_options(bench: Bench) -> ScoreOptions:
                         angle_cutoff=metrics.angle_cutoff)
 
 
+def _save_arrays(path: Path, arrays: dict) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def stage_score(bench: Bench, entry: ModelEntry, seed: int, directory: Path) -> dict:
     """Write the scored structures and statuses (the inputs of ``bench metrics``), then score them."""
     structures, statuses = score_inputs(bench, entry, seed)
@@ -405,9 +412,8 @@ def stage_score(bench: Bench, entry: ModelEntry, seed: int, directory: Path) -> 
         check_scored_structures(bench.config.family, train, structures, str(directory / "gen.extxyz"))
     result = score(bench.config.family, train, structures, score_options(bench), statuses, n_generated)
     write_report(directory, bench.config.family, result.metrics, result.rows, result.curves, plots=False)
-    buffer = io.BytesIO()
-    np.savez(buffer, **{k: np.asarray(v) for k, v in result.curves.items()})
-    atomic_write_bytes(directory / "curves.npz", buffer.getvalue())
+    _save_arrays(directory / "curves.npz", result.curves)
+    _save_arrays(directory / "replicates.npz", result.replicates)
     return {"n_scored": result.metrics["n_scored"], "n_generated": n_generated}
 
 
