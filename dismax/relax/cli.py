@@ -26,8 +26,9 @@ READ_CHUNK = 256  # structures read (and written back) at a time when --chunk-si
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--potential", default="sw", choices=sorted(POTENTIALS),
-                        help="sw: Stillinger-Weber Si; sw_a_si: three-body term x1.5 (default: sw)")
+    parser.add_argument("--potential", default="sw", metavar="{" + ",".join(sorted(POTENTIALS)) + ",run:DIR}",
+                        help="sw: Stillinger-Weber Si; sw_a_si: three-body term x1.5; run:DIR: a fitted potential "
+                             "(python -m dismax.train with model.name: potential) (default: sw)")
     parser.add_argument("--in", dest="input", required=True, type=Path, help="input extxyz file")
     parser.add_argument("--out", required=True, type=Path,
                         help="output directory (relaxed.extxyz, results.csv); reused to resume")
