@@ -143,6 +143,23 @@ def process_share(n_items: int, index: int | None = None, count: int | None = No
     return range(index * n_items // count, (index + 1) * n_items // count)
 
 
+def gather_rows(local, n_rows: int) -> np.ndarray:
+    """The ``n_rows`` rows of an array whose rows are split across processes by :func:`process_share`: every
+    process passes its share ``local`` and gets all rows in order (the same array with one process)."""
+    local = np.asarray(local)
+    count = process_count()
+    if count == 1:
+        return local
+    width = -(-n_rows // count)
+    padded = np.zeros((width,) + local.shape[1:], local.dtype)
+    padded[:len(local)] = local
+    # gathered as raw bytes: JAX would turn float64/int64 into 32-bit types (x64 is off by default)
+    raw = np.ascontiguousarray(padded).view(np.uint8).reshape(width, -1)
+    gathered = np.asarray(multihost_utils.process_allgather(raw, tiled=False))
+    rows = [gathered[p, :len(process_share(n_rows, p, count))] for p in range(count)]
+    return np.concatenate(rows).view(local.dtype).reshape((n_rows,) + local.shape[1:])
+
+
 def barrier(name: str) -> None:
     """Wait until every process reached the barrier ``name`` (no-op with one process)."""
     if process_count() > 1:
