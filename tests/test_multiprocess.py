@@ -94,6 +94,20 @@ def test_a_killed_peer_stops_the_other_process_with_one_error_line():
     assert waited < 60  # heartbeat timeout 3 s plus polling; a hang would run into the 90 s limit
 
 
+def test_coordinator_auto_outside_a_cluster_is_one_error_line():
+    """Without a TPU pod or SLURM job around, ``--coordinator auto`` is a usage error (exit 2), not a hang."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in multiprocess.cli_env(1).items() if not k.startswith(("SLURM_", "TPU_", "OMPI_"))}
+    proc = subprocess.run([sys.executable, "-m", "dismax.sample", "--run-dir", os.devnull, "--n", "1", "--out",
+                           os.devnull, "--coordinator", "auto"], env=env, cwd=multiprocess.ROOT, text=True,
+                          capture_output=True, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "no cluster environment" in errors[0], proc.stderr
+
+
 # ------------------------------------------------------------------------------------------ training
 def _checkpoint_state(run_dir, step):
     """The saved state pytree of checkpoint ``step``, restored whole onto this process's first device."""
