@@ -51,12 +51,21 @@ RUNTIME_SCRIPT = textwrap.dedent("""
     if mode == "die" and pid == 1:
         import os
         os._exit(9)
-    if mode == "die":
-        step = jax.jit(lambda b: b["x"].sum())
-        for _ in range(600):  # collectives with a dead peer: the watchdog must end this process
-            step(batch).block_until_ready()
-            import time; time.sleep(0.1)
-        print("still running", flush=True)
+    if mode == "freeze" and pid == 1:  # alive but silent, its connections open: only heartbeats tell
+        import os, signal
+        os.kill(os.getpid(), signal.SIGSTOP)
+    if mode in ("die", "freeze"):
+        import time
+        from dismax.cli import main_wrapper
+
+        def keep_working(argv):
+            step = jax.jit(lambda b: b["x"].sum())
+            for _ in range(600):  # collectives with a dead peer: they fail, or the watchdog ends this process
+                step(batch).block_until_ready()
+                time.sleep(0.1)
+            print("still running", flush=True)
+
+        main_wrapper(keep_working)
 """)
 
 
@@ -76,22 +85,38 @@ def test_two_processes_assemble_the_global_batch_from_their_parts():
         assert code == 0 and f"OK {i}" in out, err[-3000:]
 
 
-def test_a_killed_peer_stops_the_other_process_with_one_error_line():
-    processes = _script("die")
+@pytest.mark.parametrize("mode", ["die", "freeze"])
+def test_a_lost_peer_stops_the_other_process_with_one_error_line(mode):
+    """Process 1 exits (its sockets close: process 0's next collective fails) or is frozen by SIGSTOP (its
+    sockets stay open: process 0's collective would wait forever, and the heartbeat watchdog ends it)."""
+    processes = _script(mode)
     try:
-        code1, _, _ = multiprocess.finish(processes[1:], timeout=180)[0]
-        assert code1 == 9
-        died = time.monotonic()
+        if mode == "die":
+            assert multiprocess.finish(processes[1:], timeout=180)[0][0] == 9
+        else:
+            deadline = time.monotonic() + 180
+            while not _stopped(processes[1].pid):
+                assert time.monotonic() < deadline and processes[1].poll() is None
+                time.sleep(0.2)
+        lost = time.monotonic()
         code0, out0, err0 = multiprocess.finish(processes[:1], timeout=90)[0]
-        waited = time.monotonic() - died
+        waited = time.monotonic() - lost
     finally:
         multiprocess.kill(processes)
     assert "OK 0" in out0 and "still running" not in out0
     assert code0 == 1, err0[-3000:]
     assert "Traceback" not in err0 and "Check failure" not in err0
     errors = [line for line in err0.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "process 1 of 2" in errors[0] and "resume" in errors[0], err0[-3000:]
+    assert len(errors) == 1 and errors[0].startswith("error: process 0: ") and "resume" in errors[0], err0[-3000:]
+    if mode == "freeze":
+        assert "process 1 of 2 sent no heartbeat" in errors[0]
     assert waited < 60  # heartbeat timeout 3 s plus polling; a hang would run into the 90 s limit
+
+
+def _stopped(pid: int) -> bool:
+    """True when process ``pid`` is stopped (state T in /proc)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()[0] == "T"
 
 
 def test_coordinator_auto_outside_a_cluster_is_one_error_line():
