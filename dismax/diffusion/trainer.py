@@ -53,7 +53,7 @@ from dismax.diffusion.noise import BetaSchedule, SigmaSchedule, noise_coordinate
 from dismax.diffusion.sampling import annealed_langevin, predictor_corrector, predictor_corrector_lattice
 from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.io import write_extxyz
-from dismax.runs import RunDir, atomic_write_text, exclusive_lock, log, progress
+from dismax.runs import RunDir, exclusive_lock, log, write_in_parts
 from dismax.structures import Crystals
 from dismax.training import (LoopConfig, Panel, TrainingTask, check_data_source, check_loop_config,
                              load_run_state, train_loop)
@@ -485,19 +485,13 @@ def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, check
     lattice, species = jnp.asarray(reference.lattice[0]), jnp.asarray(reference.species[0])
     lattice_diffusion = lattice_diffusion_of(config)
     chunk = batch_size or sample_config.batch_size
-    out = Path(out)
-    n_chunks = math.ceil(n / chunk)
-    parts = [out.parent / f".{out.stem}.part{i:05d}-of-{n_chunks:05d}.extxyz" for i in range(n_chunks)]
     key = jax.random.PRNGKey(seed)
-    for i in progress(range(n_chunks), desc="sampling chunks"):
-        if parts[i].exists():
-            continue
+
+    def write_chunk(i, path):
         keep = min(chunk, n - i * chunk)
         frac, lattices = generate(params, network, schedule, lattice, species, jax.random.fold_in(key, i),
                                   sample_config, chunk, lattice_diffusion)
         write_extxyz(Crystals(np.asarray(frac)[:keep], np.asarray(lattices)[:keep],
-                              np.repeat(reference.species, keep, 0)), parts[i])
-    atomic_write_text(out, "".join(p.read_text() for p in parts))
-    for p in parts:
-        p.unlink()
-    return out
+                              np.repeat(reference.species, keep, 0)), path)
+
+    return write_in_parts(Path(out), math.ceil(n / chunk), write_chunk, desc="sampling chunks")

@@ -2,8 +2,8 @@
 three-body tables (the relaxation engine behind ``dismax.bench relax`` and the a-Si builder).
 
 Positions are Cartesian (Å) and unwrapped during a run. Each structure carries a neighbour table of
-``capacity`` slots (atom index and the Cartesian translation of its periodic image, from
-:func:`dismax.geometry.knn`) holding every atom within ``cutoff + skin``; it is rebuilt only when some atom of that structure has moved more than
+``capacity`` slots (atom index and integer image, from :func:`dismax.geometry.knn`) holding every atom
+within ``cutoff + skin``; it is rebuilt only when some atom of that structure has moved more than
 ``skin / 2`` since the last build, so in between no pair can enter the cutoff unseen. Every force
 evaluation picks, per atom, the ``compact`` nearest slots (``lax.top_k`` on the current distances): the
 potential's pair and three-body terms then run on (N, compact) and (N, compact, compact) tables instead
@@ -80,10 +80,9 @@ def default_chunk_size(n_structures: int, n_atoms: int) -> int:
 
 
 # ---------------------------------------------------------------------- one structure, traced
-def _displacements(R, indices, shifts):
-    """Cartesian vectors (N, K, 3) from each atom to its table slots (unwrapped positions R, Å; ``shifts``
-    the slots' periodic-image translations in Å, fixed with the cell)."""
-    return jnp.take(R, indices, axis=0) - R[:, None, :] + shifts
+def _displacements(R, lattice, indices, images):
+    """Cartesian vectors (N, K, 3) from each atom to its table slots (unwrapped positions R, Å)."""
+    return jnp.take(R, indices, axis=0) - R[:, None, :] + images @ lattice
 
 
 def _compact(dR, compact):
@@ -92,15 +91,15 @@ def _compact(dR, compact):
     return jnp.take_along_axis(dR, order[..., None], axis=1)
 
 
-def _compact_overflow(R, indices, shifts, cutoff, compact):
+def _compact_overflow(R, lattice, indices, images, cutoff, compact):
     """True when some atom has more than ``compact`` table atoms within ``cutoff``."""
-    r2 = jnp.sum(_displacements(R, indices, shifts) ** 2, axis=-1)
+    r2 = jnp.sum(_displacements(R, lattice, indices, images) ** 2, axis=-1)
     return jnp.any(jnp.sum(r2 < cutoff**2, axis=-1) > compact)
 
 
 class Program(NamedTuple):
     """Compiled pieces for one (potential, settings, table sizes): ``run`` relaxes a chunk,
-    ``force(R, indices, shifts)`` and ``build(R, lattice)`` are its per-step parts."""
+    ``force(R, lattice, indices, images)`` and ``build(R, lattice)`` are its per-step parts."""
 
     run: Callable
     force: Callable
@@ -109,18 +108,22 @@ class Program(NamedTuple):
 
 @lru_cache(maxsize=None)
 def _relax_program(potential, settings: FireSettings, capacity: int, compact: int):
-    """``run``: (R (C,N,3) Å, lattice (C,3,3), max_steps (C,), fmax) -> per-structure results."""
+    """``run``: (R (C,N,3) Å, lattice (C,3,3), species (C,N), max_steps (C,), fmax) -> per-structure
+    results."""
     from jax_md import minimize  # jax_md takes ~6 s to import; only a relaxation needs it
 
     reach = potential.cutoff + settings.skin
 
-    def energy_one(R, indices, shifts):
-        dR = _compact(_displacements(R, indices, shifts), compact)
+    def energy_one(R, lattice, indices, images, species):
+        dR = _displacements(R, lattice, indices, images)
+        if hasattr(potential, "energy_from_table"):  # message passing needs each neighbour's identity
+            return potential.energy_from_table(dR, indices, species)
+        dR = _compact(dR, compact)
         return potential.energy_from_displacements(dR, jnp.ones(dR.shape[:2], bool))
 
-    def force_one(R, indices, shifts, **unused):
+    def force_one(R, lattice, indices, images, species, **unused):
         # A non-finite energy makes the whole force non-finite, so the step is detected and discarded.
-        e, gradient = jax.value_and_grad(energy_one)(R, indices, shifts)
+        e, gradient = jax.value_and_grad(energy_one)(R, lattice, indices, images, species)
         return jnp.where(jnp.isfinite(e), -gradient, jnp.nan)
 
     def capped_shift(R, dR, **unused):
@@ -137,8 +140,7 @@ def _relax_program(potential, settings: FireSettings, capacity: int, compact: in
         """Tables at R for the batch; overflow (C,) where the reach holds more than ``capacity`` atoms."""
         frac = jnp.einsum("bni,bij->bnj", R, jnp.linalg.inv(lattice))
         found = knn(frac, lattice, capacity)
-        shifts = jnp.einsum("bnki,bij->bnkj", found.images.astype(R.dtype), lattice)
-        return found.indices, shifts, R, jnp.any(found.distances[..., -1] <= reach,
+        return found.indices, found.images.astype(R.dtype), R, jnp.any(found.distances[..., -1] <= reach,
                                                                         axis=-1)
 
     def largest_force(force):
@@ -152,11 +154,11 @@ def _relax_program(potential, settings: FireSettings, capacity: int, compact: in
         return jax.tree_util.tree_map(
             lambda n, o: jnp.where(mask.reshape(mask.shape + (1,) * (n.ndim - 1)), n, o), new, old)
 
-    def run(R, lattice, max_steps, fmax):
-        indices, shifts, reference, build_overflow = build(R, lattice)
-        e_initial = batch_energy(R, indices, shifts)
-        compact_overflow = batch_compact_overflow(R, indices, shifts)
-        state = jax.vmap(fire_init)(R, indices=indices, shifts=shifts)
+    def run(R, lattice, species, max_steps, fmax):
+        indices, images, reference, build_overflow = build(R, lattice)
+        e_initial = batch_energy(R, lattice, indices, images, species)
+        compact_overflow = batch_compact_overflow(R, lattice, indices, images)
+        state = jax.vmap(fire_init)(R, lattice=lattice, indices=indices, images=images, species=species)
         f0 = largest_force(state.force)
         finite = jnp.all(jnp.isfinite(state.force), axis=(1, 2)) & jnp.isfinite(e_initial)
         status = step_status(finite, build_overflow | compact_overflow, f0, jnp.zeros_like(max_steps),
@@ -167,24 +169,24 @@ def _relax_program(potential, settings: FireSettings, capacity: int, compact: in
 
         def fire_step(carry):
             state, tables, steps, status, f_old = carry
-            indices, shifts, reference = tables
+            indices, images, reference = tables
             running = status == RUNNING
-            new = jax.vmap(fire_apply)(state, indices=indices, shifts=shifts)
+            new = jax.vmap(fire_apply)(state, lattice=lattice, indices=indices, images=images, species=species)
             moved = jnp.max(jnp.sum((new.position - reference) ** 2, axis=-1), axis=-1)
             stale = running & (moved > (0.5 * settings.skin) ** 2)
 
             def rebuild(new):
                 # New tables at the new positions, and the force there recomputed with them.
                 *fresh, overflow = build(new.position, lattice)
-                fresh_tables = select(stale, tuple(fresh), (indices, shifts, reference))
-                force = batch_force(new.position, *fresh_tables[:2])
+                fresh_tables = select(stale, tuple(fresh), (indices, images, reference))
+                force = batch_force(new.position, lattice, *fresh_tables[:2], species)
                 return new.set(force=jnp.where(stale[:, None, None], force, new.force)), fresh_tables, \
                     stale & overflow
 
             new, new_tables, build_overflow = jax.lax.cond(
-                jnp.any(stale), rebuild, lambda new: (new, (indices, shifts, reference),
+                jnp.any(stale), rebuild, lambda new: (new, (indices, images, reference),
                                                       jnp.zeros_like(stale)), new)
-            compact_overflow = batch_compact_overflow(new.position, *new_tables[:2])
+            compact_overflow = batch_compact_overflow(new.position, lattice, *new_tables[:2])
             f = largest_force(new.force)
             ok = jnp.all(jnp.isfinite(new.force), axis=(1, 2)) & jnp.all(jnp.isfinite(new.position), axis=(1, 2))
             new_steps = steps + 1
@@ -195,9 +197,9 @@ def _relax_program(potential, settings: FireSettings, capacity: int, compact: in
                     jnp.where(running, new_steps, steps), jnp.where(running, new_status, status),
                     jnp.where(accept, f, f_old))
 
-        carry = (state, (indices, shifts, reference), jnp.zeros_like(max_steps), status, f0)
+        carry = (state, (indices, images, reference), jnp.zeros_like(max_steps), status, f0)
         state, tables, steps, status, f = jax.lax.while_loop(keep_going, fire_step, carry)
-        e_final = batch_energy(state.position, *tables[:2])
+        e_final = batch_energy(state.position, lattice, *tables[:2], species)
         return state.position, status, steps, e_initial, e_final, f
 
     return Program(jax.jit(run), jax.jit(batch_force), jax.jit(build))
@@ -279,7 +281,8 @@ def _relax_chunk(c: Crystals, potential, fmax, max_steps, chunk_size, settings, 
         limit = np.where(np.arange(chunk_size) < len(pending), max_steps, 0).astype(np.int32)
         lattice = np.asarray(c.lattice[pad], np.float32)
         cart = np.einsum("bni,bij->bnj", np.asarray(c.frac[pad], np.float64), c.lattice[pad])
-        out = program(jnp.asarray(cart, jnp.float32), jnp.asarray(lattice), jnp.asarray(limit), jnp.float32(fmax))
+        out = program(jnp.asarray(cart, jnp.float32), jnp.asarray(lattice), jnp.asarray(c.species[pad], jnp.int32),
+                      jnp.asarray(limit), jnp.float32(fmax))
         pos, st, sp, ei, ef, f = (np.asarray(x)[: len(pending)] for x in out)
         frac_out[pending] = np.einsum("bnj,bji->bni", pos.astype(np.float64), np.linalg.inv(c.lattice[pending]))
         status[pending] = st
@@ -292,24 +295,25 @@ def _relax_chunk(c: Crystals, potential, fmax, max_steps, chunk_size, settings, 
 
 
 def _chunk_program(c: Crystals, potential, settings: FireSettings):
-    """The program for one chunk ``c`` (table sizes from its densest structure), its Cartesian positions
-    (B, N, 3) and lattices (B, 3, 3) as float32, and the table sizes."""
+    """The program for one chunk ``c`` (table sizes from its densest structure) and its float32 Cartesian
+    positions (B, N, 3), lattices (B, 3, 3), int32 species (B, N) and the table sizes."""
     sizes = [_capacities(np.asarray(c.frac[i], float), np.asarray(c.lattice[i], float), potential.cutoff,
                          settings) for i in range(c.batch_size)]
     capacity, compact = (int(v) for v in np.max(sizes, axis=0))
     lattice = jnp.asarray(c.lattice, jnp.float32)
     R = jnp.asarray(np.einsum("bni,bij->bnj", c.frac, c.lattice), jnp.float32)
-    return _relax_program(potential, settings, capacity, compact), R, lattice, capacity, compact
+    species = jnp.asarray(c.species, jnp.int32)
+    return _relax_program(potential, settings, capacity, compact), R, lattice, species, capacity, compact
 
 
 def step_cost(crystals: Crystals, potential, settings: FireSettings = FireSettings(), repeats: int = 20) -> dict:
     """XLA-counted flops and bytes of one batched force evaluation on ``crystals`` and the measured time of
     the pieces of a FIRE step (force, table rebuild), for roofline and profile reports."""
-    program, R, lattice, capacity, compact = _chunk_program(crystals.to_numpy(), potential, settings)
-    indices, shifts, _, _ = program.build(R, lattice)
-    cost = program.force.lower(R, indices, shifts).compile().cost_analysis()
+    program, R, lattice, species, capacity, compact = _chunk_program(crystals.to_numpy(), potential, settings)
+    indices, images, _, _ = program.build(R, lattice)
+    cost = program.force.lower(R, lattice, indices, images, species).compile().cost_analysis()
     timings = {}
-    for piece, call in (("force evaluation", lambda: program.force(R, indices, shifts)),
+    for piece, call in (("force evaluation", lambda: program.force(R, lattice, indices, images, species)),
                         ("neighbour-table rebuild", lambda: program.build(R, lattice))):
         jax.block_until_ready(call())
         start = time.perf_counter()
@@ -324,8 +328,8 @@ def compiled_relaxation(crystals: Crystals, potential, fmax: float = DEFAULT_FMA
                         max_steps: int = DEFAULT_MAX_STEPS, settings: FireSettings = FireSettings()):
     """(compiled program, arguments) relaxing all of ``crystals`` as one chunk: ``compiled(*arguments)``
     runs exactly the loop :func:`relax` runs, for cost analyses and profiler traces."""
-    program, R, lattice, _, _ = _chunk_program(crystals.to_numpy(), potential, settings)
-    arguments = (R, lattice, jnp.full(len(crystals), max_steps, jnp.int32), jnp.float32(fmax))
+    program, R, lattice, species, _, _ = _chunk_program(crystals.to_numpy(), potential, settings)
+    arguments = (R, lattice, species, jnp.full(len(crystals), max_steps, jnp.int32), jnp.float32(fmax))
     return program.run.lower(*arguments).compile(), arguments
 
 
