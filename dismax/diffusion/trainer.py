@@ -50,7 +50,8 @@ from dismax.data.loader import BatchLoader, read_training_structures
 from dismax.data.registry import dataset_files
 from dismax.diffusion.denoisers import DenoiserConfig, build_denoiser
 from dismax.diffusion.noise import BetaSchedule, SigmaSchedule, noise_coordinates, noise_lattice
-from dismax.diffusion.sampling import annealed_langevin, predictor_corrector, predictor_corrector_lattice
+from dismax.diffusion.sampling import (annealed_langevin, predictor_corrector, predictor_corrector_lattice,
+                                      step_progress, visited_steps)
 from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.io import write_extxyz
 from dismax.runs import RunDir, atomic_write_text, exclusive_lock, log, progress
@@ -311,6 +312,15 @@ def member_seeds(config: Config) -> list[int]:
     return [config.seed + k for k in range(config.train.n_seeds)]
 
 
+def seed_ensemble(config: Config, seeds: list[int]) -> list[str] | None:
+    """Config overrides that train ``seeds`` as one vmapped ensemble whose member k is the single run with
+    seed ``seeds[k]``, or None when that is impossible (members are seed, seed + 1, ...: the seeds must be
+    consecutive and increasing, and the config must not be an ensemble already)."""
+    if config.train.n_seeds != 1 or list(seeds) != list(range(seeds[0], seeds[0] + len(seeds))):
+        return None
+    return [f"seed={seeds[0]}", f"train.n_seeds={len(seeds)}"]
+
+
 def check(config: Config, n_train: int | None = None) -> None:
     """Every config error, before anything is written (with ``n_train``, the training-set size, too)."""
     check_loop_config(config.train)
@@ -489,14 +499,18 @@ def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, check
     n_chunks = math.ceil(n / chunk)
     parts = [out.parent / f".{out.stem}.part{i:05d}-of-{n_chunks:05d}.extxyz" for i in range(n_chunks)]
     key = jax.random.PRNGKey(seed)
-    for i in progress(range(n_chunks), desc="sampling chunks"):
-        if parts[i].exists():
-            continue
-        keep = min(chunk, n - i * chunk)
-        frac, lattices = generate(params, network, schedule, lattice, species, jax.random.fold_in(key, i),
-                                  sample_config, chunk, lattice_diffusion)
-        write_extxyz(Crystals(np.asarray(frac)[:keep], np.asarray(lattices)[:keep],
-                              np.repeat(reference.species, keep, 0)), parts[i])
+    todo = [i for i in range(n_chunks) if not parts[i].exists()]
+    steps_per_chunk = (len(visited_steps(config.model.n_steps, sample_config.langevin_levels))
+                       * sample_config.langevin_steps_per_level if sample_config.sampler == "langevin"
+                       else len(visited_steps(config.model.n_steps, sample_config.n_steps)))
+    with step_progress(progress(total=len(todo) * steps_per_chunk, desc="sampling", unit="step")) as bar:
+        for i in todo:
+            keep = min(chunk, n - i * chunk)
+            frac, lattices = generate(params, network, schedule, lattice, species, jax.random.fold_in(key, i),
+                                      sample_config, chunk, lattice_diffusion)
+            write_extxyz(Crystals(np.asarray(frac)[:keep], np.asarray(lattices)[:keep],
+                                  np.repeat(reference.species, keep, 0)), parts[i])
+        bar.close()
     atomic_write_text(out, "".join(p.read_text() for p in parts))
     for p in parts:
         p.unlink()
