@@ -18,7 +18,6 @@ import argparse
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from ase.optimize import FIRE
 
@@ -27,6 +26,8 @@ from dismax.io import read_extxyz
 from dismax.potentials import amorphous_sw
 from dismax.potentials.fire import FireSettings, relax, step_cost
 from dismax.structures import Crystals
+
+from roofline import matmul_probe  # benchmarks/roofline.py, next to this script
 
 
 def a_si_structures(n: int, seed: int):
@@ -44,17 +45,6 @@ def matscipy_sw(potential):
     parameters["epsilon"] = potential.epsilon
     parameters["lambda1"] = potential.lam * potential.three_body_strength
     return Manybody(**StillingerWeber(parameters))
-
-
-def matmul_probe(size: int = 1024, repeats: int = 20) -> float:
-    """float32 matmul rate of this machine right now, flop/s."""
-    a = jnp.ones((size, size), jnp.float32)
-    multiply = jax.jit(lambda x: x @ x)
-    multiply(a).block_until_ready()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        multiply(a).block_until_ready()
-    return 2.0 * size**3 * repeats / (time.perf_counter() - start)
 
 
 def main() -> None:

@@ -13,6 +13,9 @@ import sys
 from typing import Callable, NoReturn
 from unittest import mock
 
+import jax
+
+from dismax.devices import PEER_LOST_EXIT_CODE, barrier, leave_run, process_count, process_index
 from dismax.errors import DismaxError
 from dismax.runs import setup_logging
 
@@ -39,21 +42,33 @@ def os_error_message(exc: OSError) -> str:
 
 def main_wrapper(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run ``main(argv)``; a ``DismaxError``, an argparse usage error or an ``OSError`` is printed as
-    ``error: ...`` and turns into exit code 2."""
+    ``error: ...`` and turns into exit code 2.
+
+    In a multi-process run, a failed collective (a peer process died) is one ``error:`` line and exit code 1,
+    and a process that fails leaves at once: JAX's exit-time barrier would otherwise wait for the others and
+    then abort with a stack trace (the others stop through their heartbeat watchdog)."""
     setup_logging()
     try:
         with mock.patch.object(argparse.ArgumentParser, "error", _usage_error):
             code = main(argv)
+        barrier("command finished")  # in a multi-process run, no process leaves while others still work
     except DismaxError as exc:
-        return _fail(str(exc))
+        return leave_run(_fail(str(exc)))
     except OSError as exc:
-        return _fail(os_error_message(exc))
+        return leave_run(_fail(os_error_message(exc)))
+    except jax.errors.JaxRuntimeError as exc:
+        if process_count() == 1:
+            raise
+        message = str(exc).strip().splitlines()[0][:300]
+        return leave_run(_fail(f"process {process_index()}: an operation across the processes failed ({message}); "
+                               f"another process probably stopped. Rerun the same command on every process to "
+                               f"resume from the last checkpoint", PEER_LOST_EXIT_CODE))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     return int(code or 0)
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = 2) -> int:
     print(f"error: {' '.join(message.split())}", file=sys.stderr)
-    return 2
+    return code

@@ -107,7 +107,7 @@ class FCCLattice:
     """FCC supercell of ``repeats``³ conventional cells with static neighbour tables (numpy, host side).
 
     ``frac`` (N, 3) site fractional coordinates; ``lattice`` (3, 3) rows in Å; ``neighbours`` (N, C) site
-    indices of all C = Σ z_s shell neighbours of each site (C = 134); ``shell_of_column`` (C,) the shell
+    indices of all C = Σ z_s shell neighbours of each site (C = 134), listed shell by shell; ``shell_of_column`` (C,) the shell
     (0..6) of each column. Sites are ordered cell by cell, 4 basis sites per cell.
     """
 
@@ -185,12 +185,30 @@ class ClusterExpansion:
         return cls(jnp.asarray(eci[0], dtype), jnp.asarray(eci[1:4], dtype), jnp.asarray(pair, dtype))
 
 
+def shell_multiplicity(lattice: FCCLattice) -> np.ndarray:
+    """(N, N, 7) int8 table M[i, j, s]: how often site j appears in shell s of site i (0 or 1 in the
+    4×4×4 cell, up to z_s in smaller cells where shell vectors alias). Symmetric in i and j."""
+    n, columns = lattice.neighbours.shape
+    table = np.zeros((n, n, N_SHELLS), np.int8)
+    rows = np.repeat(np.arange(n), columns)
+    np.add.at(table, (rows, lattice.neighbours.ravel(), np.tile(lattice.shell_of_column, n)), 1)
+    return table
+
+
+def environment_counts(occupation: jax.Array, lattice: FCCLattice) -> jax.Array:
+    """(N, 7, 3) int32 environments n[i, s, B]: the number of shell-s neighbours of site i holding species B
+    (with multiplicity), for a configuration ``occupation`` (N,) of species indices."""
+    around = jax.nn.one_hot(occupation, 3, dtype=jnp.int32)[jnp.asarray(lattice.neighbours)]  # (N, C, 3)
+    # fcc_lattice lists the columns shell by shell, so each shell is a static slice: sums, no scatter.
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(lattice.shell_of_column, minlength=N_SHELLS))])
+    return jnp.stack([around[:, start:end].sum(axis=1) for start, end in zip(bounds[:-1], bounds[1:])], axis=1)
+
+
 def pair_counts(occupation: jax.Array, lattice: FCCLattice) -> jax.Array:
     """Ordered pair counts (7, 3, 3) int32 of a configuration ``occupation`` (N,) species indices on
     ``lattice``: C[s, A, B] = #(i, j) with σ_i = A, σ_j = B, j in shell s of i."""
     onehot = jax.nn.one_hot(occupation, 3, dtype=jnp.int32)
-    per_column = jnp.einsum("ia,icb->cab", onehot, onehot[jnp.asarray(lattice.neighbours)])
-    return jax.ops.segment_sum(per_column, jnp.asarray(lattice.shell_of_column), num_segments=N_SHELLS)
+    return jnp.einsum("ia,isb->sab", onehot, environment_counts(occupation, lattice))
 
 
 def total_energy(occupation: jax.Array, lattice: FCCLattice, ce: ClusterExpansion) -> jax.Array:
@@ -201,31 +219,26 @@ def total_energy(occupation: jax.Array, lattice: FCCLattice, ce: ClusterExpansio
     return n * (ce.j0 + x @ ce.point) + 0.5 * jnp.sum(counts * ce.pair)
 
 
-def column_pair_energies(lattice: FCCLattice, ce: ClusterExpansion) -> jax.Array:
-    """(C, 3, 3) pair ECI of every neighbour-table column (the table :func:`local_swap_delta` reads)."""
-    return ce.pair[jnp.asarray(lattice.shell_of_column)]
+def environment_swap_delta(environment_i, environment_j, shared, a, b, pair: jax.Array) -> jax.Array:
+    """Total-energy change (eV) of exchanging species ``a`` on site i and ``b`` on site j.
 
-
-def local_swap_delta(occupation: jax.Array, i, j, neighbours: jax.Array, column_pair: jax.Array) -> jax.Array:
-    """Total-energy change (eV) of exchanging the species of sites ``i`` and ``j``, from the neighbour table
-    ``neighbours`` (N, C) and :func:`column_pair_energies` (C, 3, 3).
-
-    Local: only the shell neighbours of the two sites are read, with the correction for i and j being
-    neighbours of each other (counted with multiplicity).
+    From the two environments (7, 3) of :func:`environment_counts`, ``shared`` (7,) = M[i, j] of
+    :func:`shell_multiplicity` and the pair ECIs ``pair`` (7, 3, 3):
+    ΔE = Σ_{s,B} (J_s[b,B] − J_s[a,B]) (n_i[s,B] − n_j[s,B]) − Σ_s M_ij[s] (J_s[a,a] + J_s[b,b] − 2 J_s[a,b]),
+    the second term correcting for i and j being neighbours of each other. Exact integer environments make
+    ΔE a function of the configuration alone (no accumulated round-off).
     """
-    a, b = occupation[i], occupation[j]
-    around_i, around_j = neighbours[i], neighbours[j]
-    species_i, species_j = occupation[around_i], occupation[around_j]
-    columns = jnp.arange(neighbours.shape[1])
-    field_i = column_pair[columns, b, species_i] - column_pair[columns, a, species_i]
-    field_j = column_pair[columns, a, species_j] - column_pair[columns, b, species_j]
-    bond = column_pair[:, a, a] + column_pair[:, b, b] - 2.0 * column_pair[:, a, b]
-    return jnp.sum(field_i + field_j - jnp.where(around_i == j, bond, 0.0))
+    field = pair[:, b, :] - pair[:, a, :]
+    difference = (environment_i.astype(pair.dtype) - environment_j.astype(pair.dtype))
+    bond = pair[:, a, a] + pair[:, b, b] - 2.0 * pair[:, a, b]
+    return jnp.sum(field * difference) - jnp.sum(shared.astype(pair.dtype) * bond)
 
 
 def swap_energy_change(occupation: jax.Array, i, j, lattice: FCCLattice, ce: ClusterExpansion) -> jax.Array:
     """Change of the total energy (eV) when the species of sites ``i`` and ``j`` are exchanged."""
-    return local_swap_delta(occupation, i, j, jnp.asarray(lattice.neighbours), column_pair_energies(lattice, ce))
+    environment = environment_counts(occupation, lattice)
+    shared = jnp.asarray(shell_multiplicity(lattice))[i, j]
+    return environment_swap_delta(environment[i], environment[j], shared, occupation[i], occupation[j], ce.pair)
 
 
 # ------------------------------------------------------------------------ cluster vectors, energy, SRO

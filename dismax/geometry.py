@@ -408,9 +408,12 @@ def knn(frac: jax.Array, lattice: jax.Array, k: int, n_images: ImageCounts = 1) 
         )
 
     frac_fixed, lattice_fixed = jax.lax.stop_gradient(frac), jax.lax.stop_gradient(lattice)
-    indices, images = jax.vmap(partial(_select_knn_centred, k=k))(frac_fixed, lattice_fixed)
+    if k > n - 1:  # more neighbours than other atoms in the cell: only the image search can supply them
+        indices, images = jax.vmap(partial(_select_knn_images, k=k, offsets=offsets))(frac_fixed, lattice_fixed)
+    else:
+        indices, images = jax.vmap(partial(_select_knn_centred, k=k))(frac_fixed, lattice_fixed)
     centers = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None], indices.shape[1:])
-    if len(offsets) > 1:
+    if len(offsets) > 1 and k <= n - 1:
         kth_distance = jnp.max(_safe_norm(jax.vmap(_gather_vectors, in_axes=(0, 0, None, 0, 0))(
             frac_fixed, lattice_fixed, centers, indices, images)), axis=-1)
         safe_radius = 0.5 * (1.0 - 1e-4) * jnp.min(perpendicular_widths(lattice_fixed), axis=-1)

@@ -291,6 +291,54 @@ def read_structure_set(path, allow_nonfinite: bool = False,
     return (structures, [_frame_info(atoms) for atoms in frames]) if with_info else structures
 
 
+def _frame_labels(path: Path, index: int, atoms) -> tuple[float, np.ndarray]:
+    """(energy eV, forces (N, 3) eV/Å) of one parsed frame (ASE conventions: info/calculator ``energy``,
+    per-atom ``forces``)."""
+    results = dict(atoms.calc.results) if atoms.calc is not None else {}
+    energy = results.get("energy", atoms.info.get("energy"))
+    forces = results.get("forces", atoms.arrays.get("forces"))
+    if energy is None:
+        raise _input_error(path, index, "no energy: a labelled frame needs energy=... in its header")
+    if forces is None:
+        raise _input_error(path, index, "no forces: a labelled frame needs forces:R:3 in its Properties")
+    forces = np.asarray(forces, float)
+    if forces.shape != (len(atoms), 3):
+        raise _input_error(path, index, f"forces have shape {forces.shape}, expected ({len(atoms)}, 3)")
+    if not np.isfinite(energy) or not np.all(np.isfinite(forces)):
+        raise _input_error(path, index, "non-finite energy or forces")
+    return float(energy), forces
+
+
+def read_labelled_extxyz(path, fixed_composition: bool = False) -> tuple[Crystals, np.ndarray, np.ndarray]:
+    """Frames with energies and forces (training data of a potential): (Crystals, energies (M,) in eV,
+    Cartesian forces (M, N, 3) in eV/Å). Every frame is validated; all must share one atom count."""
+    path = Path(path)
+    _check_readable(path)
+    checker = _SetChecker(fixed_composition)
+    atoms_list, energies, forces = [], [], []
+    for index, start, comment, text in _iter_frame_texts(path):
+        atoms = _parse_frame(path, index, start, comment, text)
+        checker.check(path, index, np.asarray(atoms.numbers))
+        energy, force = _frame_labels(path, index, atoms)
+        atoms_list.append(atoms)
+        energies.append(energy)
+        forces.append(force)
+    return Crystals.from_ase(atoms_list), np.asarray(energies), np.stack(forces)
+
+
+def write_labelled_frames(handle, crystals: Crystals, energies, forces, info: list[dict] | None = None) -> None:
+    """Append frames with energies (B,) eV and forces (B, N, 3) eV/Å to an open text handle (extxyz, ASE
+    conventions: ``energy=`` in the header, ``forces:R:3`` per atom)."""
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms_list = _check_crystals(crystals, Path("<stream>")).to_ase()
+    for b, atoms in enumerate(atoms_list):
+        atoms.info.update(info[b] if info else {})
+        atoms.calc = SinglePointCalculator(atoms, energy=float(energies[b]), forces=np.asarray(forces[b], float))
+    ase.io.write(handle, atoms_list, format="extxyz")
+
+
 # ---------------------------------------------------------------------- writing
 def _check_crystals(crystals: Crystals, target: Path) -> Crystals:
     """Validate a batch before writing it; returns the NumPy view."""

@@ -20,6 +20,7 @@ MODELS: dict[str, str] = {
     "crystens": "dismax.diffusion.unet_trainer",
     "unimat": "dismax.diffusion.unet_trainer",
     "wyckoff_vae": "dismax.vae.trainer",
+    "potential": "dismax.potentials.trainer",
 }
 
 

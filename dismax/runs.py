@@ -12,7 +12,8 @@ Layout::
 
 Concurrency and crashes: a process that writes a run directory, a sample file, a relaxation output or a
 dataset first takes an :func:`exclusive_lock` on it (``.NAME.lock`` next to it); a second process gets a
-clear error naming the holder.
+clear error naming the holder. In a multi-process run (:mod:`dismax.devices`) process 0 takes the locks and
+alone writes metrics, logs and progress bars for the group.
 Temporary files and staging folders carry their writer's host and PID in their name
 (``.NAME~HOST~PID~XXXX.tmp``), so whoever next takes the lock removes those of dead processes.
 """
@@ -34,10 +35,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
+from dismax.devices import barrier, is_primary, process_share
 from dismax.errors import DismaxError
 
 log = logging.getLogger("dismax")
@@ -63,6 +65,34 @@ def atomic_write(path: Path, write, binary: bool = False) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_in_parts(out: Path, n_parts: int, write_part: Callable[[int, Path], None], desc: str) -> Path:
+    """Write the file ``out`` as ``n_parts`` parts concatenated in order, resumably and across processes.
+
+    ``write_part(i, path)`` writes part i (a pure function of i, e.g. structures generated from a key folded
+    with i) atomically to ``path`` (``.STEM.partIIIII-of-NNNNN.SUFFIX`` next to ``out``); parts already on
+    disk are kept, so an interrupted run continues. Each process of a multi-process run writes its
+    contiguous share of the parts (:func:`dismax.devices.process_share`); process 0 then concatenates them
+    into ``out`` atomically and removes them, so the file is the same on any number of processes.
+    """
+    out = Path(out)
+    parts = [out.parent / f".{out.stem}.part{i:05d}-of-{n_parts:05d}{out.suffix}" for i in range(n_parts)]
+    for i in progress(process_share(n_parts), desc=desc):
+        if not parts[i].exists():
+            write_part(i, parts[i])
+    barrier(f"parts of {out}")
+    if is_primary():
+        def concatenate(handle):
+            for part in parts:
+                with open(part, "rb") as source:
+                    shutil.copyfileobj(source, handle)
+
+        atomic_write(out, concatenate, binary=True)
+        for part in parts:
+            part.unlink()
+    barrier(f"merged {out}")
+    return out
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -159,12 +189,13 @@ def exclusive_lock(target: Path, what: str, wait: bool = False) -> Iterator[None
     the holder's PID and host, and is removed on release. The lock is an OS file lock, so a killed holder
     releases it; a lock file left by a dead PID on this host is taken over. A lock held elsewhere raises
     :class:`LockedError` naming the holder, or with ``wait`` is waited for. On taking the lock, leftovers
-    of killed writers of ``target`` are removed. Re-entrant within a process.
+    of killed writers of ``target`` are removed. Re-entrant within a process. In a multi-process run only
+    process 0 takes it, on behalf of all.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     lock_path = target.parent.resolve() / f".{target.name}.lock"
-    if lock_path in _HELD:
+    if lock_path in _HELD or not is_primary():
         yield
         return
     fd = _acquire(lock_path, what, target, wait)
@@ -261,7 +292,10 @@ class RunDir:
         return self.checkpoints.is_dir() and any(p.name.isdigit() for p in self.checkpoints.iterdir())
 
     def append_metrics(self, row: dict) -> None:
-        """Append one row to metrics.csv (header from the first row; later rows must use the same keys)."""
+        """Append one row to metrics.csv (header from the first row; later rows must use the same keys); only
+        process 0 of a multi-process run writes."""
+        if not is_primary():
+            return
         exists = self.metrics_csv.exists() and self.metrics_csv.stat().st_size > 0
         if exists:
             with open(self.metrics_csv, newline="") as handle:
@@ -289,8 +323,8 @@ class RunDir:
 
     def truncate_metrics(self, keep_while) -> None:
         """Drop rows for which ``keep_while(row)`` is False (used on resume to forget steps after the
-        restored checkpoint, so a resumed run logs every step exactly once)."""
-        rows = self.read_metrics()
+        restored checkpoint, so a resumed run logs every step exactly once); only process 0 writes."""
+        rows = self.read_metrics() if is_primary() else []
         if not rows:
             return
         kept = [r for r in rows if keep_while(r)]
@@ -301,7 +335,9 @@ class RunDir:
         atomic_write_text(self.metrics_csv, buffer.getvalue())
 
     def attach_log_file(self) -> None:
-        """Send dismax log records to RUN/train.log as well as stderr."""
+        """Send dismax log records to RUN/train.log as well as stderr (process 0 only)."""
+        if not is_primary():
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(self.log_path)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -332,9 +368,9 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "", **kwargs):
-    """A tqdm progress bar on stderr (quiet when DISMAX_NO_PROGRESS is set)."""
+    """A tqdm progress bar on stderr (quiet when DISMAX_NO_PROGRESS is set, and on processes other than 0)."""
     return tqdm(iterable, total=total, desc=desc, file=sys.stderr, dynamic_ncols=True,
-                disable=bool(os.environ.get("DISMAX_NO_PROGRESS")), **kwargs)
+                disable=bool(os.environ.get("DISMAX_NO_PROGRESS")) or not is_primary(), **kwargs)
 
 
 def _maybe_float(value: str):

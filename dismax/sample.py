@@ -12,6 +12,7 @@ import yaml
 from dismax.cli import main_wrapper
 from dismax.config import load_config
 from dismax.data.registry import dataset_dir
+from dismax.devices import add_distributed_arguments, initialize_from_args
 from dismax.errors import DismaxError
 from dismax.models import model_module
 from dismax.runs import RunDir, exclusive_lock
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="latent sampler of wyckoff_vae (default: the run config's sample.sampler)")
     parser.add_argument("--force", action="store_true",
                         help="sample even when the output's disk looks too small for the estimated output size")
+    add_distributed_arguments(parser)
     return parser
 
 
@@ -68,6 +70,7 @@ def check_free_space(run, n: int, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    initialize_from_args(args)
     if args.n < 1:
         raise DismaxError(f"--n must be at least 1, got {args.n}")
     if args.batch_size is not None and args.batch_size < 1:

@@ -16,6 +16,7 @@ import yaml
 
 from dismax.cli import main_wrapper
 from dismax.config import load_config, save_config, to_dict
+from dismax.devices import add_distributed_arguments, initialize_from_args
 from dismax.errors import DismaxError
 from dismax.models import MODELS, model_module
 from dismax.runs import RunDir, exclusive_lock, log
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-dir", default=None,
                         help="run directory (default: runs/<config name>); resumed if it has checkpoints")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=1e-4")
+    add_distributed_arguments(parser)
     return parser
 
 
@@ -58,6 +60,7 @@ def prepare_run(config, run_dir: Path) -> RunDir:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    initialize_from_args(args)
     config = load_config(args.config, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
     model = model_module(config.model.name)

@@ -10,6 +10,11 @@ optional evaluation, its ensemble members and its plot panels); :func:`train_loo
 - **Sharding**: when ``batch_size`` divides over the devices, each batch is split over the 'data' mesh
   (:mod:`dismax.devices`) along its batch axis and the state is replicated; otherwise everything stays on the
   default device (with a warning when there are several devices).
+- **Several processes** (``jax.distributed``, see :mod:`dismax.devices`): every process builds the same
+  loaders and loads only its own part of each global batch (``BatchLoader.batch(step, part, n_parts)``); the
+  global batch size must divide over all devices. Parameters are replicated, so every process computes the
+  same state; process 0 alone writes metrics, logs and plots, and orbax saves checkpoints collectively. A
+  checkpoint restores on any number of processes (the state is read whole, then replicated).
 - **Rows**: after every epoch one ``metrics.csv`` row per member: ``epoch``, the member's labels, ``step``,
   the epoch means of the step metrics, the evaluation columns (NaN in epochs without evaluation), the task's
   per-epoch columns and ``seconds``.
@@ -38,7 +43,7 @@ import numpy as np
 from dismax.checkpoint import Checkpointer
 from dismax.data.loader import BatchLoader
 from dismax.data.registry import dataset_dir
-from dismax.devices import data_mesh, replicate, shard_batch
+from dismax.devices import data_mesh, is_primary, process_count, process_index, replicate, shard_batch, to_host
 from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.runs import RunDir, atomic_write, exclusive_lock, log, progress
 
@@ -188,13 +193,13 @@ def _train_loop(task: TrainingTask, config: LoopConfig, run: RunDir, evaluation:
         epoch_started = time.monotonic()
         records = []
         for index in range(spe):
-            batch = _next_batch(task.loaders, task.member_batches)
+            batch = _next_batch(task.loaders, task.member_batches, process_index(), process_count())
             if batch_axis is not None:
                 state, batch = replicate(state, mesh), shard_batch(batch, mesh, batch_axis)
             state, metrics = task.step(state, batch, epoch, index)
             records.append(metrics)
             bar.update(1)
-        values = _epoch_means(jax.device_get(records), n_members)
+        values = _epoch_means(to_host(records), n_members)
         if task.loss_column and not np.all(np.isfinite(values[task.loss_column])):
             raise DismaxInputError(f"{task.name}: the training loss became {values[task.loss_column].tolist()} "
                                    f"in epoch {epoch}; lower the learning rate")
@@ -225,8 +230,11 @@ def _train_loop(task: TrainingTask, config: LoopConfig, run: RunDir, evaluation:
                 metric = float(np.nanmean(monitored)) if np.isfinite(monitored).any() else None
             else:
                 metric = task.monitor(values) if task.monitor is not None else None
+            if process_count() > 1:  # orbax saves global arrays only (an evaluation may leave local leaves)
+                state = replicate(state, mesh)
             checkpointer.save(epoch + 1, state, meta=meta, metric=metric)
-            plot_metrics(run, task.panels)
+            if is_primary():
+                plot_metrics(run, task.panels)
         if out_of_time and not last:
             log.info("%s: time budget of %.1f min reached after epoch %d; rerun the command to continue",
                      task.name, config.max_minutes, epoch)
@@ -237,9 +245,9 @@ def _train_loop(task: TrainingTask, config: LoopConfig, run: RunDir, evaluation:
 
 
 def restore_checkpoint(checkpointer: Checkpointer, like_state, which: str = "latest"):
-    """(state, meta) of the latest or best checkpoint, or None. The state is restored onto the default device
-    whatever devices saved it (the loop places it again)."""
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    """(state, meta) of the latest or best checkpoint, or None. The state is restored whole onto this process's
+    first device whatever devices or processes saved it (the loop places it again)."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                         jax.eval_shape(lambda s: s, like_state))
     restored = checkpointer.restore_best(like) if which == "best" else checkpointer.restore(like)
@@ -288,10 +296,14 @@ def plot_metrics(run: RunDir, panels: Sequence[Panel]) -> None:
 
 
 def _batch_axis(mesh, batch_size: int, per_member: bool) -> int | None:
-    """The batch axis to shard over ``mesh``, or None with one device or a batch size that does not divide."""
+    """The batch axis to shard over ``mesh``, or None with one device or a batch size that does not divide
+    (an error with several processes, which cannot fall back to one device)."""
     n = mesh.devices.size
     if n == 1:
         return None
+    if batch_size % n and process_count() > 1:
+        raise DismaxConfigError(f"train.batch_size {batch_size} does not divide over the {n} devices of the "
+                                f"{process_count()} processes; use a multiple of {n}")
     if batch_size % n:
         log.warning("train.batch_size %d does not divide over %d devices; training on one device", batch_size, n)
         return None
@@ -299,8 +311,13 @@ def _batch_axis(mesh, batch_size: int, per_member: bool) -> int | None:
     return 1 if per_member else 0
 
 
-def _next_batch(loaders: Sequence[BatchLoader], stacked: bool):
-    batches = [next(loader) for loader in loaders]
+def _next_batch(loaders: Sequence[BatchLoader], stacked: bool, part: int = 0, n_parts: int = 1):
+    """The next batch of every loader (this process's ``part`` of ``n_parts``), stacked per member or the
+    shared one."""
+    batches = []
+    for loader in loaders:
+        batches.append(loader.batch(loader.step, part, n_parts))
+        loader.step += 1
     return jax.tree.map(lambda *leaves: np.stack(leaves), *batches) if stacked else batches[0]
 
 

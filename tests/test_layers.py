@@ -41,6 +41,7 @@ STAGES = {
     "dismax.cluster_expansion": SHARED,
     "dismax.nn": SHARED,
     "dismax.potentials": SHARED,
+    "dismax.potentials.trainer": MODELS,  # fits a potential through the shared training loop
     "dismax.registry": SHARED,          # the model registry
     "dismax.models": SHARED,
     "dismax.data.loader": SHARED,       # batching: the one batch loader

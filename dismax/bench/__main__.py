@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from dismax.cli import main_wrapper
+from dismax.devices import add_distributed_arguments, initialize_from_args
 
 # name -> (module, add-arguments function, run function, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -52,12 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (add_arguments, run, help_text) in _available().items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
         add_arguments(sub)
+        add_distributed_arguments(sub)
         sub.set_defaults(run=run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    initialize_from_args(args)
     return args.run(args) or 0
 
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from dismax.cli import main_wrapper
+from dismax.devices import add_distributed_arguments, initialize_from_args
 from dismax.validation import DEFAULT_MIN_DISTANCE, MIN_DISTANCE, min_distance_for, require_valid
 
 
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="small: builds in minutes on a CPU; full: the published size (default: small)")
     build.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
     build.add_argument("--out", default=None, help="output directory (default: the dismax cache)")
+    add_distributed_arguments(build)
     commands.add_parser("list", help="list available datasets and where they are cached")
     register = commands.add_parser("register", help="register your own extxyz files under a name")
     register.add_argument("name")
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     if args.command == "build":
+        initialize_from_args(args)
         directory = registry.build_dataset(args.name, args.size, args.seed, args.out)
         print(directory)
     elif args.command == "list":

@@ -15,17 +15,17 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import cached_property, lru_cache, partial
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dismax.cluster_expansion import (ATOMIC_NUMBERS, CLUSTER_LABELS, COMPOSITION, PUBLISHED_ECI, SPECIES,
-                                      SRO_LABELS, ClusterExpansion, FCCLattice, cluster_vectors,
-                                      column_pair_energies, energy_per_atom, fcc_lattice, local_swap_delta,
-                                      pair_counts, warren_cowley)
+from dismax.cluster_expansion import (ATOMIC_NUMBERS, CLUSTER_LABELS, COMPOSITION, N_SHELLS, PUBLISHED_ECI,
+                                      SPECIES, SRO_LABELS, ClusterExpansion, FCCLattice, cluster_vectors,
+                                      energy_per_atom, environment_counts, environment_swap_delta,
+                                      fcc_lattice, pair_counts, shell_multiplicity, warren_cowley)
 from dismax.errors import DismaxInputError
 from dismax.io import write_extxyz
 from dismax.runs import atomic_write_text, progress
@@ -79,36 +79,70 @@ class KawasakiSampler:
         zero = jnp.zeros((), jnp.int32)
         return ChainState(occupation, slots, key, zero, zero)
 
-    def sweep(self, state: ChainState, temperature, n_attempts: int) -> ChainState:
-        """``n_attempts`` swap attempts as one ``lax.scan`` (random numbers drawn in bulk up front)."""
+    @cached_property
+    def _multiplicity_rows(self) -> np.ndarray:
+        """(N, N·7) int8: row i is M[i] of :func:`shell_multiplicity` flattened (site-major, shell-minor)."""
+        return shell_multiplicity(self.lattice).reshape(self.lattice.n_sites, -1)
+
+    def proposals(self, key: jax.Array, n_attempts: int):
+        """The random draws of ``n_attempts`` swap attempts: (next key, slot u (n,), slot v (n,), log r (n,)).
+
+        Slot u is uniform over all N slots, slot v uniform over the slots of the other species, log r the
+        log of the uniform number the Metropolis test compares with −ΔE / k_B T.
+        """
         n = self.lattice.n_sites
         block_of_slot = jnp.asarray(self.block_of_slot)
         counts = jnp.asarray(self.composition, jnp.int32)
         starts = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(counts)[:-1]])
-        neighbours = jnp.asarray(self.lattice.neighbours)
-        column_pair = column_pair_energies(self.lattice, self.ce)
-        beta = 1.0 / (K_BOLTZMANN * jnp.asarray(temperature, column_pair.dtype))
-
-        key, k_slot, k_other, k_accept = jax.random.split(state.key, 4)
+        key, k_slot, k_other, k_accept = jax.random.split(key, 4)
         slot_u = jax.random.randint(k_slot, (n_attempts,), 0, n)
         block_u = block_of_slot[slot_u]
         other = jax.random.randint(k_other, (n_attempts,), 0, n - counts[block_u])
         slot_v = jnp.where(other >= starts[block_u], other + counts[block_u], other)
-        log_uniform = jnp.log(jax.random.uniform(k_accept, (n_attempts,), column_pair.dtype))
+        log_uniform = jnp.log(jax.random.uniform(k_accept, (n_attempts,), self.ce.pair.dtype))
+        return key, slot_u, slot_v, log_uniform
 
-        def attempt(carry, draw):
-            occupation, slots, accepted = carry
-            u, v, log_r = draw
-            i, j = slots[u], slots[v]
-            delta = local_swap_delta(occupation, i, j, neighbours, column_pair)
-            accept = log_r < -beta * delta
-            a, b = occupation[i], occupation[j]
-            occupation = occupation.at[i].set(jnp.where(accept, b, a)).at[j].set(jnp.where(accept, a, b))
-            slots = slots.at[u].set(jnp.where(accept, j, i)).at[v].set(jnp.where(accept, i, j))
-            return (occupation, slots, accepted + accept.astype(jnp.int32)), None
+    def carry(self, state: ChainState):
+        """The scan carry of :meth:`attempt` for a chain: (occupation, slots, environment, accepted), the
+        environment n[B, i, s] (:func:`environment_counts`) as int8, species-major (3, N·7)."""
+        environment = environment_counts(state.occupation, self.lattice).astype(jnp.int8)
+        return state.occupation, state.slots, environment.transpose(2, 0, 1).reshape(3, -1), state.accepted
 
-        (occupation, slots, accepted), _ = jax.lax.scan(
-            attempt, (state.occupation, state.slots, state.accepted), (slot_u, slot_v, log_uniform)
+    def attempt(self, carry, draw, temperature):
+        """One swap attempt (a ``lax.scan`` step): ``draw`` = (slot u, slot v, log r) of :meth:`proposals`.
+
+        Reads the two sites' (3, 7) environment blocks for ΔE (:func:`environment_swap_delta`) and, weighted
+        by the accept flag, adds ±(M[j] − M[i]) to the environment rows of species a and b: a dense,
+        vectorised update of 3 × N × 7 bytes instead of gathers scattered over 2 × 134 neighbour columns.
+        Under ``vmap`` every chain does the same work, so there is no branch.
+        """
+        occupation, slots, environment, accepted = carry
+        u, v, log_r = draw
+        rows = jnp.asarray(self._multiplicity_rows)
+        pair = self.ce.pair
+        beta = 1.0 / (K_BOLTZMANN * jnp.asarray(temperature, pair.dtype))
+        i, j = slots[u], slots[v]
+        a, b = occupation[i], occupation[j]
+        row_i = jax.lax.dynamic_index_in_dim(rows, i, keepdims=False)
+        row_j = jax.lax.dynamic_index_in_dim(rows, j, keepdims=False)
+        environment_i = jax.lax.dynamic_slice_in_dim(environment, i * N_SHELLS, N_SHELLS, axis=1).T
+        environment_j = jax.lax.dynamic_slice_in_dim(environment, j * N_SHELLS, N_SHELLS, axis=1).T
+        shared = jax.lax.dynamic_slice_in_dim(row_i, j * N_SHELLS, N_SHELLS)
+        delta = environment_swap_delta(environment_i, environment_j, shared, a, b, pair)
+        accept = log_r < -beta * delta
+        occupation = occupation.at[i].set(jnp.where(accept, b, a)).at[j].set(jnp.where(accept, a, b))
+        slots = slots.at[u].set(jnp.where(accept, j, i)).at[v].set(jnp.where(accept, i, j))
+        species = jnp.arange(3)
+        change = (accept & (species == a)).astype(jnp.int8) - (accept & (species == b)).astype(jnp.int8)
+        environment = environment + change[:, None] * (row_j - row_i)[None, :]
+        return (occupation, slots, environment, accepted + accept.astype(jnp.int32)), None
+
+    def sweep(self, state: ChainState, temperature, n_attempts: int) -> ChainState:
+        """``n_attempts`` swap attempts (:meth:`attempt`) as one ``lax.scan``, random numbers drawn in bulk
+        up front; the environments are rebuilt exactly from the occupation at the start."""
+        key, slot_u, slot_v, log_uniform = self.proposals(state.key, n_attempts)
+        (occupation, slots, _, accepted), _ = jax.lax.scan(
+            partial(self.attempt, temperature=temperature), self.carry(state), (slot_u, slot_v, log_uniform)
         )
         return ChainState(occupation, slots, key, state.attempted + n_attempts, accepted)
 

@@ -13,9 +13,11 @@ import importlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from dismax.data import BUILDERS, BUILT_FILES
+from dismax.devices import barrier, is_primary, on_all_processes
 from dismax.errors import DismaxInputError
 from dismax.runs import atomic_write_text, exclusive_lock, log, make_staging_dir
 
@@ -59,12 +61,19 @@ def build_dataset(name: str, size: str = "small", seed: int = 0, out_dir: str | 
 
     The builder writes into a temporary sibling directory that is renamed when complete, so an
     interrupted build never leaves a directory that looks finished. Builds of one folder take turns
-    (a second build waits for the first); the next build removes a killed build's staging folder.
+    (a second build waits for the first); the next build removes a killed build's staging folder. In a
+    multi-process run every process runs the builder (which may split its work across them) and process 0
+    alone writes the folder.
     """
     _check_buildable(name, size)
     target = Path(out_dir) if out_dir is not None else dataset_dir(name, size, seed)
     with exclusive_lock(target, "dataset folder", wait=True):
-        _build_into(name, size, seed, target)
+        if is_primary():
+            _build_into(name, size, seed, target)
+        else:
+            with tempfile.TemporaryDirectory() as scratch:
+                _builder(name)(size=size, seed=seed, out_dir=Path(scratch))
+    barrier(f"dataset {target} built")
     return target
 
 
@@ -92,12 +101,12 @@ def _build_into(name: str, size: str, seed: int, target: Path) -> None:
 def ensure_dataset(name: str, size: str = "small", seed: int = 0) -> Path:
     """The directory of dataset ``name``, building (and caching) it first if needed."""
     directory = dataset_dir(name, size, seed)
-    if is_complete(directory):
+    if on_all_processes(is_complete(directory)):  # every process of a run takes the same branch
         return directory
     if name in _registered():
         raise DismaxInputError(f"registered dataset '{name}' is missing its files in {directory}")
     with exclusive_lock(directory, "dataset folder", wait=True):
-        if is_complete(directory):  # built by another process while this one waited
+        if on_all_processes(is_complete(directory)):  # built by another process while this one waited
             return directory
         log.info("dataset '%s' (size %s, seed %d) not in the cache; building it into %s", name, size, seed,
                  directory)

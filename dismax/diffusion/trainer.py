@@ -48,13 +48,14 @@ import optax
 from dismax.config import load_config
 from dismax.data.loader import BatchLoader, read_training_structures
 from dismax.data.registry import dataset_files
+from dismax.devices import process_share
 from dismax.diffusion.denoisers import DenoiserConfig, build_denoiser
 from dismax.diffusion.noise import BetaSchedule, SigmaSchedule, noise_coordinates, noise_lattice
 from dismax.diffusion.sampling import (annealed_langevin, predictor_corrector, predictor_corrector_lattice,
                                       step_progress, visited_steps)
 from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.io import write_extxyz
-from dismax.runs import RunDir, atomic_write_text, exclusive_lock, log, progress
+from dismax.runs import RunDir, exclusive_lock, log, progress, write_in_parts
 from dismax.structures import Crystals
 from dismax.training import (LoopConfig, Panel, TrainingTask, check_data_source, check_loop_config,
                              load_run_state, train_loop)
@@ -495,23 +496,21 @@ def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, check
     lattice, species = jnp.asarray(reference.lattice[0]), jnp.asarray(reference.species[0])
     lattice_diffusion = lattice_diffusion_of(config)
     chunk = batch_size or sample_config.batch_size
-    out = Path(out)
-    n_chunks = math.ceil(n / chunk)
-    parts = [out.parent / f".{out.stem}.part{i:05d}-of-{n_chunks:05d}.extxyz" for i in range(n_chunks)]
     key = jax.random.PRNGKey(seed)
-    todo = [i for i in range(n_chunks) if not parts[i].exists()]
+    n_parts = math.ceil(n / chunk)
     steps_per_chunk = (len(visited_steps(config.model.n_steps, sample_config.langevin_levels))
                        * sample_config.langevin_steps_per_level if sample_config.sampler == "langevin"
                        else len(visited_steps(config.model.n_steps, sample_config.n_steps)))
-    with step_progress(progress(total=len(todo) * steps_per_chunk, desc="sampling", unit="step")) as bar:
-        for i in todo:
-            keep = min(chunk, n - i * chunk)
-            frac, lattices = generate(params, network, schedule, lattice, species, jax.random.fold_in(key, i),
-                                      sample_config, chunk, lattice_diffusion)
-            write_extxyz(Crystals(np.asarray(frac)[:keep], np.asarray(lattices)[:keep],
-                                  np.repeat(reference.species, keep, 0)), parts[i])
-        bar.close()
-    atomic_write_text(out, "".join(p.read_text() for p in parts))
-    for p in parts:
-        p.unlink()
-    return out
+
+    def write_chunk(i, path):
+        keep = min(chunk, n - i * chunk)
+        frac, lattices = generate(params, network, schedule, lattice, species, jax.random.fold_in(key, i),
+                                  sample_config, chunk, lattice_diffusion)
+        write_extxyz(Crystals(np.asarray(frac)[:keep], np.asarray(lattices)[:keep],
+                              np.repeat(reference.species, keep, 0)), path)
+
+    bar = progress(total=len(process_share(n_parts)) * steps_per_chunk, desc="sampling steps", unit="step")
+    with step_progress(bar):
+        written = write_in_parts(Path(out), n_parts, write_chunk, desc="sampling chunks")
+    bar.close()
+    return written

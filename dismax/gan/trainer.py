@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 from pathlib import Path
 
 import jax
@@ -30,8 +31,8 @@ from dismax.gan.features import bond_distances, check_search_radius
 from dismax.gan.steps import (GanSetup, ensemble_sampler, ensemble_step_fn, generate, init_ensemble,
                               member_state)
 from dismax.geometry import pairwise_minimum_image_distances
-from dismax.io import write_extxyz, write_extxyz_frames
-from dismax.runs import RunDir, atomic_write, atomic_write_text, exclusive_lock, log, progress
+from dismax.io import write_extxyz
+from dismax.runs import RunDir, atomic_write_text, exclusive_lock, log, write_in_parts
 from dismax.structures import Crystals, sort_into_blocks, species_blocks
 from dismax.training import (Panel, TrainingTask, check_data_source, check_loop_config, load_run_state,
                              train_loop)
@@ -253,14 +254,10 @@ def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, check
         raise DismaxInputError(f"--member {member} is out of range; run '{run.path}' has {n_members} member(s)")
     one = member_state(state, member)
     generate_batch = jax.jit(lambda s, k: generate(setup, s, k, batch_size))
-    out = Path(out)
 
-    def write(handle):
-        for index, start in enumerate(progress(range(0, n, batch_size), desc="generating")):
-            frac = np.asarray(generate_batch(one, jax.random.fold_in(jax.random.PRNGKey(seed), index)))
-            count = min(batch_size, n - start)
-            write_extxyz_frames(handle, _crystals(frac[:count], template), target=out)
+    def write_batch(index, path):
+        frac = np.asarray(generate_batch(one, jax.random.fold_in(jax.random.PRNGKey(seed), index)))
+        write_extxyz(_crystals(frac[:min(batch_size, n - index * batch_size)], template), path)
 
-    atomic_write(out, write)
-    return out
+    return write_in_parts(Path(out), math.ceil(n / batch_size), write_batch, desc="generating")
 

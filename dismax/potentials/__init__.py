@@ -9,16 +9,21 @@ relaxation driver and the a-Si MD.
 
 from dismax.errors import DismaxInputError
 from dismax.potentials.evaluate import energies_and_forces
+from dismax.potentials.fitted import load_potential
 from dismax.potentials.stillinger_weber import StillingerWeber, amorphous_sw, original_sw
 
 POTENTIALS = {"sw": original_sw, "sw_a_si": amorphous_sw}
 
 
 def get_potential(name: str):
-    """Potential by its CLI name (``sw``, ``sw_a_si``)."""
+    """Potential by its CLI name (``sw``, ``sw_a_si``) or ``run:DIR``, a fitted potential's run directory
+    (its best checkpoint)."""
+    if name.startswith("run:"):
+        return load_potential(name[len("run:"):])
     if name not in POTENTIALS:
-        raise DismaxInputError(f"unknown potential {name!r}; choose one of {sorted(POTENTIALS)}")
+        raise DismaxInputError(f"unknown potential {name!r}; choose one of {sorted(POTENTIALS)} or run:DIR")
     return POTENTIALS[name]()
 
 
-__all__ = ["POTENTIALS", "StillingerWeber", "amorphous_sw", "energies_and_forces", "get_potential", "original_sw"]
+__all__ = ["POTENTIALS", "StillingerWeber", "amorphous_sw", "energies_and_forces", "get_potential", "load_potential",
+           "original_sw"]

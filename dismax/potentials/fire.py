@@ -108,18 +108,22 @@ class Program(NamedTuple):
 
 @lru_cache(maxsize=None)
 def _relax_program(potential, settings: FireSettings, capacity: int, compact: int):
-    """``run``: (R (C,N,3) Å, lattice (C,3,3), max_steps (C,), fmax) -> per-structure results."""
+    """``run``: (R (C,N,3) Å, lattice (C,3,3), species (C,N), max_steps (C,), fmax) -> per-structure
+    results."""
     from jax_md import minimize  # jax_md takes ~6 s to import; only a relaxation needs it
 
     reach = potential.cutoff + settings.skin
 
-    def energy_one(R, lattice, indices, images):
-        dR = _compact(_displacements(R, lattice, indices, images), compact)
+    def energy_one(R, lattice, indices, images, species):
+        dR = _displacements(R, lattice, indices, images)
+        if hasattr(potential, "energy_from_table"):  # message passing needs each neighbour's identity
+            return potential.energy_from_table(dR, indices, species)
+        dR = _compact(dR, compact)
         return potential.energy_from_displacements(dR, jnp.ones(dR.shape[:2], bool))
 
-    def force_one(R, lattice, indices, images, **unused):
+    def force_one(R, lattice, indices, images, species, **unused):
         # A non-finite energy makes the whole force non-finite, so the step is detected and discarded.
-        e, gradient = jax.value_and_grad(energy_one)(R, lattice, indices, images)
+        e, gradient = jax.value_and_grad(energy_one)(R, lattice, indices, images, species)
         return jnp.where(jnp.isfinite(e), -gradient, jnp.nan)
 
     def capped_shift(R, dR, **unused):
@@ -150,11 +154,11 @@ def _relax_program(potential, settings: FireSettings, capacity: int, compact: in
         return jax.tree_util.tree_map(
             lambda n, o: jnp.where(mask.reshape(mask.shape + (1,) * (n.ndim - 1)), n, o), new, old)
 
-    def run(R, lattice, max_steps, fmax):
+    def run(R, lattice, species, max_steps, fmax):
         indices, images, reference, build_overflow = build(R, lattice)
-        e_initial = batch_energy(R, lattice, indices, images)
+        e_initial = batch_energy(R, lattice, indices, images, species)
         compact_overflow = batch_compact_overflow(R, lattice, indices, images)
-        state = jax.vmap(fire_init)(R, lattice=lattice, indices=indices, images=images)
+        state = jax.vmap(fire_init)(R, lattice=lattice, indices=indices, images=images, species=species)
         f0 = largest_force(state.force)
         finite = jnp.all(jnp.isfinite(state.force), axis=(1, 2)) & jnp.isfinite(e_initial)
         status = step_status(finite, build_overflow | compact_overflow, f0, jnp.zeros_like(max_steps),
@@ -167,7 +171,7 @@ def _relax_program(potential, settings: FireSettings, capacity: int, compact: in
             state, tables, steps, status, f_old = carry
             indices, images, reference = tables
             running = status == RUNNING
-            new = jax.vmap(fire_apply)(state, lattice=lattice, indices=indices, images=images)
+            new = jax.vmap(fire_apply)(state, lattice=lattice, indices=indices, images=images, species=species)
             moved = jnp.max(jnp.sum((new.position - reference) ** 2, axis=-1), axis=-1)
             stale = running & (moved > (0.5 * settings.skin) ** 2)
 
@@ -175,7 +179,7 @@ def _relax_program(potential, settings: FireSettings, capacity: int, compact: in
                 # New tables at the new positions, and the force there recomputed with them.
                 *fresh, overflow = build(new.position, lattice)
                 fresh_tables = select(stale, tuple(fresh), (indices, images, reference))
-                force = batch_force(new.position, lattice, *fresh_tables[:2])
+                force = batch_force(new.position, lattice, *fresh_tables[:2], species)
                 return new.set(force=jnp.where(stale[:, None, None], force, new.force)), fresh_tables, \
                     stale & overflow
 
@@ -195,7 +199,7 @@ def _relax_program(potential, settings: FireSettings, capacity: int, compact: in
 
         carry = (state, (indices, images, reference), jnp.zeros_like(max_steps), status, f0)
         state, tables, steps, status, f = jax.lax.while_loop(keep_going, fire_step, carry)
-        e_final = batch_energy(state.position, lattice, *tables[:2])
+        e_final = batch_energy(state.position, lattice, *tables[:2], species)
         return state.position, status, steps, e_initial, e_final, f
 
     return Program(jax.jit(run), jax.jit(batch_force), jax.jit(build))
@@ -277,7 +281,8 @@ def _relax_chunk(c: Crystals, potential, fmax, max_steps, chunk_size, settings, 
         limit = np.where(np.arange(chunk_size) < len(pending), max_steps, 0).astype(np.int32)
         lattice = np.asarray(c.lattice[pad], np.float32)
         cart = np.einsum("bni,bij->bnj", np.asarray(c.frac[pad], np.float64), c.lattice[pad])
-        out = program(jnp.asarray(cart, jnp.float32), jnp.asarray(lattice), jnp.asarray(limit), jnp.float32(fmax))
+        out = program(jnp.asarray(cart, jnp.float32), jnp.asarray(lattice), jnp.asarray(c.species[pad], jnp.int32),
+                      jnp.asarray(limit), jnp.float32(fmax))
         pos, st, sp, ei, ef, f = (np.asarray(x)[: len(pending)] for x in out)
         frac_out[pending] = np.einsum("bnj,bji->bni", pos.astype(np.float64), np.linalg.inv(c.lattice[pending]))
         status[pending] = st
@@ -299,10 +304,11 @@ def step_cost(crystals: Crystals, potential, settings: FireSettings = FireSettin
     program = _relax_program(potential, settings, capacity, compact)
     lattice = jnp.asarray(c.lattice, jnp.float32)
     R = jnp.asarray(np.einsum("bni,bij->bnj", c.frac, c.lattice), jnp.float32)
+    species = jnp.asarray(c.species, jnp.int32)
     indices, images, _, _ = program.build(R, lattice)
-    flops = program.force.lower(R, lattice, indices, images).compile().cost_analysis()["flops"]
+    flops = program.force.lower(R, lattice, indices, images, species).compile().cost_analysis()["flops"]
     timings = {}
-    for piece, call in (("force evaluation", lambda: program.force(R, lattice, indices, images)),
+    for piece, call in (("force evaluation", lambda: program.force(R, lattice, indices, images, species)),
                         ("neighbour-table rebuild", lambda: program.build(R, lattice))):
         jax.block_until_ready(call())
         start = time.perf_counter()

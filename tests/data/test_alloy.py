@@ -132,6 +132,49 @@ def test_local_swap_energy_equals_full_difference(repeats):
         assert checked > 30
 
 
+@pytest.mark.parametrize("repeats", [4, 2])
+def test_shell_multiplicity_and_environments_match_the_neighbour_table(repeats):
+    lattice = cluster_expansion.fcc_lattice(repeats)
+    multiplicity = cluster_expansion.shell_multiplicity(lattice)
+    np.testing.assert_array_equal(multiplicity, multiplicity.transpose(1, 0, 2))
+    np.testing.assert_array_equal(multiplicity.sum(axis=1), np.broadcast_to(cluster_expansion.SHELL_Z,
+                                                                            (lattice.n_sites, 7)))
+    occupation = np.random.default_rng(5).integers(0, 3, lattice.n_sites).astype(np.int32)
+    expected = np.zeros((lattice.n_sites, 7, 3), np.int64)
+    for i in range(lattice.n_sites):
+        for column, j in enumerate(lattice.neighbours[i]):
+            expected[i, lattice.shell_of_column[column], occupation[j]] += 1
+    np.testing.assert_array_equal(np.asarray(cluster_expansion.environment_counts(occupation, lattice)), expected)
+
+
+def test_sweep_is_metropolis_on_full_energy_differences():
+    """The sweep, which carries incrementally updated environments, makes exactly the accept/reject
+    decisions of a plain Metropolis chain on full-energy differences fed the same random draws."""
+    lattice = cluster_expansion.fcc_lattice(2)
+    temperature, n_attempts = 800.0, 400
+    with jax.enable_x64(True):
+        ce = cluster_expansion.ClusterExpansion.from_eci(dtype=jnp.float64)
+        sampler = alloy.KawasakiSampler(lattice, ce, (6, 20, 6))
+        state = sampler.init(jax.random.PRNGKey(3))
+        swept = jax.jit(sampler.sweep, static_argnums=2)(state, temperature, n_attempts)
+        _, slot_u, slot_v, log_r = (np.asarray(x) for x in sampler.proposals(state.key, n_attempts))
+        energy = jax.jit(lambda o: cluster_expansion.total_energy(o, lattice, ce))
+        occupation, slots = np.asarray(state.occupation).copy(), np.asarray(state.slots).copy()
+        accepted = 0
+        for u, v, log_uniform in zip(slot_u, slot_v, log_r):
+            i, j = slots[u], slots[v]
+            swapped = occupation.copy()
+            swapped[[i, j]] = occupation[[j, i]]
+            delta = float(energy(swapped) - energy(occupation))
+            if log_uniform < -delta / (alloy.K_BOLTZMANN * temperature):
+                occupation, accepted = swapped, accepted + 1
+                slots[u], slots[v] = j, i
+    assert 0.1 * n_attempts < accepted < 0.9 * n_attempts
+    assert int(swept.accepted) == accepted and int(swept.attempted) == n_attempts
+    np.testing.assert_array_equal(np.asarray(swept.occupation), occupation)
+    np.testing.assert_array_equal(np.asarray(swept.slots), slots)
+
+
 def test_detailed_balance_against_exact_enumeration():
     """2×2×2 cell (32 sites) with one Cr, one Ni, 30 Fe: sampled energy-level frequencies equal the exact
     Boltzmann weights summed over all 992 states."""

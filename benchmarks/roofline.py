@@ -1,0 +1,94 @@
+"""Shared pieces of the speed benchmarks: same-run machine probes, XLA operation counts and trace summaries.
+
+A *simple roofline*: XLA's cost analysis counts the flops and bytes of a compiled step; a same-run float32
+matmul gives the machine's attainable flop/s and a same-run streaming add its attainable bytes/s; the
+fractions printed are the achieved rates over these. XLA counts the whole operand of a gather as accessed,
+so its byte count is an upper bound on the traffic of gather-heavy steps.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+
+def _best_seconds(call, argument, repeats: int):
+    """Shortest of ``repeats`` timed calls (after a warm-up): the machine's rate when it gets a core."""
+    argument = jax.block_until_ready(call(argument))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        argument = jax.block_until_ready(call(argument))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_probe(size: int = 1024, repeats: int = 20) -> float:
+    """float32 matmul rate of this machine right now, flop/s (fastest of ``repeats`` calls)."""
+    multiply = jax.jit(lambda x: x @ x * (1.0 / size))
+    return 2.0 * size**3 / _best_seconds(multiply, jnp.ones((size, size), jnp.float32), repeats)
+
+
+def bandwidth_probe(megabytes: int = 64, repeats: int = 20) -> float:
+    """Streaming rate of this machine right now, bytes/s: read + write of a float32 array of ``megabytes``
+    updated in place (donated buffer, so no page faults of fresh allocations are timed)."""
+    add = jax.jit(lambda v: v + 1.0, donate_argnums=0)
+    return 2.0 * megabytes * 2**20 / _best_seconds(add, jnp.ones(megabytes * 2**20 // 4, jnp.float32), repeats)
+
+
+def xla_cost(compiled) -> tuple[float, float]:
+    """(flops, bytes accessed) XLA's cost analysis counts for one call of a compiled function."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+
+
+def roofline(flops: float, bytes_accessed: float, seconds: float, matmul: float, bandwidth: float) -> str:
+    """One line: the flop/s and bytes/s of ``flops`` and ``bytes_accessed`` (XLA's counts) done in
+    ``seconds``, as fractions of the same-run matmul and streaming probes."""
+    achieved, traffic = flops / seconds, bytes_accessed / seconds
+    return (f"roofline: {achieved / 1e9:.3f} GFLOP/s = {100 * achieved / matmul:.2f} % of the "
+            f"{matmul / 1e9:.1f} GFLOP/s matmul probe; XLA-counted traffic {traffic / 1e9:.2f} GB/s = "
+            f"{100 * traffic / bandwidth:.1f} % of the {bandwidth / 1e9:.1f} GB/s streaming probe")
+
+
+def operation_sources(compiled) -> dict[str, str]:
+    """Map each leaf instruction of the optimised HLO (not while/call/conditional, which contain others) to
+    the JAX operation it came from (the last part of its metadata op_name)."""
+    sources = {}
+    for line in compiled.as_text().splitlines():
+        found = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = \S+ ([\w\-]+)\(.*op_name=\"([^\"]+)\"", line)
+        if found and found.group(2) not in ("while", "call", "conditional"):
+            sources[found.group(1)] = found.group(3).split("/")[-1]
+    return sources
+
+
+def trace_summary(call, compiled, top: int = 8) -> list[str]:
+    """Run ``call()`` (which executes ``compiled``) under the JAX profiler and return its ``top`` XLA
+    operations by total time, one line each: share of all traced operation time, time, calls, operation
+    and the JAX operation it came from."""
+    with tempfile.TemporaryDirectory() as directory:
+        jax.profiler.start_trace(directory, create_perfetto_trace=True)
+        jax.block_until_ready(call())
+        jax.profiler.stop_trace()
+        trace = next(Path(directory).rglob("*.json.gz"))
+        events = json.load(gzip.open(trace))["traceEvents"]
+    sources = operation_sources(compiled)
+    totals, calls = Counter(), Counter()
+    for event in events:
+        name = event.get("name", "")
+        if event.get("ph") == "X" and name in sources:
+            totals[name] += event.get("dur", 0.0)
+            calls[name] += 1
+    everything = sum(totals.values()) or 1.0
+    return [f"{100 * microseconds / everything:5.1f} % {microseconds / 1e3:9.2f} ms {calls[name]:7d} x "
+            f"{name} <- {sources[name]}"
+            for name, microseconds in totals.most_common(top)]

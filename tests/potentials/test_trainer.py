@@ -1,0 +1,106 @@
+"""Fitting the potential through ``python -m dismax.train`` (model.name: potential) and loading the run."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from ase.build import bulk
+
+from dismax import train as train_cli
+from dismax.config import from_dict
+from dismax.io import read_labelled_extxyz, write_labelled_frames
+from dismax.errors import DismaxInputError
+from dismax.potentials import energies_and_forces, get_potential, load_potential, original_sw, trainer
+from dismax.potentials.trainer import reference_energies
+from dismax.structures import Crystals
+
+TINY_NETWORK = {"cutoff": 2.6, "n_layers": 2, "hidden_irreps": "8x0e+4x1o+2x2e", "n_radial": 4,
+                "radial_hidden": 8}
+
+
+def rattled_silicon(n_frames: int, seed: int = 0) -> Crystals:
+    """64-atom diamond Si cells (wide enough for SW's minimum image) with 0.1 Å random displacements."""
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True) * (2, 2, 2)
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n_frames):
+        frame = atoms.copy()
+        frame.positions += rng.normal(0.0, 0.1, frame.positions.shape)
+        frames.append(frame)
+    return Crystals.from_ase(frames)
+
+
+def write_sw_frames(path: Path, n_frames: int = 10, seed: int = 0) -> Path:
+    crystals = rattled_silicon(n_frames, seed)
+    energies, forces = energies_and_forces(original_sw(), crystals)
+    with open(path, "w") as handle:
+        write_labelled_frames(handle, crystals, np.asarray(energies), np.asarray(forces))
+    return path
+
+
+def test_labelled_frames_round_trip(tmp_path):
+    crystals = rattled_silicon(3)
+    energies, forces = np.array([-1.0, -2.0, -3.5]), np.random.default_rng(0).normal(size=(3, 64, 3))
+    with open(tmp_path / "f.extxyz", "w") as handle:
+        write_labelled_frames(handle, crystals, energies, forces)
+    back, e, f = read_labelled_extxyz(tmp_path / "f.extxyz")
+    np.testing.assert_allclose(e, energies)
+    np.testing.assert_allclose(f, forces, atol=1e-8)
+    np.testing.assert_allclose(back.frac, crystals.frac, atol=1e-8)
+
+
+def test_reference_energies_by_least_squares():
+    species = np.array([[3, 3, 8, 8], [3, 8, 8, 8], [3, 3, 3, 8]])
+    crystals = Crystals(np.zeros((3, 4, 3)), np.tile(np.eye(3) * 5, (3, 1, 1)), species)
+    energies = (species == 3).sum(1) * -1.5 + (species == 8).sum(1) * -4.0
+    np.testing.assert_allclose(reference_energies(crystals, energies, (3, 8)), [-1.5, -4.0], atol=1e-10)
+
+
+@pytest.mark.slow  # compiles the force-matching step (~1 min of CPU)
+def test_fit_through_the_train_cli_and_load_the_run(tmp_path):
+    data = write_sw_frames(tmp_path / "sw.extxyz")
+    config = {"model": {"name": "potential", "network": TINY_NETWORK},
+              "data": {"train_file": str(data), "val_fraction": 0.2},
+              "train": {"epochs": 2, "batch_size": 4, "checkpoint_every": 1, "lr": 0.01}, "seed": 1}
+    (tmp_path / "potential.yaml").write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    assert train_cli.main(["--config", str(tmp_path / "potential.yaml"), "--run-dir", str(run)]) == 0
+
+    with open(run / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    for column in ("train_loss", "val_loss", "val_energy_mae_meV_per_atom", "val_force_mae_meV_per_A"):
+        assert np.isfinite(float(rows[-1][column]))
+    assert (run / "plots" / "losses.png").is_file()
+    assert (run / "checkpoints" / "best").is_dir()
+
+    # checkpoint round trip: the loaded latest potential reproduces the last epoch's validation MAEs
+    potential = load_potential(run, which="latest")
+    _, (val, energies, forces) = trainer.load_frames(from_dict(trainer.Config, config))
+    e, f = potential.energies_and_forces(val)
+    energy_mae = 1e3 * np.mean(np.abs((e - energies) / val.n_atoms))
+    force_mae = 1e3 * np.mean(np.abs(f - forces))
+    assert energy_mae == pytest.approx(float(rows[-1]["val_energy_mae_meV_per_atom"]), rel=1e-4, abs=1e-3)
+    assert force_mae == pytest.approx(float(rows[-1]["val_force_mae_meV_per_A"]), rel=1e-4, abs=1e-3)
+
+
+def test_run_potential_needs_a_fitted_run(tmp_path):
+    with pytest.raises(DismaxInputError, match="not a fitted potential run"):
+        get_potential(f"run:{tmp_path}")
+
+
+def test_unseen_element_in_validation_is_an_error(tmp_path):
+    train = write_sw_frames(tmp_path / "train.extxyz", 4)
+    crystals = rattled_silicon(2)
+    species = np.asarray(crystals.species).copy()
+    species[1, 3] = 32
+    with open(tmp_path / "val.extxyz", "w") as handle:
+        write_labelled_frames(handle, Crystals(crystals.frac, crystals.lattice, species), np.zeros(2),
+                              np.zeros((2, 64, 3)))
+    config = from_dict(trainer.Config, {"model": {"network": TINY_NETWORK},
+                                        "data": {"train_file": str(train), "val_file": str(tmp_path / "val.extxyz")},
+                                        "train": {"batch_size": 2}})
+    with pytest.raises(DismaxInputError, match="validation frame 1 contains element Z=32"):
+        trainer.check(config)
