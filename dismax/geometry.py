@@ -395,8 +395,8 @@ def knn(frac: jax.Array, lattice: jax.Array, k: int, n_images: ImageCounts = 1) 
     vectors are then recomputed from the chosen (j, image), so they are differentiable w.r.t. ``frac``
     and ``lattice``. The result is complete where
     ``distances[..., -1] < search_radius(lattice, n_images)[:, None]`` (spec: check this for CryinGAN).
-    Pass the whole batch rather than calling this under an outer ``jax.vmap``: there the branch choice
-    becomes a select and the full image search always runs.
+    Under an outer ``jax.vmap`` (one structure per call) the image search still runs only when some
+    structure of the vmapped batch needs it.
     """
     _check_batched(frac, lattice, "knn")
     offsets = image_offsets(n_images)
