@@ -481,6 +481,7 @@ def _prepare_out(bench: Bench) -> None:
     resolved["ensembles"] = bench.ensembles
     if path.is_file():
         previous = yaml.safe_load(path.read_text())
+        previous.setdefault("ensembles", {})      # written before ensembles existed: every model per seed
         if previous != resolved:
             changed = sorted(k for k in set(previous) | set(resolved) if previous.get(k) != resolved.get(k))
             raise DismaxConfigError(f"'{bench.out}' holds a bench run with a different config (differs in "
@@ -513,7 +514,9 @@ def remaining_time(plan: list[tuple[str, str, Path]]) -> str:
                                  if (model, stage) not in timed))
     if not untimed:
         return f"ETA {_duration(estimate)}"
-    return f"ETA {_duration(estimate)} + {', '.join(untimed)} (not yet timed)"
+    if len(untimed) == len(set(pending.values())):
+        return f"no ETA yet: {', '.join(untimed)} not yet timed"
+    return f"ETA > {_duration(estimate)}: {', '.join(untimed)} not yet timed"
 
 
 def execute(bench: Bench) -> list[str]:

@@ -94,11 +94,11 @@ def test_overall_eta_from_the_finished_stages_of_the_same_kind(tmp_path):
     from dismax.bench.run import remaining_time, run_stage
 
     plan = [("m", stage, tmp_path / str(seed) / stage) for seed in (0, 1, 2) for stage in ("train", "sample")]
-    assert remaining_time(plan) == "ETA 0 s + m train, m sample (not yet timed)"
+    assert remaining_time(plan) == "no ETA yet: m train, m sample not yet timed"
     run_stage(tmp_path / "0" / "train", "train", lambda d: {})
     record = tmp_path / "0" / "train" / "done.json"
     record.write_text(json.dumps({"stage": "train", "seconds": 120.0}))
-    assert remaining_time(plan) == "ETA 4.0 min + m sample (not yet timed)"      # two more trainings
+    assert remaining_time(plan) == "ETA > 4.0 min: m sample not yet timed"      # two more trainings
     for seed, seconds in ((0, 30.0), (1, 90.0)):
         (tmp_path / str(seed) / "sample").mkdir(parents=True)
         (tmp_path / str(seed) / "sample" / "done.json").write_text(json.dumps({"seconds": seconds}))
