@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import io
 import logging
 import os
 import socket
@@ -141,6 +142,42 @@ def process_share(n_items: int, index: int | None = None, count: int | None = No
     index = process_index() if index is None else index
     count = process_count() if count is None else count
     return range(index * n_items // count, (index + 1) * n_items // count)
+
+
+def gather_rows(local, n_rows: int) -> np.ndarray:
+    """The ``n_rows`` rows of an array whose rows are split across processes by :func:`process_share`: every
+    process passes its share ``local`` and gets all rows in order (the same array with one process)."""
+    local = np.asarray(local)
+    count = process_count()
+    if count == 1:
+        return local
+    width = -(-n_rows // count)
+    padded = np.zeros((width,) + local.shape[1:], local.dtype)
+    padded[:len(local)] = local
+    # gathered as raw bytes: JAX would turn float64/int64 into 32-bit types (x64 is off by default)
+    raw = np.ascontiguousarray(padded).view(np.uint8).reshape(width, -1)
+    gathered = np.asarray(multihost_utils.process_allgather(raw, tiled=False))
+    rows = [gathered[p, :len(process_share(n_rows, p, count))] for p in range(count)]
+    return np.concatenate(rows).view(local.dtype).reshape((n_rows,) + local.shape[1:])
+
+
+def gather_arrays(local: list) -> list[np.ndarray]:
+    """Every process's list of arrays (any shapes and dtypes), concatenated in process order (``local`` itself
+    with one process); e.g. per-structure results of each process's :func:`process_share`."""
+    if process_count() == 1:
+        return [np.asarray(a) for a in local]
+    buffer = io.BytesIO()
+    np.savez(buffer, *[np.asarray(a) for a in local])
+    payload = np.frombuffer(buffer.getvalue(), np.uint8)
+    sizes = gather_rows(np.array([len(payload)], np.int64), process_count())
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:len(payload)] = payload
+    gathered = np.asarray(multihost_utils.process_allgather(padded, tiled=False))
+    arrays = []
+    for p, size in enumerate(sizes):
+        with np.load(io.BytesIO(gathered[p, :size].tobytes())) as archive:
+            arrays += [archive[f"arr_{k}"] for k in range(len(archive.files))]
+    return arrays
 
 
 def barrier(name: str) -> None:

@@ -62,6 +62,13 @@ def _write_inputs(folder: Path) -> None:
     (folder / "run" / "checkpoints" / "1").mkdir(parents=True)
     (folder / "run" / "config.yaml").write_text(f"model:\n  name: cryingan\ndata:\n  train_file: "
                                                 f"{folder / 'good.extxyz'}\n")
+    labelled = ('Lattice="5.43 0.0 0.0 0.0 5.43 0.0 0.0 0.0 5.43" Properties=species:S:1:pos:R:3:forces:R:{n} '
+                'energy=-3.0 pbc="T T T"\nSi 0.0 0.0 0.0 0.1 0.2{extra}\nSi 1.3 1.4 1.3 0.1 0.2{extra}\n')
+    (folder / "forces2.extxyz").write_text("2\n" + labelled.format(n=2, extra=""))
+    (folder / "germanium.extxyz").write_text((folder / "good.extxyz").read_text().replace("Si ", "Ge ", 1))
+    for name, data in (("potential_noenergy", "good.extxyz"), ("potential_forces2", "forces2.extxyz")):
+        (folder / f"{name}.yaml").write_text(f"model:\n  name: potential\ndata:\n  train_file: {data}\n"
+                                             "train:\n  batch_size: 1\n")
     (folder / "cfg.yaml").write_text("model:\n  name: cryingan\n  gen_channels: 8\n"
                                      "data:\n  train_file: overlap.extxyz\ntrain:\n  batch_size: 2\n")
 
@@ -163,6 +170,19 @@ CASES = [
     pytest.param("sample-config-no-longer-matches-checkpoint", "sample", ["--run-dir", "{tmp}/edited_run", "--n",
                                                                           "2", "--out", "{tmp}/s.extxyz"],
                  "does not match the model", marks=pytest.mark.slow),
+    ("train-potential-no-energy", "train", ["--config", "{tmp}/potential_noenergy.yaml", "--run-dir", "{tmp}/r"],
+     "good.extxyz, structure 0: no energy"),
+    ("train-potential-forces-wrong-shape", "train", ["--config", "{tmp}/potential_forces2.yaml", "--run-dir",
+                                                     "{tmp}/r"], "forces have shape (2, 2), expected (2, 3)"),
+    ("data-label-unseen-element", "data", ["label", "--calculator", "sw", "--in", "{tmp}/germanium.extxyz", "--out",
+                                           "{tmp}/labelled.extxyz"], "germanium.extxyz, frame 0: contains element Z=32"),
+    ("data-label-unknown-module", "data", ["label", "--calculator", "no_such_module:Calc", "--in",
+                                           "{tmp}/good.extxyz", "--out", "{tmp}/labelled.extxyz"],
+     "'no_such_module' cannot be imported"),
+    ("data-label-not-a-run", "data", ["label", "--calculator", "run:{tmp}", "--in", "{tmp}/good.extxyz", "--out",
+                                      "{tmp}/labelled.extxyz"], "not a fitted potential run"),
+    ("bench-relax-not-a-run", "bench", ["relax", "--potential", "run:{tmp}/nope", "--in", "{tmp}/good.extxyz",
+                                        "--out", "{tmp}/rx"], "not a fitted potential run"),
     # bench
     ("bench-no-command", "bench", [], "required: command"),
     ("bench-postprocess-missing-input", "bench", ["postprocess", "--family", "a_si", "--in", "{tmp}/nope.extxyz",

@@ -20,8 +20,8 @@ RUNTIME_SCRIPT = textwrap.dedent("""
     import sys
     import jax, jax.numpy as jnp, numpy as np
     from dismax.data.loader import BatchLoader
-    from dismax.devices import (barrier, data_mesh, global_batch, initialize_distributed, process_count,
-                                process_index, process_share, to_host)
+    from dismax.devices import (barrier, data_mesh, gather_rows, global_batch, initialize_distributed,
+                                process_count, process_index, process_share, to_host)
 
     port, pid, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     initialize_distributed(f"127.0.0.1:{port}", 2, pid, init_timeout=60, heartbeat_timeout=3)
@@ -38,6 +38,14 @@ RUNTIME_SCRIPT = textwrap.dedent("""
                                           + expected["y"].sum()), (total, expected)
     np.testing.assert_array_equal(to_host(batch["y"]), expected["y"])
     assert list(process_share(7)) == ([0, 1, 2] if pid == 0 else [3, 4, 5, 6])
+    share = process_share(7)
+    rows = gather_rows(np.arange(14, dtype=np.float64).reshape(7, 2)[share.start:share.stop] / 3, 7)
+    assert rows.dtype == np.float64 and np.array_equal(rows, np.arange(14).reshape(7, 2) / 3), rows
+    from dismax.bench.motifs import per_structure
+    structures = [(np.full((i + 1, 3), 0.1 * i), np.eye(3), np.ones(i + 1, int)) for i in range(5)]
+    results = per_structure(lambda frac, lattice, numbers: frac.sum(axis=1) * numbers, "test", structures,
+                            workers=1)
+    assert len(results) == 5 and all(np.array_equal(r, s[0].sum(axis=1)) for r, s in zip(results, structures))
     barrier("checked")
     print("OK", pid, flush=True)
     if mode == "die" and pid == 1:
@@ -172,20 +180,24 @@ def test_checkpoint_of_two_processes_resumes_in_one_and_after_a_killed_peer(tmp_
 
 
 # ------------------------------------------------------------------------------------------ outputs
-@pytest.mark.slow
-def test_relaxation_on_two_processes_writes_the_same_files_as_one(tmp_path):
-    """Six jittered 2×2×2 diamond Si supercells (64 atoms) in read chunks of 2 (process 0 relaxes chunk 0,
-    process 1 chunks 1-2): relaxed.extxyz and results.csv are byte-identical to a one-process relaxation."""
+def _jittered_silicon(path, n, seed, noise):
+    """``n`` 2×2×2 diamond Si supercells (64 atoms, 10.86 Å) with Gaussian noise (fractional) as extxyz."""
     from dismax.io import write_extxyz
     from dismax.structures import Crystals
     from tests.test_bad_inputs import DIAMOND
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     shifts = np.array([[i, j, k] for i in range(2) for j in range(2) for k in range(2)], float)
     sites = ((DIAMOND[None] + shifts[:, None]) / 2).reshape(-1, 3)
-    frac = np.mod(sites[None] + 0.01 * rng.standard_normal((6, 64, 3)), 1.0)
-    write_extxyz(Crystals(frac, np.repeat(np.eye(3)[None] * 10.86, 6, 0), np.full((6, 64), 14)),
-                 tmp_path / "in.extxyz")
+    frac = np.mod(sites[None] + noise * rng.standard_normal((n, 64, 3)), 1.0)
+    write_extxyz(Crystals(frac, np.repeat(np.eye(3)[None] * 10.86, n, 0), np.full((n, 64), 14)), path)
+
+
+@pytest.mark.slow
+def test_relaxation_on_two_processes_writes_the_same_files_as_one(tmp_path):
+    """Six jittered 2×2×2 diamond Si supercells (64 atoms) in read chunks of 2 (process 0 relaxes chunk 0,
+    process 1 chunks 1-2): relaxed.extxyz and results.csv are byte-identical to a one-process relaxation."""
+    _jittered_silicon(tmp_path / "in.extxyz", 6, 0, 0.01)
     for name, n_processes in (("one", 1), ("two", 2)):
         multiprocess.run("dismax.bench", ["relax", "--in", str(tmp_path / "in.extxyz"), "--out",
                                           str(tmp_path / name), "--chunk-size", "2", "--max-steps", "50"],
@@ -211,3 +223,57 @@ def test_sampling_on_two_processes_writes_the_same_file_as_one(model, tmp_path):
     one, two = (tmp_path / "one.extxyz").read_text(), (tmp_path / "two.extxyz").read_text()
     assert one == two and one.count("Lattice=") == 10
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+ALLOY_SCRIPT = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from dismax.data import alloy
+    from dismax.devices import initialize_distributed
+
+    port, pid, n, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+    if n > 1:
+        initialize_distributed(f"127.0.0.1:{port}", n, pid, init_timeout=60, heartbeat_timeout=30)
+    tiny = alloy.AlloyProtocol(chains=3, passes=60, snapshot_every=1, n_structures=10, segments=2)
+    alloy.write_alloy_dataset("alloy_1500K_narrow", 1500.0, "narrow", "small", 3, out / f"process{pid}", tiny)
+""")
+
+
+@pytest.mark.slow
+def test_alloy_build_on_two_processes_writes_the_same_dataset_as_one(tmp_path):
+    """Three Monte Carlo chains, one on process 0 and two on process 1, gathered before the narrow selection:
+    train/val extxyz and params.json (with per-chain acceptance) are byte-identical to one process's."""
+    import subprocess
+    import sys
+
+    port = multiprocess.free_port()
+    env = multiprocess.cli_env(1)
+    runs = {n: [subprocess.Popen([sys.executable, "-c", ALLOY_SCRIPT, str(port + n), str(i), str(n),
+                                  str(tmp_path / f"n{n}")], env=env, cwd=multiprocess.ROOT, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                for i in range(n)] for n in (1, 2)}
+    for n, processes in runs.items():
+        for i, (code, _, err) in enumerate(multiprocess.finish(processes, timeout=400)):
+            assert code == 0, f"{n} processes, process {i}: {err[-3000:]}"
+    for name in ("train.extxyz", "val.extxyz", "params.json"):
+        one = (tmp_path / "n1" / "process0" / name).read_bytes()
+        assert one == (tmp_path / "n2" / "process0" / name).read_bytes() == \
+            (tmp_path / "n2" / "process1" / name).read_bytes(), name
+    assert (tmp_path / "n2" / "process0" / "params.json").read_text().count('"acceptance_per_chain"') == 1
+
+
+@pytest.mark.slow
+def test_scoring_on_two_processes_writes_the_same_report_as_one(tmp_path):
+    """a-Si metrics of 5 generated vs 4 training structures: the per-structure CrystalNN work is split across
+    the processes and gathered; every report file (metrics, per-structure rows, plots) is byte-identical."""
+    _jittered_silicon(tmp_path / "train.extxyz", 4, 0, 0.02)
+    _jittered_silicon(tmp_path / "gen.extxyz", 5, 1, 0.02)
+    for name, n_processes in (("one", 1), ("two", 2)):
+        multiprocess.run("dismax.bench", ["metrics", "--family", "a_si", "--train", str(tmp_path / "train.extxyz"),
+                                          "--gen", str(tmp_path / "gen.extxyz"), "--out", str(tmp_path / name),
+                                          "--workers", "1", "--replicates", "20", "--cache",
+                                          str(tmp_path / f"cache_{name}")], n_processes, 1)
+    files = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert "metrics.json" in files and files == sorted(p.name for p in (tmp_path / "two").iterdir())
+    for name in files:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name

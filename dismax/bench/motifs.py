@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dismax.bench.periodic import float64
+from dismax.devices import gather_arrays, process_count, process_share
 from dismax.errors import DismaxInputError
 from dismax.geometry import minimum_image
 
@@ -237,8 +238,17 @@ def per_structure(function: Callable, kind: str, structures: Sequence[tuple], se
 
     Runs in a process pool kept between calls (``workers`` default: all cores; 1 = in process). Each result is written to
     ``cache_dir/<kind>/<key>.npy`` as soon as it is done and reused on the next call, so an interrupted run
-    loses nothing already computed.
+    loses nothing already computed. In a multi-process run each process computes its share of the
+    structures (:func:`dismax.devices.process_share`) and every process gets all results.
     """
+    if process_count() > 1:
+        mine = process_share(len(structures))
+        return gather_arrays(_per_structure_local(function, kind, [structures[i] for i in mine], settings,
+                                                  cache_dir, workers, progress))
+    return _per_structure_local(function, kind, structures, settings, cache_dir, workers, progress)
+
+
+def _per_structure_local(function, kind, structures, settings, cache_dir, workers, progress) -> list[np.ndarray]:
     settings = settings or {}
     workers = workers or os.cpu_count() or 1
     results: list[np.ndarray | None] = [None] * len(structures)

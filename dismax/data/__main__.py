@@ -39,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("input", metavar="FILE")
     check.add_argument("--mixed-composition", action="store_true",
                        help="allow structures with different compositions (same atom count)")
+    label = commands.add_parser("label", help="label frames with energies and forces from a calculator",
+                                description="Write IN's frames with energy and forces (ASE conventions) to OUT; "
+                                            "resumable frame by frame.")
+    label.add_argument("--calculator", required=True,
+                       help="sw | sw_a_si | run:DIR (a fitted dismax potential) | module:Class (an ASE calculator) | "
+                            "chgnet | sevennet (optional extra: pip install -e .[teachers])")
+    label.add_argument("--in", dest="input", required=True, help="frames (extxyz)")
+    label.add_argument("--out", required=True, help="labelled frames (extxyz)")
     for command in (convert, check):
         command.add_argument("--family", choices=sorted(MIN_DISTANCE), default=None,
                              help="material family: sets the overlap threshold (atoms closer than it are an error)")
@@ -76,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             write_cif(crystals, args.output)
             print(args.output)
+    elif args.command == "label":
+        from dismax.data.label import label_file
+
+        print(label_file(args.input, args.out, args.calculator))
     elif args.command == "register":
         print(registry.register_files(args.name, args.train, args.val))
     return 0

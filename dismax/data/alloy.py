@@ -26,6 +26,7 @@ from dismax.cluster_expansion import (ATOMIC_NUMBERS, CLUSTER_LABELS, COMPOSITIO
                                       SPECIES, SRO_LABELS, ClusterExpansion, FCCLattice, cluster_vectors,
                                       energy_per_atom, environment_counts, environment_swap_delta,
                                       fcc_lattice, pair_counts, shell_multiplicity, warren_cowley)
+from dismax.devices import gather_rows, process_share
 from dismax.errors import DismaxInputError
 from dismax.io import write_extxyz
 from dismax.runs import atomic_write_text, progress
@@ -210,12 +211,15 @@ def published_sampler() -> KawasakiSampler:
 
 
 class _ChainRunner:
-    """Runs the chains of one temperature in equal segments and accumulates snapshots (host numpy)."""
+    """Runs the chains of one temperature in equal segments and accumulates snapshots (host numpy). In a
+    multi-process run each process runs its share of the chains (each chain keyed by its index, so a chain
+    is the same on any process) and :meth:`pool` gathers them all."""
 
     def __init__(self, sampler: KawasakiSampler, temperature: float, protocol: AlloyProtocol, key: jax.Array,
                  bar):
         self.sampler, self.temperature, self.protocol, self.bar = sampler, float(temperature), protocol, bar
-        self.states = jax.vmap(sampler.init)(jax.random.split(key, protocol.chains))
+        mine = process_share(protocol.chains)
+        self.states = jax.vmap(sampler.init)(jax.random.split(key, protocol.chains)[mine.start:mine.stop])
         self.nominal = protocol.passes // protocol.snapshot_every
         self.burn_in = int(round(protocol.burn_in_fraction * self.nominal))
         self.per_segment = max(1, math.ceil(self.nominal / protocol.segments))
@@ -242,8 +246,8 @@ class _ChainRunner:
 
     def pool(self):
         """(occupations (P, N), counts (P, 7, 3, 3), chain (P,), snapshot (P,)) after burn-in, chain-major."""
-        occupations = np.concatenate(self.occupations, axis=1)[:, self.burn_in:]
-        counts = np.concatenate(self.counts, axis=1)[:, self.burn_in:]
+        occupations = gather_rows(np.concatenate(self.occupations, axis=1)[:, self.burn_in:], self.protocol.chains)
+        counts = gather_rows(np.concatenate(self.counts, axis=1)[:, self.burn_in:], self.protocol.chains)
         chains, snaps = occupations.shape[:2]
         chain = np.repeat(np.arange(chains), snaps)
         snapshot = np.tile(np.arange(self.burn_in, self.burn_in + snaps), chains)
@@ -252,7 +256,8 @@ class _ChainRunner:
 
     @property
     def acceptance(self) -> list[float]:
-        return (np.asarray(self.states.accepted) / np.maximum(np.asarray(self.states.attempted), 1)).tolist()
+        rates = np.asarray(self.states.accepted) / np.maximum(np.asarray(self.states.attempted), 1)
+        return gather_rows(rates, self.protocol.chains).tolist()
 
 
 def narrow_mask(sro: np.ndarray, width: float = 0.1, mean: np.ndarray | None = None) -> np.ndarray:

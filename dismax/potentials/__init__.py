@@ -8,6 +8,7 @@ relaxation driver and the a-Si MD.
 """
 
 from dismax.errors import DismaxInputError
+from dismax.potentials.calculator import Calculator
 from dismax.potentials.evaluate import energies_and_forces
 from dismax.potentials.fitted import load_potential
 from dismax.potentials.stillinger_weber import StillingerWeber, amorphous_sw, original_sw
@@ -25,5 +26,5 @@ def get_potential(name: str):
     return POTENTIALS[name]()
 
 
-__all__ = ["POTENTIALS", "StillingerWeber", "amorphous_sw", "energies_and_forces", "get_potential", "load_potential",
+__all__ = ["Calculator", "POTENTIALS", "StillingerWeber", "amorphous_sw", "energies_and_forces", "get_potential", "load_potential",
            "original_sw"]

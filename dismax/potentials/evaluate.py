@@ -61,7 +61,10 @@ def _energy_and_forces_one(potential, cart, lattice, idx):
 
 
 def energies_and_forces(potential, crystals: Crystals) -> tuple[jax.Array, jax.Array]:
-    """Energies (B,) in eV and Cartesian forces (B, N, 3) in eV/Å (forces = −∂E/∂r by ``jax.grad``)."""
+    """Energies (B,) in eV and Cartesian forces (B, N, 3) in eV/Å (forces = −∂E/∂r by ``jax.grad``).
+    A potential with its own evaluation (a fitted one: neighbour tables with images) uses it."""
+    if hasattr(potential, "energies_and_forces"):
+        return potential.energies_and_forces(crystals)
     c = crystals.to_numpy()
     potential.check_species(c.species)
     minimum_image_cutoff_check(c.lattice, potential.cutoff)

@@ -142,3 +142,34 @@ def test_unseen_element_is_a_clear_error(potential):
     species[0, 4] = 26
     with pytest.raises(DismaxInputError, match="structure 0 contains element Z=26.*not trained on"):
         potential.energies_and_forces(Crystals(c.frac, c.lattice, species))
+
+
+def test_ase_calculator_equals_the_jax_path(potential):
+    from ase.optimize import FIRE
+
+    from dismax.potentials import Calculator
+
+    c = mixed_structure(seed=4)
+    e, f = potential.energies_and_forces(c)
+    atoms = c.to_ase()[0]
+    atoms.calc = Calculator(potential=potential)
+    assert abs(atoms.get_potential_energy() - e[0]) < 1e-6 * max(1.0, abs(e[0]))
+    np.testing.assert_allclose(atoms.get_forces(), f[0], atol=1e-6)
+    before = atoms.get_potential_energy()
+    FIRE(atoms, logfile=None).run(fmax=1e-3, steps=3)
+    assert atoms.get_potential_energy() < before
+
+
+@pytest.mark.slow  # compiles the whole FIRE loop around the network
+def test_batched_fire_relaxes_with_the_fitted_potential(potential):
+    """The relaxation engine's neighbour tables give the same energy as the potential's own evaluation."""
+    from dismax.potentials.fire import relax
+
+    c = Crystals.concatenate([mixed_structure(seed=5), mixed_structure(seed=6)])
+    result = relax(c, potential, fmax=1e-3, max_steps=15)
+    assert np.all(result.steps > 0)
+    assert np.all(result.e_final < result.e_initial)
+    e_start, _ = potential.energies_and_forces(c)
+    e_end, _ = potential.energies_and_forces(result.crystals)
+    np.testing.assert_allclose(result.e_initial, e_start / c.n_atoms, atol=1e-5)
+    np.testing.assert_allclose(result.e_final, e_end / c.n_atoms, atol=1e-5)
