@@ -236,9 +236,9 @@ def per_structure(function: Callable, kind: str, structures: Sequence[tuple], se
                   cache_dir: str | Path | None = None, workers: int | None = None, progress=None) -> list[np.ndarray]:
     """``function(frac, lattice, numbers, **settings)`` for every (frac, lattice, numbers) structure.
 
-    Runs in a process pool kept between calls (``workers`` default: all cores; 1 = in process). Each result is written to
-    ``cache_dir/<kind>/<key>.npy`` as soon as it is done and reused on the next call, so an interrupted run
-    loses nothing already computed. In a multi-process run each process computes its share of the
+    Runs in a process pool kept between calls (``workers`` default: all cores; 1 = in process). Each result
+    is written to ``cache_dir/<kind>/<key>.npy`` as soon as it is done and reused on the next call, so an
+    interrupted run loses nothing already computed. In a multi-process run each process computes its share of the
     structures (:func:`dismax.devices.process_share`) and every process gets all results.
     """
     if process_count() > 1:

@@ -228,7 +228,8 @@ def validate(config: BenchConfig, base: Path, out: Path) -> None:
             raise DismaxConfigError(f"model '{entry.name}': config file '{_model_config_path(entry, base)}' "
                                     "does not exist")
         trained = model_config(entry, base, config.seeds[0], out / "data")
-        if config.eval.every and "evaluation" not in inspect.signature(model_module(trained.model.name).train).parameters:
+        train_parameters = inspect.signature(model_module(trained.model.name).train).parameters
+        if config.eval.every and "evaluation" not in train_parameters:
             raise DismaxConfigError(f"model '{entry.name}' ({trained.model.name}) has no in-training evaluation; "
                                     "set eval.every: 0")
 

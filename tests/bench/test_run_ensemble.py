@@ -75,7 +75,8 @@ def test_model_without_ensemble_support_trains_per_seed_with_the_same_results(tm
     assert (tmp_path / "ensemble" / "tiny" / "ensemble" / "train").is_dir()
     for seed in (0, 1):
         assert (tmp_path / "per_seed" / "tiny" / str(seed) / "train" / "done.json").is_file()
-        pair = [read_extxyz(tmp_path / d / "tiny" / str(seed) / "sample" / "gen.extxyz") for d in ("ensemble", "per_seed")]
+        pair = [read_extxyz(tmp_path / d / "tiny" / str(seed) / "sample" / "gen.extxyz")
+                for d in ("ensemble", "per_seed")]
         np.testing.assert_allclose(pair[0].frac, pair[1].frac, atol=1e-4)   # member k = the run with seed k
 
 
@@ -107,3 +108,17 @@ def test_overall_eta_from_the_finished_stages_of_the_same_kind(tmp_path):
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "done.json").write_text(json.dumps({"seconds": 1.0}))
     assert remaining_time(plan) == "nothing left"
+
+
+def test_in_training_evaluation_of_a_model_without_one_is_a_config_error(tmp_path):
+    from dismax.bench.run import validate
+    from dismax.errors import DismaxConfigError
+
+    path = ROOT / "configs" / "bench" / "alloy_small.yaml"
+    models = "models=[{name: unet, config: ../unimat_alloy_small.yaml}]"
+    config, base = load_bench_config(path, [models, "eval.every=1"])
+    with pytest.raises(DismaxConfigError, match="no in-training evaluation"):
+        validate(config, base, tmp_path)
+    validate(load_bench_config(path, [models])[0], base, tmp_path)
+    with pytest.raises(DismaxConfigError, match="eval.best_by"):
+        validate(load_bench_config(path, ["eval.every=1", "eval.best_by=d_rdf"])[0], base, tmp_path)
