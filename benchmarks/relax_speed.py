@@ -11,6 +11,16 @@ dominant part of a FIRE step) times the steps taken, over same-run matmul and st
 Without ``--structures`` the a-Si structures come from a short melt-quench (dismax.data.a_si).
 ``--profile`` also times the pieces of a step (force evaluation, table rebuild) on the same batch and
 prints where the time of a short traced run goes (XLA operations by total time, jax.profiler).
+
+Measured (``--n 32 --structures`` 4 melt-quenched 256-atom cells cycled and perturbed by 0.1 Å, 2 shared
+CPU cores): dismax 1,623 structure-steps in 14.8 s wall / 7.3 s CPU (109.6 / 221.3 per s) against ASE +
+matscipy 1,731 in 576 s / 355 s (3.0 / 4.9 per s): 36.5x wall-clock, 45.4x per CPU second, final energies
+within 1.0e-4 eV/atom, load average 3.5-7. XLA counts 5.47 MFLOP and 12.8 MB per structure-step
+(capacity 32, compact 21): 0.9 % of the same-run matmul probe. Trace of 50 steps of the 32 structures:
+18.6 % in the backward pass of the three-body cosine einsum (a batched dot_general of contraction length
+3 on (N, 21, 21)), about 40 % in the other reductions and products of the (N, compact, compact) angular
+table and its gradient; the neighbour-table rebuild (220 ms per batch when it runs) is taken only when an
+atom moves past skin/2.
 """
 
 from __future__ import annotations
