@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import io
 import logging
 import os
 import socket
@@ -158,6 +159,25 @@ def gather_rows(local, n_rows: int) -> np.ndarray:
     gathered = np.asarray(multihost_utils.process_allgather(raw, tiled=False))
     rows = [gathered[p, :len(process_share(n_rows, p, count))] for p in range(count)]
     return np.concatenate(rows).view(local.dtype).reshape((n_rows,) + local.shape[1:])
+
+
+def gather_arrays(local: list) -> list[np.ndarray]:
+    """Every process's list of arrays (any shapes and dtypes), concatenated in process order (``local`` itself
+    with one process); e.g. per-structure results of each process's :func:`process_share`."""
+    if process_count() == 1:
+        return [np.asarray(a) for a in local]
+    buffer = io.BytesIO()
+    np.savez(buffer, *[np.asarray(a) for a in local])
+    payload = np.frombuffer(buffer.getvalue(), np.uint8)
+    sizes = gather_rows(np.array([len(payload)], np.int64), process_count())
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:len(payload)] = payload
+    gathered = np.asarray(multihost_utils.process_allgather(padded, tiled=False))
+    arrays = []
+    for p, size in enumerate(sizes):
+        with np.load(io.BytesIO(gathered[p, :size].tobytes())) as archive:
+            arrays += [archive[f"arr_{k}"] for k in range(len(archive.files))]
+    return arrays
 
 
 def barrier(name: str) -> None:

@@ -41,6 +41,11 @@ RUNTIME_SCRIPT = textwrap.dedent("""
     share = process_share(7)
     rows = gather_rows(np.arange(14, dtype=np.float64).reshape(7, 2)[share.start:share.stop] / 3, 7)
     assert rows.dtype == np.float64 and np.array_equal(rows, np.arange(14).reshape(7, 2) / 3), rows
+    from dismax.bench.motifs import per_structure
+    structures = [(np.full((i + 1, 3), 0.1 * i), np.eye(3), np.ones(i + 1, int)) for i in range(5)]
+    results = per_structure(lambda frac, lattice, numbers: frac.sum(axis=1) * numbers, "test", structures,
+                            workers=1)
+    assert len(results) == 5 and all(np.array_equal(r, s[0].sum(axis=1)) for r, s in zip(results, structures))
     barrier("checked")
     print("OK", pid, flush=True)
     if mode == "die" and pid == 1:
@@ -175,20 +180,24 @@ def test_checkpoint_of_two_processes_resumes_in_one_and_after_a_killed_peer(tmp_
 
 
 # ------------------------------------------------------------------------------------------ outputs
-@pytest.mark.slow
-def test_relaxation_on_two_processes_writes_the_same_files_as_one(tmp_path):
-    """Six jittered 2×2×2 diamond Si supercells (64 atoms) in read chunks of 2 (process 0 relaxes chunk 0,
-    process 1 chunks 1-2): relaxed.extxyz and results.csv are byte-identical to a one-process relaxation."""
+def _jittered_silicon(path, n, seed, noise):
+    """``n`` 2×2×2 diamond Si supercells (64 atoms, 10.86 Å) with Gaussian noise (fractional) as extxyz."""
     from dismax.io import write_extxyz
     from dismax.structures import Crystals
     from tests.test_bad_inputs import DIAMOND
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     shifts = np.array([[i, j, k] for i in range(2) for j in range(2) for k in range(2)], float)
     sites = ((DIAMOND[None] + shifts[:, None]) / 2).reshape(-1, 3)
-    frac = np.mod(sites[None] + 0.01 * rng.standard_normal((6, 64, 3)), 1.0)
-    write_extxyz(Crystals(frac, np.repeat(np.eye(3)[None] * 10.86, 6, 0), np.full((6, 64), 14)),
-                 tmp_path / "in.extxyz")
+    frac = np.mod(sites[None] + noise * rng.standard_normal((n, 64, 3)), 1.0)
+    write_extxyz(Crystals(frac, np.repeat(np.eye(3)[None] * 10.86, n, 0), np.full((n, 64), 14)), path)
+
+
+@pytest.mark.slow
+def test_relaxation_on_two_processes_writes_the_same_files_as_one(tmp_path):
+    """Six jittered 2×2×2 diamond Si supercells (64 atoms) in read chunks of 2 (process 0 relaxes chunk 0,
+    process 1 chunks 1-2): relaxed.extxyz and results.csv are byte-identical to a one-process relaxation."""
+    _jittered_silicon(tmp_path / "in.extxyz", 6, 0, 0.01)
     for name, n_processes in (("one", 1), ("two", 2)):
         multiprocess.run("dismax.bench", ["relax", "--in", str(tmp_path / "in.extxyz"), "--out",
                                           str(tmp_path / name), "--chunk-size", "2", "--max-steps", "50"],
@@ -251,3 +260,20 @@ def test_alloy_build_on_two_processes_writes_the_same_dataset_as_one(tmp_path):
         assert one == (tmp_path / "n2" / "process0" / name).read_bytes() == \
             (tmp_path / "n2" / "process1" / name).read_bytes(), name
     assert (tmp_path / "n2" / "process0" / "params.json").read_text().count('"acceptance_per_chain"') == 1
+
+
+@pytest.mark.slow
+def test_scoring_on_two_processes_writes_the_same_report_as_one(tmp_path):
+    """a-Si metrics of 5 generated vs 4 training structures: the per-structure CrystalNN work is split across
+    the processes and gathered; every report file (metrics, per-structure rows, plots) is byte-identical."""
+    _jittered_silicon(tmp_path / "train.extxyz", 4, 0, 0.02)
+    _jittered_silicon(tmp_path / "gen.extxyz", 5, 1, 0.02)
+    for name, n_processes in (("one", 1), ("two", 2)):
+        multiprocess.run("dismax.bench", ["metrics", "--family", "a_si", "--train", str(tmp_path / "train.extxyz"),
+                                          "--gen", str(tmp_path / "gen.extxyz"), "--out", str(tmp_path / name),
+                                          "--workers", "1", "--replicates", "20", "--cache",
+                                          str(tmp_path / f"cache_{name}")], n_processes, 1)
+    files = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert "metrics.json" in files and files == sorted(p.name for p in (tmp_path / "two").iterdir())
+    for name in files:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name

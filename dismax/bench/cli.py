@@ -14,6 +14,7 @@ from dismax.bench import alloy
 from dismax.bench.pipeline import FAMILIES, ScoreOptions, read_status, records_csv, score, write_report
 from dismax.bench.postprocess import MAX_ITER, MIN_DIST, move_atoms_apart
 from dismax.data.registry import cache_root
+from dismax.devices import is_primary
 from dismax.errors import DismaxInputError
 from dismax.io import read_extxyz, read_structure_set, write_extxyz
 from dismax.runs import atomic_write_text, progress
@@ -170,6 +171,8 @@ def run_metrics(args: argparse.Namespace) -> int:
     check_scored_structures(args.family, train, generated, args.gen)
     statuses = read_status(args.status) if args.status else None
     result = score(args.family, train, generated, score_options(args), statuses, args.n_generated)
+    if not is_primary():  # every process of a multi-process run scored its share and holds the same result
+        return 0
     path = write_report(args.out, args.family, result.metrics, result.rows, result.curves)
     print_metrics(result.metrics)
     print(f"report: {path}")
