@@ -2,7 +2,9 @@
 
 Each registered module defines ``Config`` (a frozen dataclass), ``check(config)`` (every config and input
 error, raised before a run directory is written), ``train(config, run)`` and
-``sample(run, n, out, seed, **options)``. A shared layer: the config loader and the CLIs import it.
+``sample(run, n, out, seed, **options)``. A module whose trainer vmaps an ensemble of seeds may define
+``seed_ensemble(config, seeds)``: the config overrides that train those seeds as one run (member k = seed k),
+or None. A shared layer: the config loader and the CLIs import it.
 """
 
 from __future__ import annotations

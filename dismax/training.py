@@ -146,11 +146,14 @@ class TrainingTask:
 class Evaluation:
     """An evaluation from outside the model (e.g. benchmark metrics of generated samples), run by the loop
     every ``every`` epochs and after the last: ``evaluate(task, state, epoch) → {column: scalar or (M,)}``
-    with exactly ``columns`` as keys (NaN in the other epochs' rows)."""
+    with exactly ``columns`` as keys (NaN in the other epochs' rows). With ``monitor`` (one of ``columns``)
+    ``best/`` keeps the checkpoint with the lowest mean of that column over the members instead of
+    ``task.monitor``, and every evaluated epoch is checkpointed."""
 
     every: int
     columns: tuple[str, ...]
     evaluate: Callable
+    monitor: Optional[str] = None
 
 
 def train_loop(task: TrainingTask, config: LoopConfig, run: RunDir, evaluation: Evaluation | None = None,
@@ -205,10 +208,12 @@ def _train_loop(task: TrainingTask, config: LoopConfig, run: RunDir, evaluation:
         if task.evaluate is not None and ((epoch + 1) % config.val_every == 0 or last):
             state, evaluated = task.evaluate(state, epoch)
             values |= _per_member(evaluated, n_members)
+        external_due = evaluation is not None and ((epoch + 1) % evaluation.every == 0 or last)
         if evaluation is not None:
             values |= _nan_columns(evaluation.columns, n_members)
-            if (epoch + 1) % evaluation.every == 0 or last:
+            if external_due:
                 values |= _per_member(evaluation.evaluate(task, state, epoch), n_members)
+        monitor_column = evaluation.monitor if evaluation is not None else None
         if task.epoch_columns is not None:
             values |= _per_member(task.epoch_columns(state, epoch), n_members)
         seconds = round(time.monotonic() - epoch_started, 3)
@@ -217,10 +222,14 @@ def _train_loop(task: TrainingTask, config: LoopConfig, run: RunDir, evaluation:
                                 **{k: float(v[m]) for k, v in values.items()}, "seconds": seconds})
         bar.set_postfix({k: f"{float(np.nanmean(values[k])):.4g}" for k in list(values)[:2]})
         out_of_time = config.max_minutes is not None and time.monotonic() - started > 60 * config.max_minutes
-        if last or out_of_time or (epoch + 1) % config.checkpoint_every == 0:
+        if last or out_of_time or (epoch + 1) % config.checkpoint_every == 0 or (external_due and monitor_column):
             meta = {"epoch": epoch + 1, "loaders": [loader.state() for loader in task.loaders],
                     "host_state": task.host_state}
-            metric = task.monitor(values) if task.monitor is not None else None
+            if monitor_column:
+                monitored = values[monitor_column]
+                metric = float(np.nanmean(monitored)) if np.isfinite(monitored).any() else None
+            else:
+                metric = task.monitor(values) if task.monitor is not None else None
             if process_count() > 1:  # orbax saves global arrays only (an evaluation may leave local leaves)
                 state = replicate(state, mesh)
             checkpointer.save(epoch + 1, state, meta=meta, metric=metric)

@@ -85,6 +85,31 @@ def test_loop_rows_evaluation_checkpoints_resume_and_extension(tmp_path):
     assert np.abs(longer["w"] - final["w"]).max() > 0
 
 
+def test_best_checkpoint_follows_the_evaluation_monitor_when_given(tmp_path):
+    from dismax.checkpoint import Checkpointer
+
+    scores = {1: [3.0, 1.0], 3: [0.5, np.nan], 5: [2.0, 2.0]}       # epoch -> per-member score (lower wins)
+    evaluation = Evaluation(every=2, columns=("bench_d",), monitor="bench_d",
+                            evaluate=lambda task, state, epoch: {"bench_d": np.array(scores[epoch])})
+    config = LoopConfig(epochs=6, batch_size=4, val_every=1, checkpoint_every=100, keep_checkpoints=10)
+    run = RunDir(tmp_path / "run")
+    train_loop(toy_task(), config, run, evaluation)
+    checkpointer = Checkpointer(run.checkpoints)
+    try:   # evaluated epochs 1, 3, 5 are checkpointed; best = epoch 3 (mean 0.5 of the finite members)
+        assert sorted(checkpointer.all_steps()) == [2, 4, 6] and checkpointer.best_metric() == 0.5
+        assert checkpointer.restore_best(toy_task().state)[0] == 4
+    finally:
+        checkpointer.close()
+    # without a monitor the task's own metric (the validation loss, falling every epoch) picks the last
+    plain = RunDir(tmp_path / "plain")
+    train_loop(toy_task(), config, plain, Evaluation(every=2, columns=("bench_d",), evaluate=evaluation.evaluate))
+    checkpointer = Checkpointer(plain.checkpoints)
+    try:
+        assert sorted(checkpointer.all_steps()) == [6] and checkpointer.restore_best(toy_task().state)[0] == 6
+    finally:
+        checkpointer.close()
+
+
 def test_loop_stops_on_a_diverging_loss(tmp_path):
     task = toy_task()
     task.step = lambda state, batch, epoch, index: (state, {"train_loss": jnp.array([np.nan, 1.0])})

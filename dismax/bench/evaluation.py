@@ -38,8 +38,9 @@ def benchmark_metrics(family: str, train: Crystals, generated: Crystals, options
 
 
 def benchmark_evaluation(family: str, train: Crystals, every: int, n_samples: int, seed: int = 0,
-                         options: ScoreOptions | None = None) -> Evaluation:
-    """An Evaluation that samples ``n_samples`` structures per member and logs the family's metrics."""
+                         options: ScoreOptions | None = None, monitor: str | None = None) -> Evaluation:
+    """An Evaluation that samples ``n_samples`` structures per member and logs the family's metrics;
+    with ``monitor`` (one of them, e.g. ``d_rdf``) the run's ``best/`` checkpoint is chosen by it."""
     options = options or ScoreOptions(n_replicates=N_REPLICATES, workers=1)
 
     def evaluate(task, state, epoch):
@@ -50,4 +51,7 @@ def benchmark_evaluation(family: str, train: Crystals, every: int, n_samples: in
             rows.append(benchmark_metrics(family, train, generated, options))
         return {column: np.array([row[column] for row in rows]) for column in columns(family)}
 
-    return Evaluation(every=every, columns=columns(family), evaluate=evaluate)
+    if monitor is not None and monitor not in METRICS[family]:
+        raise ValueError(f"monitor {monitor!r} is not one of the {family} metrics {METRICS[family]}")
+    return Evaluation(every=every, columns=columns(family), evaluate=evaluate,
+                      monitor=None if monitor is None else f"bench_{monitor}")

@@ -14,12 +14,14 @@ The motif parameter table is shipped here as data (values of pymatgen's ``cn_opt
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import json
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -221,13 +223,22 @@ def _run_one(function, kind, settings, frac, lattice, numbers, cache_path):
     return result
 
 
+@functools.lru_cache(maxsize=None)
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """One process pool per worker count for the life of the process, so its workers import pymatgen and
+    matminer once rather than at every call (scoring a-Si makes four calls, each ~5 s of imports per worker)."""
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver"))
+    atexit.register(pool.shutdown, cancel_futures=True)
+    return pool
+
+
 def per_structure(function: Callable, kind: str, structures: Sequence[tuple], settings: dict | None = None,
                   cache_dir: str | Path | None = None, workers: int | None = None, progress=None) -> list[np.ndarray]:
     """``function(frac, lattice, numbers, **settings)`` for every (frac, lattice, numbers) structure.
 
-    Runs in a process pool (``workers`` default: all cores; 1 = in process). Each result is written to
-    ``cache_dir/<kind>/<key>.npy`` as soon as it is done and reused on the next call, so an interrupted run
-    loses nothing already computed. In a multi-process run each process computes its share of the
+    Runs in a process pool kept between calls (``workers`` default: all cores; 1 = in process). Each result
+    is written to ``cache_dir/<kind>/<key>.npy`` as soon as it is done and reused on the next call, so an
+    interrupted run loses nothing already computed. In a multi-process run each process computes its share of the
     structures (:func:`dismax.devices.process_share`) and every process gets all results.
     """
     if process_count() > 1:
@@ -257,13 +268,17 @@ def _per_structure_local(function, kind, structures, settings, cache_dir, worker
             if bar:
                 bar.update(1)
     else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
-            futures = {pool.submit(_run_one, function, kind, settings, *structures[index], paths[index]): index
-                       for index in todo}
+        pool = _pool(workers)
+        futures = {pool.submit(_run_one, function, kind, settings, *structures[index], paths[index]): index
+                   for index in todo}
+        try:
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 if bar:
                     bar.update(1)
+        except BrokenProcessPool:
+            _pool.cache_clear()            # a worker died: the next call starts a fresh pool
+            raise
     if bar:
         bar.close()
     return results

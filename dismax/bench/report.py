@@ -177,7 +177,9 @@ def _training_plot(bench: "Bench", model: str, path: Path, columns: Callable[[li
     figure, axis = plt.subplots(figsize=(6, 3.6))
     drawn = False
     for seed in bench.config.seeds:
-        rows = RunDir(bench.stage_dir(model, seed, "train")).read_metrics()
+        member = bench.member(model, seed)       # an ensemble run holds every seed as one member
+        rows = [r for r in RunDir(bench.stage_dir(model, seed, "train")).read_metrics()
+                if r.get("member", 0) == member]
         for key in columns(list(rows[0])) if rows else []:
             points = [(r.get("epoch", k), r[key]) for k, r in enumerate(rows)
                       if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]

@@ -5,6 +5,9 @@ An output directory ``DIR`` holds::
     DIR/bench.yaml                     the resolved bench config (a rerun must use the same one)
     DIR/data/                          train.extxyz, val.extxyz: the dataset every model trains and is scored on
     DIR/<model>/<seed>/train/          the training run directory (layout of ``python -m dismax.train``)
+    DIR/<model>/ensemble/train/        instead, when the model trains ensembles (``seed_ensemble`` of its
+                                       module) and ``ensemble`` is true: one run, a vmapped ensemble whose
+                                       member k is seed k, shared by every seed's later stages
     DIR/<model>/<seed>/sample/         gen.extxyz: n_generated structures
     DIR/<model>/<seed>/postprocess/    gen_clean.extxyz, status.csv (move apart / lattice-site assignment)
     DIR/<model>/<seed>/relax/          relaxed.extxyz, results.csv (nothing when relax.potential is none)
@@ -13,6 +16,9 @@ An output directory ``DIR`` holds::
                                        replicates.npz (every metric's bootstrap replicates)
     DIR/report/ DIR/report.md DIR/report.html DIR/metrics.json     the report (see :mod:`dismax.bench.report`)
     DIR/timings.json                   wall time of every finished stage
+
+With ``eval.best_by`` (a metric of the in-training evaluation, e.g. d_rdf) training keeps ``best/`` by that
+metric (mean over the members) and every seed samples from ``best/`` instead of the latest checkpoint.
 
 Every stage directory receives ``done.json`` (its completion record) last, atomically, after its outputs;
 a rerun skips stages that have one and resumes the first unfinished stage (training resumes from its
@@ -28,7 +34,8 @@ import json
 import re
 import time
 import traceback
-from dataclasses import dataclass
+import inspect
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional
 
@@ -36,6 +43,7 @@ import numpy as np
 import yaml
 
 from dismax.bench import report
+from dismax.bench.evaluation import METRICS as EVAL_METRICS
 from dismax.bench.evaluation import benchmark_evaluation
 from dismax.bench.cli import check_scored_structures, default_cache, postprocess_file, write_postprocessed
 from dismax.bench.pipeline import (FAMILIES, ScoreOptions, check_family, read_status, records_csv, score,
@@ -116,6 +124,7 @@ class EvalSection:
 
     every: int = 0
     n_samples: int = 4
+    best_by: str = ""         # e.g. d_rdf: keep best/ by this metric and sample from it ("" = latest checkpoint)
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,7 @@ class BenchConfig:
     metrics: MetricsSection = MetricsSection()
     eval: EvalSection = EvalSection()
     report: ReportSection = ReportSection()
+    ensemble: bool = True     # train all seeds of a model as one vmapped ensemble where the model supports it
 
 
 def load_bench_config(path: str | Path, overrides: list[str] = ()) -> tuple[BenchConfig, Path]:
@@ -149,14 +159,31 @@ def _model_config_path(entry: ModelEntry, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
-def model_config(entry: ModelEntry, base: Path, seed: int, data_dir: Path):
-    """The model's training config with the bench's seed and data files applied (validated)."""
+def model_config(entry: ModelEntry, base: Path, seed: int, data_dir: Path, extra: tuple[str, ...] = ()):
+    """The model's training config with the bench's seed, data files and ``extra`` overrides applied (validated)."""
     path = _model_config_path(entry, base)
     plain = load_config(path, entry.overrides)
     data_overrides = [f"data.train_file={data_dir / 'train.extxyz'}"]
     if hasattr(plain, "data") and hasattr(plain.data, "val_file"):
         data_overrides.append(f"data.val_file={data_dir / 'val.extxyz'}")
-    return load_config(path, [*entry.overrides, f"seed={seed}", *data_overrides])
+    return load_config(path, [*entry.overrides, f"seed={seed}", *data_overrides, *extra])
+
+
+def plan_ensembles(config: BenchConfig, base: Path, data_dir: Path) -> dict[str, list[str]]:
+    """Model name -> the overrides that train all seeds as one ensemble, for every model that can (several
+    seeds, ``ensemble`` true, a module with ``seed_ensemble`` that accepts the seeds)."""
+    plan = {}
+    if not config.ensemble or len(config.seeds) < 2:
+        return plan
+    for entry in config.models:
+        if entry.generated is not None:
+            continue
+        model_cfg = model_config(entry, base, config.seeds[0], data_dir)
+        hook = getattr(model_module(model_cfg.model.name), "seed_ensemble", None)
+        overrides = hook(model_cfg, list(config.seeds)) if hook is not None else None
+        if overrides is not None:
+            plan[entry.name] = list(overrides)
+    return plan
 
 
 def validate(config: BenchConfig, base: Path, out: Path) -> None:
@@ -174,6 +201,10 @@ def validate(config: BenchConfig, base: Path, out: Path) -> None:
     if config.eval.every < 0 or config.eval.n_samples < 1:
         raise DismaxConfigError(f"config keys 'eval.every' (>= 0) and 'eval.n_samples' (>= 1) are "
                                 f"{config.eval.every} and {config.eval.n_samples}")
+    if config.eval.best_by and (config.eval.best_by not in EVAL_METRICS[config.family] or not config.eval.every):
+        raise DismaxConfigError(f"config key 'eval.best_by' is {config.eval.best_by!r}; it needs eval.every > 0 and "
+                                f"one of the {config.family} in-training metrics: "
+                                f"{', '.join(EVAL_METRICS[config.family])}")
     if config.n_generated < 1:
         raise DismaxConfigError(f"config key 'n_generated' must be at least 1, got {config.n_generated}")
     if config.relax.potential != "none" and config.relax.potential not in POTENTIALS:
@@ -196,7 +227,11 @@ def validate(config: BenchConfig, base: Path, out: Path) -> None:
         if not _model_config_path(entry, base).is_file():
             raise DismaxConfigError(f"model '{entry.name}': config file '{_model_config_path(entry, base)}' "
                                     "does not exist")
-        model_config(entry, base, config.seeds[0], out / "data")
+        trained = model_config(entry, base, config.seeds[0], out / "data")
+        train_parameters = inspect.signature(model_module(trained.model.name).train).parameters
+        if config.eval.every and "evaluation" not in train_parameters:
+            raise DismaxConfigError(f"model '{entry.name}' ({trained.model.name}) has no in-training evaluation; "
+                                    "set eval.every: 0")
 
 
 # ---------------------------------------------------------------------- stage bookkeeping
@@ -222,18 +257,26 @@ def run_stage(directory: Path, name: str, work: Callable[[Path], dict]) -> dict:
 
 @dataclass
 class Bench:
-    """A bench run: its config, the directory its model configs are relative to, and the output directory."""
+    """A bench run: its config, the directory its model configs are relative to, the output directory and
+    the ensemble plan (model name -> overrides that train all seeds as one run; see :func:`plan_ensembles`)."""
 
     config: BenchConfig
     base: Path
     out: Path
+    ensembles: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
         return self.out / "data"
 
     def stage_dir(self, model: str, seed: int, stage: str) -> Path:
+        if stage == "train" and model in self.ensembles:
+            return self.out / model / "ensemble" / "train"
         return self.out / model / str(seed) / stage
+
+    def member(self, model: str, seed: int) -> int:
+        """The ensemble member of ``seed`` in the model's training run (0 for a one-seed run)."""
+        return self.config.seeds.index(seed) if model in self.ensembles else 0
 
     def units(self) -> list[tuple[ModelEntry, int]]:
         return [(entry, seed) for entry in self.config.models for seed in self.config.seeds]
@@ -246,9 +289,10 @@ def _write_timings(bench: Bench) -> None:
         timings["data"] = record["seconds"]
     for entry, seed in bench.units():
         for stage in STAGES:
-            record = stage_record(bench.stage_dir(entry.name, seed, stage))
+            directory = bench.stage_dir(entry.name, seed, stage)
+            record = stage_record(directory)
             if record:
-                timings[f"{entry.name}/{seed}/{stage}"] = record["seconds"]
+                timings[directory.relative_to(bench.out).parent.as_posix() + f"/{stage}"] = record["seconds"]
     record = stage_record(bench.out / "report")
     if record:
         timings["report"] = record["seconds"]
@@ -290,20 +334,26 @@ class _LogHandlers:
 
 
 def stage_train(bench: Bench, entry: ModelEntry, seed: int, directory: Path) -> dict:
-    """Train (or resume) the model in the stage directory through the model registry, as ``dismax.train``."""
+    """Train (or resume) the model in the stage directory through the model registry, as ``dismax.train``;
+    one ensemble run for all seeds when the plan says so."""
     if entry.generated is not None:
         return {"model": "external file"}
-    config = model_config(entry, bench.base, seed, bench.data_dir)
+    ensemble = bench.ensembles.get(entry.name)
+    if ensemble is not None:
+        seed = bench.config.seeds[0]
+    config = model_config(entry, bench.base, seed, bench.data_dir, tuple(ensemble or ()))
     model = model_module(config.model.name)
     model.check(config)
-    evaluation = None
-    if bench.config.eval.every:
-        evaluation = benchmark_evaluation(bench.config.family, read_extxyz(bench.data_dir / "train.extxyz"),
-                                          bench.config.eval.every, bench.config.eval.n_samples, seed)
+    section = bench.config.eval
+    evaluation = []
+    if section.every:
+        evaluation = [benchmark_evaluation(bench.config.family, read_extxyz(bench.data_dir / "train.extxyz"),
+                                           section.every, section.n_samples, seed,
+                                           monitor=section.best_by or None)]
     with _LogHandlers(), exclusive_lock(directory, "run directory"):
         run = prepare_run(config, directory)
-        model.train(config, run, evaluation)
-    return {"model": config.model.name}
+        model.train(config, run, *evaluation)
+    return {"model": config.model.name, "seeds": list(bench.config.seeds) if ensemble is not None else [seed]}
 
 
 def stage_sample(bench: Bench, entry: ModelEntry, seed: int, directory: Path) -> dict:
@@ -316,7 +366,9 @@ def stage_sample(bench: Bench, entry: ModelEntry, seed: int, directory: Path) ->
         return {"n": len(structures)}
     run = RunDir(bench.stage_dir(entry.name, seed, "train"))
     config = load_config(run.config_path)
-    model_module(config.model.name).sample(run, bench.config.n_generated, target, seed)
+    checkpoint = "best" if bench.config.eval.best_by else "latest"
+    model_module(config.model.name).sample(run, bench.config.n_generated, target, seed,
+                                           member=bench.member(entry.name, seed), checkpoint=checkpoint)
     structures = read_structure_set(target)
     check_family(bench.config.family, structures, str(target))
     return {"n": len(structures)}
@@ -427,8 +479,10 @@ def _prepare_out(bench: Bench) -> None:
     path = bench.out / "bench.yaml"
     resolved = to_dict(bench.config)
     resolved["base"] = str(bench.base)
+    resolved["ensembles"] = bench.ensembles
     if path.is_file():
         previous = yaml.safe_load(path.read_text())
+        previous.setdefault("ensembles", {})      # written before ensembles existed: every model per seed
         if previous != resolved:
             changed = sorted(k for k in set(previous) | set(resolved) if previous.get(k) != resolved.get(k))
             raise DismaxConfigError(f"'{bench.out}' holds a bench run with a different config (differs in "
@@ -438,39 +492,72 @@ def _prepare_out(bench: Bench) -> None:
         atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def remaining_time(plan: list[tuple[str, str, Path]]) -> str:
+    """The overall ETA of a plan of (model, stage, directory): every unfinished stage is estimated by the
+    mean wall time of the finished stages of the same model and kind (their completion records, also from
+    earlier runs); kinds not yet timed are named (each stage shows its own progress bar with ETA)."""
+    timed: dict[tuple[str, str], list[float]] = {}
+    pending = {}
+    for model, stage, directory in plan:
+        record = stage_record(directory)
+        if record is None:
+            pending[directory] = (model, stage)
+        else:
+            timed.setdefault((model, stage), []).append(record["seconds"])
+    if not pending:
+        return "nothing left"
+    estimate = sum(float(np.mean(timed[kind])) for kind in pending.values() if kind in timed)
+    untimed = list(dict.fromkeys(f"{model} {stage}" for model, stage in pending.values()
+                                 if (model, stage) not in timed))
+    if not untimed:
+        return f"ETA {_duration(estimate)}"
+    if len(untimed) == len(set(pending.values())):
+        return f"no ETA yet: {', '.join(untimed)} not yet timed"
+    return f"ETA > {_duration(estimate)}: {', '.join(untimed)} not yet timed"
+
+
 def execute(bench: Bench) -> list[str]:
     """Run every unfinished stage; returns one line per failed model/seed (empty if all succeeded)."""
     _prepare_out(bench)
     units = bench.units()
     total = 1 + len(units) * len(STAGES) + 1
+    plan = [(entry.name, stage, bench.stage_dir(entry.name, seed, stage)) for entry, seed in units for stage in STAGES]
     started = time.perf_counter()
     count = 0
 
     def announce(label: str) -> None:
         nonlocal count
         count += 1
-        elapsed = time.perf_counter() - started
-        log.info("stage %d/%d: %s (%.0f s elapsed)", count, total, label, elapsed)
+        log.info("stage %d/%d: %s (%s elapsed; %s)", count, total, label,
+                 _duration(time.perf_counter() - started), remaining_time(plan))
 
     announce("data")
     ran_any = stage_record(bench.data_dir) is None
     run_stage(bench.data_dir, "data", lambda d: stage_data(bench, d))
     _write_timings(bench)
-    failures = []
+    failures, failed_here = [], {}      # failed_here: stage directory -> message (a shared run fails once)
     for entry, seed in units:
         for index, stage in enumerate(STAGES):
             directory = bench.stage_dir(entry.name, seed, stage)
             announce(f"{entry.name} seed {seed} {stage}")
             ran_any = ran_any or stage_record(directory) is None
             try:
+                if directory in failed_here:
+                    raise DismaxError(failed_here[directory])
                 run_stage(directory, stage, lambda d: STAGE_FUNCTIONS[stage](bench, entry, seed, d))
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:  # a failing model/seed must not stop the others
                 message = " ".join(str(exc).split()) or type(exc).__name__
-                atomic_write_text(directory / FAILED, json.dumps(
-                    {"stage": stage, "error": message,
-                     "traceback": None if isinstance(exc, DismaxError) else traceback.format_exc()}, indent=2))
+                if directory not in failed_here:
+                    failed_here[directory] = message
+                    atomic_write_text(directory / FAILED, json.dumps(
+                        {"stage": stage, "error": message,
+                         "traceback": None if isinstance(exc, DismaxError) else traceback.format_exc()}, indent=2))
                 failures.append(f"{entry.name} seed {seed}: {stage} failed: {message}")
                 log.error("%s", failures[-1])
                 count += len(STAGES) - index - 1
@@ -493,8 +580,8 @@ def stage_table(out: Path) -> str:
         raise DismaxInputError(f"'{out}' is not a bench output directory (no bench.yaml)")
     resolved = yaml.safe_load(path.read_text())
     resolved.pop("base", None)
-    config = from_dict(BenchConfig, resolved)
-    bench = Bench(config, out, out)
+    ensembles = resolved.pop("ensembles", {})
+    bench = Bench(from_dict(BenchConfig, resolved), out, out, ensembles)
 
     def cell(directory: Path) -> str:
         record = stage_record(directory)
@@ -534,6 +621,7 @@ def run_run(args: argparse.Namespace) -> int:
 
 def _finish(bench: Bench) -> int:
     validate(bench.config, bench.base, bench.out)
+    bench.ensembles = plan_ensembles(bench.config, bench.base, bench.data_dir)
     failures = execute(bench)
     print(stage_table(bench.out))
     print(f"report: {bench.out / 'report.md'} and {bench.out / 'report.html'}")

@@ -8,6 +8,16 @@ cluster vectors and Warren–Cowley SRO are computed on the host in float64.
 
 Conventions: species index 0 = Cr, 1 = Fe, 2 = Ni (alphabetical, the ECI order); energies in eV
 (per atom where the name says so); temperatures in K. A *pass* is N = 256 swap attempts.
+
+Performance (``python benchmarks/alloy_mc.py``: 50 passes at 1500 K, same-run icet 4.0 CanonicalEnsemble,
+2 shared CPU cores). Before the environment scheme (each attempt gathered the species of 2 × 134 shell
+neighbours), load average 0.1–0.4: 10 vmapped chains 413,767 attempts/s = 21.1× icet (1 chain 23.2×).
+With the exact int8 environments, load average 1.0–1.1: 10 chains 1,934,218 attempts/s wall-clock
+(1,751,747 per CPU second) = 73.1× icet wall-clock, 66.2× per CPU second (1 chain 20.7× / 20.0×); XLA
+counts 128,090 flop per vmapped attempt of 10 chains, 24.8 GFLOP/s = 17.3 % of a same-run 143 GFLOP/s
+matmul probe. Trace of 512 attempts: the environment update 7.9 % of the operation time, the two
+multiplicity-row gathers 6.1 % + 5.2 %, the ΔE reductions 4.3 % + 3.4 %, the occupation/slot scatters
+4.1 % + 3.7 %; the rest is spread over ~10 smaller kernels per attempt.
 """
 
 from __future__ import annotations

@@ -26,10 +26,7 @@ from dismax.potentials import energies_and_forces, get_potential
 from dismax.runs import atomic_write_text, exclusive_lock, progress
 from dismax.structures import Crystals
 
-TEACHERS = {
-    "chgnet": ("chgnet.model.dynamics", "CHGNetCalculator", {"model": None}),
-    "sevennet": ("sevenn.calculator", "SevenNetCalculator", {"model": "7net-0", "device": "cpu"}),
-}
+TEACHER_HINT = "install the optional teachers: pip install -e .[teachers]"
 LABEL_KEYS = ("energy", "forces", "free_energy", "stress")
 
 
@@ -75,15 +72,13 @@ def _import_class(module_name: str, class_name: str, hint: str):
 
 def labeller(name: str):
     """The labeller for ``--calculator NAME`` (see the module docstring)."""
-    if name in TEACHERS:
-        module_name, class_name, options = TEACHERS[name]
-        calculator_class = _import_class(module_name, class_name,
-                                         "install the optional teachers: pip install -e .[teachers]")
-        if name == "chgnet":
-            from chgnet.model import CHGNet  # optional heavy dependency (torch)
-
-            options = {"model": CHGNet.load(model_name="0.3.0", use_device="cpu")}
-        return AseLabeller(calculator_class(**options), name)
+    if name == "chgnet":
+        calculator_class = _import_class("chgnet.model.dynamics", "CHGNetCalculator", TEACHER_HINT)
+        model_class = _import_class("chgnet.model", "CHGNet", TEACHER_HINT)
+        return AseLabeller(calculator_class(model=model_class.load(model_name="0.3.0", use_device="cpu")), name)
+    if name == "sevennet":
+        calculator_class = _import_class("sevenn.calculator", "SevenNetCalculator", TEACHER_HINT)
+        return AseLabeller(calculator_class(model="7net-0", device="cpu"), name)
     if ":" in name and not name.startswith("run:"):
         module_name, _, class_name = name.partition(":")
         return AseLabeller(_import_class(module_name, class_name, "is it installed?")(), name)

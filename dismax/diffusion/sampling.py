@@ -20,6 +20,7 @@ Annealed Langevin (CDVAE-style, on fractional coordinates): for each visited lev
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 
 import jax
@@ -27,6 +28,26 @@ import jax.numpy as jnp
 import numpy as np
 
 from dismax.diffusion.noise import BetaSchedule, SigmaSchedule
+
+
+_step_bar = None    # the progress bar the samplers' steps advance (see step_progress)
+
+
+def _report_step(_index) -> None:
+    if _step_bar is not None:
+        _step_bar.update(1)
+
+
+@contextlib.contextmanager
+def step_progress(bar):
+    """While the block runs, every sampler step (one host callback per step of the jitted loop) advances
+    the tqdm-like ``bar`` by one, so a long chunk shows progress and an ETA."""
+    global _step_bar
+    previous, _step_bar = _step_bar, bar
+    try:
+        yield bar
+    finally:
+        _step_bar = previous
 
 
 def visited_steps(n_total: int, n_visit: int) -> np.ndarray:
@@ -94,6 +115,7 @@ def _predictor_corrector(params, lattice, species, key, network, schedule: Sigma
     def step(carry, inputs):
         frac, lattice = carry
         index, t, t_next, last, a, b, c = inputs
+        jax.debug.callback(_report_step, index)
         k_corr, k_pred = jax.random.split(jax.random.fold_in(loop_key, index))
         noise_scale = jnp.where(last, 0.0, 1.0)
         sigma, sigma_next = sigmas[t], sigmas[t_next]
@@ -130,6 +152,7 @@ def annealed_langevin(params, lattice, species, key, *, network, schedule: Sigma
         eta = step_lr * (sigmas[t] / sigmas[1]) ** 2
 
         def inner(frac, step_index):
+            jax.debug.callback(_report_step, step_index)
             noise_key = jax.random.fold_in(loop_key, level_index * steps_per_level + step_index)
             frac = frac + eta * score(frac, t) + jnp.sqrt(2 * eta) * jax.random.normal(noise_key, frac.shape)
             return jnp.mod(frac, 1.0), None

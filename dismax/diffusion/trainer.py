@@ -48,12 +48,14 @@ import optax
 from dismax.config import load_config
 from dismax.data.loader import BatchLoader, read_training_structures
 from dismax.data.registry import dataset_files
+from dismax.devices import process_share
 from dismax.diffusion.denoisers import DenoiserConfig, build_denoiser
 from dismax.diffusion.noise import BetaSchedule, SigmaSchedule, noise_coordinates, noise_lattice
-from dismax.diffusion.sampling import annealed_langevin, predictor_corrector, predictor_corrector_lattice
+from dismax.diffusion.sampling import (annealed_langevin, predictor_corrector, predictor_corrector_lattice,
+                                      step_progress, visited_steps)
 from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.io import write_extxyz
-from dismax.runs import RunDir, exclusive_lock, log, write_in_parts
+from dismax.runs import RunDir, exclusive_lock, log, progress, write_in_parts
 from dismax.structures import Crystals
 from dismax.training import (LoopConfig, Panel, TrainingTask, check_data_source, check_loop_config,
                              load_run_state, train_loop)
@@ -311,6 +313,15 @@ def member_seeds(config: Config) -> list[int]:
     return [config.seed + k for k in range(config.train.n_seeds)]
 
 
+def seed_ensemble(config: Config, seeds: list[int]) -> list[str] | None:
+    """Config overrides that train ``seeds`` as one vmapped ensemble whose member k is the single run with
+    seed ``seeds[k]``, or None when that is impossible (members are seed, seed + 1, ...: the seeds must be
+    consecutive and increasing, and the config must not be an ensemble already)."""
+    if config.train.n_seeds != 1 or list(seeds) != list(range(seeds[0], seeds[0] + len(seeds))):
+        return None
+    return [f"seed={seeds[0]}", f"train.n_seeds={len(seeds)}"]
+
+
 def check(config: Config, n_train: int | None = None) -> None:
     """Every config error, before anything is written (with ``n_train``, the training-set size, too)."""
     check_loop_config(config.train)
@@ -486,6 +497,10 @@ def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, check
     lattice_diffusion = lattice_diffusion_of(config)
     chunk = batch_size or sample_config.batch_size
     key = jax.random.PRNGKey(seed)
+    n_parts = math.ceil(n / chunk)
+    steps_per_chunk = (len(visited_steps(config.model.n_steps, sample_config.langevin_levels))
+                       * sample_config.langevin_steps_per_level if sample_config.sampler == "langevin"
+                       else len(visited_steps(config.model.n_steps, sample_config.n_steps)))
 
     def write_chunk(i, path):
         keep = min(chunk, n - i * chunk)
@@ -494,4 +509,8 @@ def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, check
         write_extxyz(Crystals(np.asarray(frac)[:keep], np.asarray(lattices)[:keep],
                               np.repeat(reference.species, keep, 0)), path)
 
-    return write_in_parts(Path(out), math.ceil(n / chunk), write_chunk, desc="sampling chunks")
+    bar = progress(total=len(process_share(n_parts)) * steps_per_chunk, desc="sampling steps", unit="step")
+    with step_progress(bar):
+        written = write_in_parts(Path(out), n_parts, write_chunk, desc="sampling chunks")
+    bar.close()
+    return written

@@ -37,7 +37,8 @@ from dismax.structures import Crystals, sort_into_blocks, species_blocks
 from dismax.training import (Panel, TrainingTask, check_data_source, check_loop_config, load_run_state,
                              train_loop)
 
-__all__ = ["Config", "DataConfig", "EnsembleConfig", "ModelConfig", "TrainConfig", "check", "train", "sample"]
+__all__ = ["Config", "DataConfig", "EnsembleConfig", "ModelConfig", "TrainConfig", "check", "train", "sample",
+           "seed_ensemble"]
 
 TEMPLATE_FILE = "cryingan_template.json"
 METRIC_COLUMNS = ("distance_dis", "cost_dis", "cost_gen", "D_real", "D_fake", "D_dist_real", "D_dist_fake")
@@ -50,6 +51,16 @@ def members(config: Config) -> list[tuple[int, float]]:
     seeds = config.ensemble.seeds or (config.seed,)
     w_dists = config.ensemble.w_dists or (config.model.w_dist,)
     return [(int(s), float(w)) for s, w in itertools.product(seeds, w_dists)]
+
+
+def seed_ensemble(config: Config, seeds: list[int]) -> list[str] | None:
+    """Config overrides that train ``seeds`` as one vmapped ensemble whose member k is the single run with
+    seed ``seeds[k]`` (its own initialisation, noise and data order), or None when the config already
+    lists ensemble seeds or several distance weights."""
+    if config.ensemble.seeds or len(config.ensemble.w_dists) > 1:
+        return None
+    return [f"seed={seeds[0]}", f"ensemble.seeds=[{', '.join(str(s) for s in seeds)}]",
+            "ensemble.independent_data=true"]
 
 
 def make_setup(config: Config, counts, lattice) -> GanSetup:

@@ -294,19 +294,24 @@ def _relax_chunk(c: Crystals, potential, fmax, max_steps, chunk_size, settings, 
     return RelaxResult(relaxed, np.array([STATUS_NAMES[s] for s in status]), steps, e0, e1, fmax_out)
 
 
-def step_cost(crystals: Crystals, potential, settings: FireSettings = FireSettings(), repeats: int = 20) -> dict:
-    """XLA-counted flops of one batched force evaluation on ``crystals`` and the measured time of the
-    pieces of a FIRE step (force, table rebuild), for roofline and profile reports."""
-    c = crystals.to_numpy()
+def _chunk_program(c: Crystals, potential, settings: FireSettings):
+    """The program for one chunk ``c`` (table sizes from its densest structure) and its float32 Cartesian
+    positions (B, N, 3), lattices (B, 3, 3), int32 species (B, N) and the table sizes."""
     sizes = [_capacities(np.asarray(c.frac[i], float), np.asarray(c.lattice[i], float), potential.cutoff,
                          settings) for i in range(c.batch_size)]
     capacity, compact = (int(v) for v in np.max(sizes, axis=0))
-    program = _relax_program(potential, settings, capacity, compact)
     lattice = jnp.asarray(c.lattice, jnp.float32)
     R = jnp.asarray(np.einsum("bni,bij->bnj", c.frac, c.lattice), jnp.float32)
     species = jnp.asarray(c.species, jnp.int32)
+    return _relax_program(potential, settings, capacity, compact), R, lattice, species, capacity, compact
+
+
+def step_cost(crystals: Crystals, potential, settings: FireSettings = FireSettings(), repeats: int = 20) -> dict:
+    """XLA-counted flops and bytes of one batched force evaluation on ``crystals`` and the measured time of
+    the pieces of a FIRE step (force, table rebuild), for roofline and profile reports."""
+    program, R, lattice, species, capacity, compact = _chunk_program(crystals.to_numpy(), potential, settings)
     indices, images, _, _ = program.build(R, lattice)
-    flops = program.force.lower(R, lattice, indices, images, species).compile().cost_analysis()["flops"]
+    cost = program.force.lower(R, lattice, indices, images, species).compile().cost_analysis()
     timings = {}
     for piece, call in (("force evaluation", lambda: program.force(R, lattice, indices, images, species)),
                         ("neighbour-table rebuild", lambda: program.build(R, lattice))):
@@ -315,7 +320,17 @@ def step_cost(crystals: Crystals, potential, settings: FireSettings = FireSettin
         for _ in range(repeats):
             jax.block_until_ready(call())
         timings[piece] = (time.perf_counter() - start) / repeats
-    return {"flops": float(flops), "capacity": capacity, "compact": compact, "timings": timings}
+    return {"flops": float(cost["flops"]), "bytes": float(cost["bytes accessed"]), "capacity": capacity,
+            "compact": compact, "timings": timings}
+
+
+def compiled_relaxation(crystals: Crystals, potential, fmax: float = DEFAULT_FMAX,
+                        max_steps: int = DEFAULT_MAX_STEPS, settings: FireSettings = FireSettings()):
+    """(compiled program, arguments) relaxing all of ``crystals`` as one chunk: ``compiled(*arguments)``
+    runs exactly the loop :func:`relax` runs, for cost analyses and profiler traces."""
+    program, R, lattice, species, _, _ = _chunk_program(crystals.to_numpy(), potential, settings)
+    arguments = (R, lattice, species, jnp.full(len(crystals), max_steps, jnp.int32), jnp.float32(fmax))
+    return program.run.lower(*arguments).compile(), arguments
 
 
 def relax(crystals: Crystals, potential, fmax: float = DEFAULT_FMAX, max_steps: int = DEFAULT_MAX_STEPS,

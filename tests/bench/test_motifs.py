@@ -1,3 +1,6 @@
+import os
+import time
+
 import numpy as np
 import pytest
 
@@ -97,3 +100,16 @@ def test_process_pool_matches_in_process(tmp_path):
     serial = M.per_structure(M.crystalnn_bond_angles, "angles", structures, workers=1)
     for a, b in zip(pooled, serial):
         np.testing.assert_array_equal(a, b)
+
+
+def _worker_pid(frac, lattice, numbers):
+    time.sleep(0.3)                 # long enough that both workers take tasks
+    return np.array([os.getpid()])
+
+
+def test_per_structure_keeps_its_worker_processes_between_calls():
+    structures = [diamond(seed=s) for s in range(4)]
+    pids = set()
+    for _ in range(2):
+        pids |= {int(p[0]) for p in M.per_structure(_worker_pid, "pid", structures, workers=2)}
+    assert len(pids) == 2 and os.getpid() not in pids

@@ -59,3 +59,16 @@ def test_label_resumes_after_an_interruption(frames, tmp_path):
         {"input": str(frames.resolve()), "calculator": "sw", "done": 1, "bytes": len(first_frame.encode())}))
     label_file(frames, out, "sw", show_progress=False)
     assert out.read_text() == text
+
+
+@pytest.mark.slow  # CHGNet on 264 atoms: seconds of compute and ~4 GB of memory
+def test_label_one_interface_sized_frame_with_chgnet(tmp_path):
+    pytest.importorskip("chgnet", reason="CHGNet is not installed (optional extra: pip install -e .[teachers])")
+    from benchmarks.potential_speed import random_cell
+
+    frame = random_cell(0)
+    write_extxyz(frame, tmp_path / "frame.extxyz")
+    out = label_file(tmp_path / "frame.extxyz", tmp_path / "chgnet.extxyz", "chgnet", show_progress=False)
+    _, energies, forces = read_labelled_extxyz(out)
+    assert forces.shape == (1, 264, 3) and np.all(np.isfinite(forces)) and np.isfinite(energies[0])
+    assert -10.0 < energies[0] / 264 < 0.0  # eV/atom of a random Li-Sc-Co-Cl-O cell

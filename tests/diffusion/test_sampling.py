@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dismax.diffusion.noise import SigmaSchedule, wrap_centered, wrapped_normal_score
-from dismax.diffusion.sampling import annealed_langevin, predictor_corrector, visited_steps
+from dismax.diffusion.sampling import annealed_langevin, predictor_corrector, step_progress, visited_steps
 
 SCHEDULE = SigmaSchedule(0.005, 0.1, 1000)
 TARGET = ((0.1, 0.2, 0.3), (0.5, 0.5, 0.5), (0.9, 0.05, 0.7))
@@ -45,3 +45,31 @@ def test_samplers_with_exact_score_return_to_the_data_point():
     compat = predictor_corrector({}, lattice, species, jax.random.PRNGKey(0), network=net, schedule=SCHEDULE,
                                  n_steps=100, step_lr=1e-5, n_structures=8, reference_compatible=True)
     assert np.abs(wrap_centered(np.asarray(compat) - np.asarray(TARGET))).max() < 0.03
+
+
+class _Counter:
+    """A minimal progress bar: counts ``update`` calls."""
+
+    n = 0
+
+    def update(self, k):
+        self.n += k
+
+
+def test_every_sampler_step_advances_the_progress_bar():
+    net = ExactPointScore(SCHEDULE)
+    lattice, species = jnp.eye(3) * 5.0, jnp.array([14, 14, 14])
+    counts = []
+    for run in (lambda: predictor_corrector({}, lattice, species, jax.random.PRNGKey(0), network=net, schedule=SCHEDULE,
+                                            n_steps=40, step_lr=1e-5, n_structures=2),
+                lambda: annealed_langevin({}, lattice, species, jax.random.PRNGKey(1), network=net, schedule=SCHEDULE,
+                                          n_levels=6, steps_per_level=5, step_lr=1e-5, n_structures=2)):
+        with step_progress(_Counter()) as bar:
+            jax.block_until_ready(run())
+            jax.effects_barrier()
+        counts.append(bar.n)
+    assert counts == [40, 30]
+    jax.block_until_ready(annealed_langevin({}, lattice, species, jax.random.PRNGKey(1), network=net, schedule=SCHEDULE,
+                                            n_levels=6, steps_per_level=5, step_lr=1e-5, n_structures=2))
+    jax.effects_barrier()
+    assert bar.n == 30                   # outside the block nothing is counted

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from dismax.potentials.fire import FireSettings, relax
+from dismax.potentials.fire import FireSettings, compiled_relaxation, relax, step_cost
 from dismax.potentials import original_sw
 from dismax.structures import Crystals
 
@@ -131,3 +131,15 @@ def test_small_skin_rebuilds_tables_and_gives_the_same_minimum():
     assert list(narrow.status) == list(wide.status) == ["converged"] * 2
     np.testing.assert_allclose(narrow.e_final, wide.e_final, atol=1e-5)
     np.testing.assert_allclose(narrow.e_final, DIAMOND_SW, atol=2e-5)
+
+
+def test_compiled_relaxation_and_step_cost_describe_the_relax_loop():
+    """The profiled program is the loop relax() runs: same steps and final energies; XLA counts work."""
+    crystals = Crystals.from_ase(perturbed_diamond(2))
+    result = relax(crystals, original_sw(), fmax=1e-3, max_steps=60, chunk_size=2)
+    compiled, arguments = compiled_relaxation(crystals, original_sw(), fmax=1e-3, max_steps=60)
+    _, status, steps, _, e_final, _ = (np.asarray(x) for x in compiled(*arguments))
+    np.testing.assert_array_equal(steps, result.steps)
+    np.testing.assert_allclose(e_final / crystals.n_atoms, result.e_final, rtol=1e-6)
+    cost = step_cost(crystals, original_sw(), repeats=1)
+    assert cost["flops"] > 0 and cost["bytes"] > 0 and cost["compact"] <= cost["capacity"]
