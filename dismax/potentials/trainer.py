@@ -32,7 +32,8 @@ from dismax.data.registry import dataset_files
 from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.io import read_labelled_extxyz
 from dismax.potentials.fitted import TrainState, initial_state, make_optimizer, write_potential_file
-from dismax.potentials.nequip import LearnedPotential, NetworkConfig, energy_and_forces_one, neighbour_tables
+from dismax.potentials.nequip import (LearnedPotential, NetworkConfig, energy_and_forces_one, neighbour_tables,
+                                      table_vectors)
 from dismax.runs import RunDir, exclusive_lock, log
 from dismax.structures import Crystals
 from dismax.training import LoopConfig, Panel, TrainingTask, check_data_source, check_loop_config, train_loop
@@ -172,10 +173,9 @@ def frame_arrays(frames, cutoff: float, capacity: int | None = None) -> dict:
 def mean_neighbours(arrays: dict, cutoff: float) -> float:
     """Mean number of neighbours within ``cutoff`` per atom over the frames (the convolution normaliser)."""
     counts = []
-    for b in range(len(arrays["frac"])):
-        f, lattice = arrays["frac"][b], arrays["lattice"][b]
-        vectors = (np.take(f, arrays["indices"][b], axis=0, mode="clip") + arrays["images"][b] - f[:, None]) @ lattice
-        inside = (np.linalg.norm(vectors, axis=-1) < cutoff) & (arrays["indices"][b] < len(f))
+    for frac, lattice, indices, images in zip(arrays["frac"], arrays["lattice"], arrays["indices"], arrays["images"]):
+        distances = np.linalg.norm(np.asarray(table_vectors(frac, lattice, indices, images)), axis=-1)
+        inside = (distances < cutoff) & (indices < len(frac))
         counts.append(inside.sum(axis=1).mean())
     return float(np.mean(counts))
 
