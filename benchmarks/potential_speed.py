@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dismax.geometry import minimum_image
 from dismax.potentials.fitted import initial_state, make_optimizer
 from dismax.potentials.nequip import LearnedPotential, NetworkConfig, PotentialNetwork, initial_params
 from dismax.potentials.trainer import frame_arrays, mean_neighbours, predictions, train_step
@@ -35,8 +36,7 @@ def random_cell(seed: int, min_distance: float = 1.6) -> Crystals:
     while len(frac) < len(species):
         trial = rng.random(3)
         d = np.asarray(frac) - trial if frac else np.zeros((0, 3))
-        d -= np.round(d)
-        if not len(frac) or np.min(np.linalg.norm(d @ CELL, axis=1)) >= min_distance:
+        if not len(frac) or np.min(np.linalg.norm(minimum_image(d, CELL, n_images=0), axis=1)) >= min_distance:
             frac.append(trial)
     return Crystals(np.asarray(frac)[None], CELL[None], rng.permutation(species)[None])
 
