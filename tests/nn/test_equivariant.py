@@ -29,10 +29,12 @@ def test_interaction_is_rotation_equivariant():
     neighbours = jnp.asarray(np.random.default_rng(0).integers(0, n_atoms, (n_atoms, k)))
     h = e3nn.normal("4x0e + 2x1o", key_h, (n_atoms,))
     block = Interaction("8x0e + 4x1o + 2x2e")
-    params = block.init(key_p, *_graph(vectors, h), neighbours)
-    out = block.apply(params, *_graph(vectors, h), neighbours)
+    params = jax.jit(lambda v, f: block.init(key_p, *_graph(v, f), neighbours))(vectors, h)
+    # compiled once: eager e3nn dispatches op by op, which took ~20 s on 2 cores
+    apply = jax.jit(lambda v, f: block.apply(params, *_graph(v, f), neighbours))
+    out = apply(vectors, h)
     assert out.irreps == e3nn.Irreps("8x0e + 4x1o + 2x2e") and out.shape == (n_atoms, out.irreps.dim)
     rotation = e3nn.rand_matrix(key_r, ())
-    rotated = block.apply(params, *_graph(vectors @ rotation.T, h.transform_by_matrix(rotation)), neighbours)
+    rotated = apply(vectors @ rotation.T, h.transform_by_matrix(rotation))
     np.testing.assert_allclose(np.asarray(rotated.array), np.asarray(out.transform_by_matrix(rotation).array),
                                atol=2e-4)
