@@ -22,6 +22,7 @@ MODELS: dict[str, str] = {
     "wyckoff_vae": "dismax.vae.trainer",
     "potential": "dismax.potentials.trainer",
     "ssl_pretrain": "dismax.ssl.pretrain",
+    "ssl_gan": "dismax.ssl.gan",
 }
 
 

@@ -33,7 +33,7 @@ from dismax.runs import RunDir, exclusive_lock, log
 from dismax.ssl.backbone import Backbone, BackboneConfig
 from dismax.ssl.corruption import CorruptionConfig
 from dismax.ssl.data import DataConfig, PaddedSet, load_padded
-from dismax.ssl.steps import Batch, apply_batch, corrupt_batch, reconstruct, reconstruction_terms
+from dismax.ssl.steps import Batch, Generator, apply_batch, corrupt_batch, reconstruct, reconstruction_terms
 from dismax.structures import Crystals, StructureSet
 from dismax.training import (LoopConfig, Panel, TrainingTask, check_data_source, check_loop_config,
                              load_run_state, train_loop)
@@ -221,16 +221,18 @@ def train(config: Config, run: RunDir, evaluation=None) -> None:
         train_loop(make_task(config, run), config.train, run, evaluation)
 
 
-def restore_generator(run: RunDir, which: str = "latest"):
-    """(config, network, params) of a pre-training run's checkpoint."""
+def restore_generator(run: RunDir, which: str = "latest") -> Generator:
+    """The generator of a pre-training run's checkpoint (``which``: 'latest' or 'best')."""
     config = load_config(run.config_path, config_class=Config)
     network = Backbone(config.model.backbone)
-    like = jax.eval_shape(lambda: TrainState(initial_params(network, jax.random.PRNGKey(0)),
-                                             make_optimizer(config.train.lr, config.train.clip_norm).init(
-                                                 initial_params(network, jax.random.PRNGKey(0))),
-                                             jnp.zeros((), jnp.int32), jax.random.PRNGKey(0)))
-    state, _ = load_run_state(run, like, which)
-    return config, network, state.params
+    optimizer = make_optimizer(config.train.lr, config.train.clip_norm)
+
+    def fresh():
+        params = initial_params(network, jax.random.PRNGKey(0))
+        return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), jax.random.PRNGKey(0))
+
+    state, _ = load_run_state(run, jax.eval_shape(fresh), which)
+    return Generator(network, state.params, config.model.corruption, config.data)
 
 
 @partial(jax.jit, static_argnames=("network", "corruption"))
@@ -249,13 +251,18 @@ def unpad(frac, lattice, species, atom_mask) -> StructureSet:
                                                   species[b][atom_mask[b]][None]) for b in range(len(frac))])
 
 
-def sample(run: RunDir, n: int, out: Path, seed: int = 0, checkpoint: str = "latest", **options) -> Path:
-    """Write ``n`` repaired structures (corrupted validation structures, cycled, after one pass) to ``out``."""
-    config, network, params = restore_generator(run, checkpoint)
-    _, val_set = load_padded(config.data)
+def write_repaired(generator: Generator, n: int, out: Path, seed: int) -> Path:
+    """Write ``n`` repaired structures (the generator's validation structures, cycled, corrupted with its
+    default corruption and reconstructed in one pass) to the extxyz file ``out``."""
     if n < 1:
         raise DismaxInputError(f"--n is {n}; it must be at least 1")
+    _, val_set = load_padded(generator.data)
     chosen = val_set.take(np.resize(np.arange(len(val_set)), n))
-    frac, species, _ = repair(params, as_batch(chosen), jax.random.PRNGKey(seed), network=network,
-                              corruption=config.model.corruption)
+    frac, species, _ = repair(generator.params, as_batch(chosen), jax.random.PRNGKey(seed), network=generator.network,
+                              corruption=generator.corruption)
     return write_extxyz(unpad(frac, chosen.crystals.lattice, species, chosen.atom_mask), out)
+
+
+def sample(run: RunDir, n: int, out: Path, seed: int = 0, checkpoint: str = "latest", **options) -> Path:
+    """Write ``n`` repaired validation structures to ``out`` (see :func:`write_repaired`)."""
+    return write_repaired(restore_generator(run, checkpoint), n, out, seed)

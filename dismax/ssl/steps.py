@@ -68,3 +68,25 @@ def reconstruct(logits, predicted_noise, lattice, corrupted: Corrupted):
     frac = wrap(corrupted.frac - cart_to_frac(predicted_noise, lattice))
     species = jnp.where(corrupted.masked, jnp.argmax(logits, axis=-1) + 1, corrupted.species)
     return frac, species.astype(jnp.int32)
+
+
+class Generator(NamedTuple):
+    """A trained generator: the backbone network and parameters, the corruption its inputs get by default
+    and the data it was trained on (a :class:`dismax.ssl.data.DataConfig`)."""
+
+    network: object
+    params: dict
+    corruption: CorruptionConfig
+    data: object
+
+
+def transfer_params(source, target):
+    """``target`` with every leaf that ``source`` has at the same path and shape copied from ``source`` (a
+    pre-trained backbone into a discriminator or property model; new heads keep their fresh values)."""
+    flat_source = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(source)}
+
+    def pick(path, leaf):
+        found = flat_source.get(jax.tree_util.keystr(path))
+        return found if found is not None and found.shape == leaf.shape else leaf
+
+    return jax.tree_util.tree_map_with_path(pick, target)
