@@ -11,6 +11,7 @@ BUILDERS: dict[str, str] = {
     "alloy_1500K_wide": "dismax.data.alloy:build_1500K_wide",
     "alloy_1500K_narrow": "dismax.data.alloy:build_1500K_narrow",
     "a_si": "dismax.data.a_si:build",
+    "interface": "dismax.data.interface:build",
     "disordered_demo": "dismax.vae.demo:build",
 }
 # datasets that are not extxyz train/val pairs: the files their builder must write
