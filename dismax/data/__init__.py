@@ -10,6 +10,8 @@ BUILDERS: dict[str, str] = {
     "alloy_300K_narrow": "dismax.data.alloy:build_300K_narrow",
     "alloy_1500K_wide": "dismax.data.alloy:build_1500K_wide",
     "alloy_1500K_narrow": "dismax.data.alloy:build_1500K_narrow",
+    "alloy_2x2x2_300K_wide": "dismax.data.alloy:build_2x2x2_300K_wide",
+    "alloy_2x2x2_1500K_wide": "dismax.data.alloy:build_2x2x2_1500K_wide",
     "a_si": "dismax.data.a_si:build",
     "interface": "dismax.data.interface:build",
     "disordered_demo": "dismax.vae.demo:build",
