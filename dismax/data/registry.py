@@ -58,31 +58,33 @@ def is_complete(directory: Path, name: str | None = None) -> bool:
     return all((Path(directory) / f).is_file() for f in files)
 
 
-def build_dataset(name: str, size: str = "small", seed: int = 0, out_dir: str | Path | None = None) -> Path:
+def build_dataset(name: str, size: str = "small", seed: int = 0, out_dir: str | Path | None = None,
+                  options: dict | None = None) -> Path:
     """Build dataset ``name`` into ``out_dir`` (default: the cache) and return the directory.
 
     The builder writes into a temporary sibling directory that is renamed when complete, so an
     interrupted build never leaves a directory that looks finished. Builds of one folder take turns
     (a second build waits for the first); the next build removes a killed build's staging folder. In a
     multi-process run every process runs the builder (which may split its work across them) and process 0
-    alone writes the folder.
+    alone writes the folder. ``options`` are extra keyword arguments of the builder (e.g. the interface's
+    ``potential``).
     """
     _check_buildable(name, size)
     target = Path(out_dir) if out_dir is not None else dataset_dir(name, size, seed)
     with exclusive_lock(target, "dataset folder", wait=True):
         if is_primary():
-            _build_into(name, size, seed, target)
+            _build_into(name, size, seed, target, options or {})
         else:
             with tempfile.TemporaryDirectory() as scratch:
-                _builder(name)(size=size, seed=seed, out_dir=Path(scratch))
+                _builder(name)(size=size, seed=seed, out_dir=Path(scratch), **(options or {}))
     barrier(f"dataset {target} built")
     return target
 
 
-def _build_into(name: str, size: str, seed: int, target: Path) -> None:
+def _build_into(name: str, size: str, seed: int, target: Path, options: dict) -> None:
     staging = make_staging_dir(target)
     try:
-        _builder(name)(size=size, seed=seed, out_dir=staging)
+        _builder(name)(size=size, seed=seed, out_dir=staging, **options)
         missing = [f for f in BUILT_FILES.get(name, DATASET_FILES) if not (staging / f).is_file()]
         if missing:
             raise RuntimeError(f"builder of '{name}' did not write {missing}")
