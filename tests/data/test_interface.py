@@ -182,3 +182,40 @@ def test_interface_energies_window():
     assert e_ref == pytest.approx(-5.40 + 0.0197, abs=1e-4)
     np.testing.assert_allclose(gamma - gamma[0], (e - e[0]) * 20.354, atol=2e-3)
     assert gamma[0] == pytest.approx(-0.4) and gamma[1] < 0 < gamma[2]
+
+
+def test_interface_fingerprint_matches_the_published_settings(interfaces):
+    """The 109 values of dismax's interface fingerprint on a built interface against an independent
+    computation with the published settings (Dismai-Bench ``get_int_motifs.py``): CrystalNN with
+    ``cation_anion=True`` on oxidation states Li+ Sc3+ Co3+ Cl- O2-, matminer's order parameters with
+    ``wt`` first for CN 1..24, then per CN the Cl and O fractions of the neighbours (0 when wt = 0)."""
+    pytest.importorskip("matminer")
+    from matminer.featurizers.site.fingerprint import CrystalNNFingerprint
+    from pymatgen.analysis.local_env import CrystalNN
+
+    from dismax.bench import motifs as M
+
+    structure = interfaces[0]
+    sites = [0, 9, 72, 75, 84, 95]  # interface Li, top-LCO Li, interface Sc, LSC Sc, top-LCO Co, interior Co
+    pymatgen_structure = _structure(structure.frac, structure.species, structure.lattice)
+    pymatgen_structure.add_oxidation_state_by_element({"Li": 1, "Sc": 3, "Co": 3, "Cl": -1, "O": -2})
+    fingerprinter = M.MotifFingerprinter(cation_anion=True, species_fractions=M.INTERFACE_ANIONS)
+    ours = np.array([fingerprinter.site(M._to_structure(structure.frac, structure.lattice, structure.species,
+                                                        M.INTERFACE_OXIDATION), site) for site in sites])
+    op_types = {cn: ["wt"] + [label for label, _, _ in M.MOTIFS.get(cn, [])] for cn in range(1, 25)}
+    motifs = CrystalNNFingerprint(op_types=op_types, cation_anion=True)
+    crystalnn = CrystalNN(cation_anion=True)
+    for row, site in enumerate(sites):
+        nn_data = crystalnn.get_nn_data(pymatgen_structure, site)
+        fractions = []
+        for cn in range(1, 25):
+            weight = nn_data.cn_weights.get(cn, 0)
+            symbols = [entry["site"].specie.symbol for entry in nn_data.cn_nninfo[cn]] if weight else []
+            fractions += [symbols.count("Cl") / cn, symbols.count("O") / cn] if weight else [0, 0]
+        expected = np.concatenate([motifs.featurize(pymatgen_structure, site), fractions])
+        assert expected.shape == (109,)
+        np.testing.assert_allclose(ours[row], expected, atol=1e-12)
+    # an interior LCO Co is octahedral with six O
+    cn_weights = ours[-1, [M.motif_labels().index(f"wt CN_{cn}") for cn in range(1, 25)]]
+    assert np.argmax(cn_weights) + 1 == 6
+    assert ours[-1, M.motif_labels(M.INTERFACE_ANIONS).index("O fraction coord num 6")] == 1.0
