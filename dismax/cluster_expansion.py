@@ -64,6 +64,25 @@ PUBLISHED_ECI = np.array([
 ])
 
 
+
+
+def scaled_composition(n_sites: int) -> tuple[int, int, int]:
+    """Atoms (Cr, Fe, Ni) of the published Fe154 Ni51 Cr51 composition scaled to ``n_sites`` sites.
+
+    Rounded to the closest integer composition with as many Cr as Ni atoms (the published cell has equal
+    counts): the Cr/Ni count minimising the largest deviation of any species from its exact share. 256
+    sites give the published (51, 154, 51); 32 sites (2×2×2) give (6, 20, 6), Fe20Ni6Cr6 = 62.5/18.75/18.75
+    at.% against the exact 19.25 Fe and 6.375 Cr/Ni.
+    """
+    exact = np.asarray(COMPOSITION, np.float64) * n_sites / sum(COMPOSITION)
+
+    def worst_deviation(minor: int) -> float:
+        return float(np.abs(np.array([minor, n_sites - 2 * minor, minor]) - exact).max())
+
+    minor = min(range(n_sites // 2 + 1), key=worst_deviation)
+    return minor, n_sites - 2 * minor, minor
+
+
 # ------------------------------------------------------------------------------------ shells and tables
 def shell_vectors(shell: int) -> np.ndarray:
     """(z_s, 3) integer FCC vectors of pair shell ``shell`` (0-based) in units of a/2, sorted."""

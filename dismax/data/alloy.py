@@ -2,12 +2,16 @@
 
 The published chemical cluster expansion (:mod:`dismax.cluster_expansion`) on a 4×4×4 conventional FCC
 cell (a = 3.6 Å, 256 sites, Fe 154 Ni 51 Cr 51), sampled by canonical Metropolis Monte Carlo with Kawasaki
-(swap) moves. Per-swap work runs in JAX: a ``lax.scan`` over swap attempts, ``vmap``-ed over independent
+(swap) moves. Reduced cells (``repeats`` < 4, the ``alloy_2x2x2_*`` datasets: 32 sites, Fe20 Ni6 Cr6 from
+:func:`scaled_composition`) use the same expansion; their pair shells 2–7 are at least half the 7.2 Å cell
+long, so a shell vector and its periodic alias can reach the same site, which the neighbour tables count
+with multiplicity: the energy and SRO are those of the infinite crystal that repeats the reduced cell. Per-swap work runs in JAX: a ``lax.scan`` over swap attempts, ``vmap``-ed over independent
 chains, with explicit PRNG keys. Snapshots are reduced to exact integer pair counts, from which energies,
 cluster vectors and Warren–Cowley SRO are computed on the host in float64.
 
 Conventions: species index 0 = Cr, 1 = Fe, 2 = Ni (alphabetical, the ECI order); energies in eV
-(per atom where the name says so); temperatures in K. A *pass* is N = 256 swap attempts.
+(per atom where the name says so); temperatures in K. A *pass* is N swap attempts (N sites;
+256 in the published cell).
 
 Performance (``python benchmarks/alloy_mc.py``: 50 passes at 1500 K, same-run icet 4.0 CanonicalEnsemble,
 2 shared CPU cores). Before the environment scheme (each attempt gathered the species of 2 × 134 shell
@@ -33,9 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from dismax.cluster_expansion import (ATOMIC_NUMBERS, CLUSTER_LABELS, COMPOSITION, N_SHELLS, PUBLISHED_ECI,
-                                      SPECIES, SRO_LABELS, ClusterExpansion, FCCLattice, cluster_vectors,
-                                      energy_per_atom, environment_counts, environment_swap_delta,
-                                      fcc_lattice, pair_counts, shell_multiplicity, warren_cowley)
+                                      REPEATS, SPECIES, SRO_LABELS, ClusterExpansion, FCCLattice,
+                                      cluster_vectors, energy_per_atom, environment_counts,
+                                      environment_swap_delta, fcc_lattice, pair_counts, scaled_composition,
+                                      shell_multiplicity, warren_cowley)
 from dismax.devices import gather_rows, process_share
 from dismax.errors import DismaxInputError
 from dismax.io import write_extxyz
@@ -213,11 +218,14 @@ PROTOCOLS = {
 }
 
 
-@lru_cache(maxsize=1)
-def published_sampler() -> KawasakiSampler:
-    """The Dismai-Bench sampler (4×4×4 cell, Fe154 Ni51 Cr51, published ECIs, float32); cached so that its
-    jit compilations are reused across datasets."""
-    return KawasakiSampler(fcc_lattice(), ClusterExpansion.from_eci(dtype=jnp.float32))
+@lru_cache(maxsize=4)
+def published_sampler(repeats: int = REPEATS) -> KawasakiSampler:
+    """The Dismai-Bench sampler (published ECIs, float32) on a ``repeats``³ FCC supercell with the published
+    composition (Fe154 Ni51 Cr51 for 4×4×4, else :func:`scaled_composition`); cached so that its jit
+    compilations are reused across datasets."""
+    lattice = fcc_lattice(repeats)
+    composition = COMPOSITION if repeats == REPEATS else scaled_composition(lattice.n_sites)
+    return KawasakiSampler(lattice, ClusterExpansion.from_eci(dtype=jnp.float32), composition)
 
 
 class _ChainRunner:
@@ -276,8 +284,10 @@ def narrow_mask(sro: np.ndarray, width: float = 0.1, mean: np.ndarray | None = N
     return np.all(np.abs(sro - mean) <= width, axis=1)
 
 
-def generate_alloy_dataset(temperature: float, selection: str, protocol: AlloyProtocol, seed: int) -> dict:
-    """Run the MC protocol and select structures; returns arrays and metadata (no files written).
+def generate_alloy_dataset(temperature: float, selection: str, protocol: AlloyProtocol, seed: int,
+                           repeats: int = REPEATS) -> dict:
+    """Run the MC protocol on a ``repeats``³ FCC supercell and select structures; returns arrays and metadata
+    (no files written).
 
     ``selection`` is ``"wide"`` (uniform draw from the pool after burn-in) or ``"narrow"`` (uniform draw
     among pool structures whose 12 first/second-shell α lie within ±``narrow_width`` of the mean of the
@@ -285,8 +295,8 @@ def generate_alloy_dataset(temperature: float, selection: str, protocol: AlloyPr
     """
     if selection not in ("wide", "narrow"):
         raise DismaxInputError(f"selection must be 'wide' or 'narrow', got {selection!r}")
-    sampler = published_sampler()
-    lattice = sampler.lattice
+    sampler = published_sampler(repeats)
+    lattice, composition = sampler.lattice, sampler.composition
     key = jax.random.fold_in(jax.random.PRNGKey(seed), int(round(temperature)))
     bar = progress(total=protocol.passes, unit="pass", desc=f"MC {temperature:g} K, {protocol.chains} chains")
     runner = _ChainRunner(sampler, temperature, protocol, key, bar)
@@ -304,7 +314,7 @@ def generate_alloy_dataset(temperature: float, selection: str, protocol: AlloyPr
         max_snapshots = runner.nominal + int(protocol.max_extension * runner.nominal)
         while True:
             occupations, counts, chain, snapshot = runner.pool()
-            sro = warren_cowley(cluster_vectors(counts, COMPOSITION))
+            sro = warren_cowley(cluster_vectors(counts, composition))
             sro_mean = sro.mean(axis=0)
             ok = narrow_mask(sro, protocol.narrow_width, sro_mean)
             ok[wide] = False
@@ -322,9 +332,10 @@ def generate_alloy_dataset(temperature: float, selection: str, protocol: AlloyPr
     bar.close()
 
     counts = counts[chosen]
-    vectors = cluster_vectors(counts, COMPOSITION)
+    vectors = cluster_vectors(counts, composition)
     return {
         "lattice": lattice,
+        "composition": composition,
         "occupations": occupations[chosen].astype(np.int32),
         "counts": counts,
         "cluster_vectors": vectors,
@@ -341,8 +352,9 @@ def generate_alloy_dataset(temperature: float, selection: str, protocol: AlloyPr
 
 
 def write_alloy_dataset(name: str, temperature: float, selection: str, size: str, seed: int,
-                        out_dir: Path, protocol: AlloyProtocol | None = None) -> None:
-    """Build one alloy dataset into ``out_dir``: ``train.extxyz``, ``val.extxyz`` (80/20), ``params.json``.
+                        out_dir: Path, protocol: AlloyProtocol | None = None, repeats: int = REPEATS) -> None:
+    """Build one alloy dataset on a ``repeats``³ FCC supercell into ``out_dir``: ``train.extxyz``,
+    ``val.extxyz`` (80/20), ``params.json``.
 
     Atoms are written in species blocks Cr, Fe, Ni (sites in lattice order within a block); each frame
     carries ``formation_energy`` (CE energy, eV/atom), ``chain`` and ``mc_pass``. ``protocol``
@@ -352,7 +364,7 @@ def write_alloy_dataset(name: str, temperature: float, selection: str, size: str
         if size not in PROTOCOLS:
             raise DismaxInputError(f"size must be one of {sorted(PROTOCOLS)}, got {size!r}")
         protocol = PROTOCOLS[size]
-    data = generate_alloy_dataset(temperature, selection, protocol, seed)
+    data = generate_alloy_dataset(temperature, selection, protocol, seed, repeats)
     lattice: FCCLattice = data["lattice"]
     out_dir = Path(out_dir)
     n = len(data["occupations"])
@@ -390,7 +402,7 @@ def write_alloy_dataset(name: str, temperature: float, selection: str, size: str
         "system": "Fe-Ni-Cr FCC, chemical cluster expansion (Dismai-Bench)",
         "temperature_K": temperature,
         "selection": selection,
-        "composition": dict(zip(SPECIES, COMPOSITION)),
+        "composition": dict(zip(SPECIES, data["composition"])),
         "repeats": lattice.repeats,
         "lattice_constant_A": lattice.lattice_constant,
         "chains": protocol.chains,
@@ -416,14 +428,15 @@ def write_alloy_dataset(name: str, temperature: float, selection: str, size: str
     atomic_write_text(out_dir / "params.json", json.dumps(params, indent=1) + "\n")
 
 
-def _builder(temperature: float, selection: str):
-    name = f"alloy_{temperature:g}K_{selection}"
+def _builder(temperature: float, selection: str, repeats: int = REPEATS):
+    cell = "" if repeats == REPEATS else f"{repeats}x{repeats}x{repeats}_"
+    name = f"alloy_{cell}{temperature:g}K_{selection}"
 
     def build(size: str, seed: int, out_dir: Path) -> None:
-        write_alloy_dataset(name, temperature, selection, size, seed, out_dir)
+        write_alloy_dataset(name, temperature, selection, size, seed, out_dir, repeats=repeats)
 
-    build.__name__ = f"build_{temperature:g}K_{selection}"
-    build.__doc__ = f"Build {name} (T = {temperature:g} K, {selection} SRO) into out_dir."
+    build.__name__ = f"build_{cell}{temperature:g}K_{selection}"
+    build.__doc__ = f"Build {name} (T = {temperature:g} K, {selection} SRO, {repeats}³ FCC cells) into out_dir."
     return build
 
 
@@ -431,3 +444,8 @@ build_300K_wide = _builder(300.0, "wide")
 build_300K_narrow = _builder(300.0, "narrow")
 build_1500K_wide = _builder(1500.0, "wide")
 build_1500K_narrow = _builder(1500.0, "narrow")
+# The reduced 2×2×2 cell (32 sites, Fe20 Ni6 Cr6): a CryinGAN problem small enough to train on a CPU. Wide
+# selection only: with 6 Cr and 6 Ni atoms the α values are coarsely quantised and no snapshot has all 12
+# within ±0.1 of the pool mean (0 of 19,500 at 300 K), so a narrow set cannot be drawn.
+build_2x2x2_300K_wide = _builder(300.0, "wide", repeats=2)
+build_2x2x2_1500K_wide = _builder(1500.0, "wide", repeats=2)

@@ -111,8 +111,10 @@ def best_translation(frac: np.ndarray, lattice: np.ndarray, repeats: int, n_anch
     return shift
 
 
-def site_statistics(frac: np.ndarray, lattice: np.ndarray, repeats: int = 4, align: bool = True):
-    """Per-atom nearest-site distances (B, N) in Å and per-structure fraction of distinct sites (B,).
+def site_statistics(frac: np.ndarray, lattice: np.ndarray, repeats: int = 4, align: bool = True,
+                    tolerance: float = np.inf):
+    """Per-atom nearest-site distances (B, N) in Å and per-structure fraction of distinct sites (B,): the
+    number of different sites nearest to an atom closer than ``tolerance`` Å, divided by N.
 
     ``align``: move the site lattice by the best global translation of every structure first.
     """
@@ -124,8 +126,18 @@ def site_statistics(frac: np.ndarray, lattice: np.ndarray, repeats: int = 4, ali
         shift = best_translation(frac[b], cell, repeats) if align else np.zeros(3)
         vectors, grid = site_displacements(frac[b], cell, repeats, shift)
         distances[b] = np.linalg.norm(vectors, axis=-1)
-        distinct[b] = len(np.unique(grid, axis=0)) / frac.shape[1]
+        distinct[b] = len(np.unique(grid[distances[b] < tolerance], axis=0)) / frac.shape[1]
     return distances, distinct
+
+
+def aligned_site_fraction(frac: np.ndarray, lattice: np.ndarray, repeats: int,
+                          tolerance: float = 0.8) -> tuple[float, float]:
+    """(atoms, sites): the fraction of all atoms of ``frac`` (B, N, 3) within ``tolerance`` Å of a site of the
+    ``repeats``³ FCC supercell ``lattice`` after the best global translation of each structure, and the
+    fraction counting every site once (distinct sites with an atom that close, over N). A collapsed
+    generator that piles all atoms onto one site scores 1 on the first and 1/N on the second."""
+    distances, distinct = site_statistics(frac, lattice, repeats, align=True, tolerance=tolerance)
+    return float(np.mean(distances < tolerance)), float(np.mean(distinct))
 
 
 def neighbour_statistics(frac: np.ndarray, lattice: np.ndarray, cutoff: float = 1.5, k: int = 6):

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dismax.config import load_config
-from dismax.data.loader import BatchLoader, read_training_structures
+from dismax.data.loader import BatchLoader, cubic_translations, read_training_structures
 from dismax.data.registry import dataset_files
 from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.gan.config import Config, DataConfig, EnsembleConfig, ModelConfig, TrainConfig
@@ -132,6 +132,25 @@ def bond_distances_fn(lattice: np.ndarray, n_neighbors: int):
     return jax.jit(lambda frac: bond_distances(frac, lattice, n_neighbors))
 
 
+def translations_off_positions(data: TrainingData, grid: int, tolerance: float = 0.3) -> int:
+    """How many of the ``grid``³ augmentation shifts (i, j, k) / grid move some atom of the first training
+    structure farther than ``tolerance`` Å from every atom position of that structure.
+
+    Zero when the shifts are translations of the structure's site lattice, as in the alloy cells with
+    ``grid`` = conventional cells per axis (4 for 4×4×4, 2 for 2×2×2); a larger grid moves atoms onto
+    interstitial positions (e.g. a/2 along an axis), which is a different training distribution.
+    """
+    frac = np.asarray(data.crystals.frac[0], np.float32)
+    lattice = jnp.asarray(data.lattice[None], jnp.float32)
+    n = len(frac)
+    off = 0
+    for shift in cubic_translations((grid, grid, grid))[1:]:
+        both = jnp.asarray(np.concatenate([(frac + shift) % 1.0, frac])[None], jnp.float32)
+        distances = pairwise_minimum_image_distances(both, lattice)[0, :n, n:]
+        off += int(jnp.max(jnp.min(distances, axis=1)) > tolerance)
+    return off
+
+
 def make_loader(data: TrainingData, config: Config, seed: int) -> BatchLoader:
     """Batches of (Crystals, bond distances) with the configured translation augmentation."""
     grid = config.data.translation_grid
@@ -176,6 +195,13 @@ def make_task(config: Config, run: RunDir) -> TrainingTask:
     if len(data.crystals) < t.batch_size and t.drop_last:
         raise DismaxInputError(f"{data.source}: {len(data.crystals)} structures are fewer than one batch of "
                                f"{t.batch_size}; lower train.batch_size or set train.drop_last=false")
+    if config.data.augmentation != "none":
+        off = translations_off_positions(data, config.data.translation_grid)
+        if off:
+            log.warning("data.translation_grid %d: %d of its %d translations move atoms of %s off the atom "
+                        "positions (not a translation of the site lattice); for an FCC supercell of r conventional "
+                        "cells per axis use translation_grid r", config.data.translation_grid, off,
+                        config.data.translation_grid ** 3 - 1, data.source)
     template = _template(data, config)
     atomic_write_text(run.path / TEMPLATE_FILE, json.dumps(template, indent=1))
     setup = make_setup(config, data.counts, data.lattice)

@@ -147,6 +147,42 @@ def test_shell_multiplicity_and_environments_match_the_neighbour_table(repeats):
     np.testing.assert_array_equal(np.asarray(cluster_expansion.environment_counts(occupation, lattice)), expected)
 
 
+def test_scaled_composition_is_the_closest_with_equal_cr_and_ni():
+    assert cluster_expansion.scaled_composition(256) == cluster_expansion.COMPOSITION
+    assert cluster_expansion.scaled_composition(32) == (6, 20, 6)
+    for n in (32, 108, 500):
+        cr, fe, ni = cluster_expansion.scaled_composition(n)
+        exact = np.asarray(cluster_expansion.COMPOSITION) * n / 256
+        worst = np.abs(np.array([cr, fe, ni]) - exact).max()
+        assert cr == ni and cr + fe + ni == n
+        assert all(np.abs(np.array([c, n - 2 * c, c]) - exact).max() >= worst for c in range(n // 2 + 1))
+
+
+def test_reduced_cell_energy_and_sro_are_those_of_the_repeated_crystal():
+    """In the 2×2×2 cell shells 2–7 reach past half the cell (one site is reached by several shell vectors):
+    energy and cluster vector equal pymatgen's periodic pair count on the 32-site cell and those of the
+    same configuration repeated into the 4×4×4 cell, where no shell aliases."""
+    small, large = cluster_expansion.fcc_lattice(2), cluster_expansion.fcc_lattice(4)
+    assert np.abs(cluster_expansion.SHELL_LENGTHS[1:]).min() >= 7.2 / 2 - 1e-6
+    site_of = {tuple(np.round(f * 4).astype(int)): k for k, f in enumerate(small.frac)}
+    image = np.array([site_of[tuple(np.round(f * 8).astype(int) % 4)] for f in large.frac])
+    rng = np.random.default_rng(8)
+    with jax.enable_x64(True):
+        ce = cluster_expansion.ClusterExpansion.from_eci(dtype=jnp.float64)
+        for _ in range(3):
+            occupation = random_occupation(rng, cluster_expansion.scaled_composition(32))
+            tiled = occupation[image]
+            energy = float(cluster_expansion.total_energy(occupation, small, ce)) / 32
+            assert abs(energy - pymatgen_energy_per_atom(occupation, repeats=2)) < 1e-10
+            assert abs(energy - pymatgen_energy_per_atom(tiled, repeats=4)) < 1e-10
+            vectors = [cluster_expansion.cluster_vectors(np.asarray(cluster_expansion.pair_counts(o, lattice)),
+                                                         np.bincount(o, minlength=3))
+                       for o, lattice in ((occupation, small), (tiled, large))]
+            np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-12)
+            np.testing.assert_allclose(cluster_expansion.warren_cowley(vectors[0]),
+                                       cluster_expansion.warren_cowley(vectors[1]), atol=1e-12)
+
+
 def test_sweep_is_metropolis_on_full_energy_differences():
     """The sweep, which carries incrementally updated environments, makes exactly the accept/reject
     decisions of a plain Metropolis chain on full-energy differences fed the same random draws."""
@@ -270,6 +306,32 @@ def test_written_dataset_is_reproducible(tmp_path):
     for z, site in zip(species, sites):
         occupation[site_of[tuple(site % 8)]] = cluster_expansion.ATOMIC_NUMBERS.index(int(z))
     assert abs(pymatgen_energy_per_atom(occupation) - info[0]["formation_energy"]) < 1e-10
+
+
+def test_reduced_cell_dataset_is_registered_and_written(tmp_path, monkeypatch):
+    from dismax.data import registry
+
+    monkeypatch.setitem(alloy.PROTOCOLS, "small", TINY)
+    assert {"alloy_2x2x2_300K_wide", "alloy_2x2x2_1500K_wide"} <= set(registry.available())
+    out = registry.build_dataset("alloy_2x2x2_1500K_wide", "small", seed=1, out_dir=tmp_path / "d")
+    train, info = read_extxyz(out / "train.extxyz", with_info=True)
+    assert len(train) == 8 and len(read_extxyz(out / "val.extxyz")) == 2
+    np.testing.assert_allclose(np.asarray(train.lattice[0]), np.eye(3) * 7.2)
+    assert np.asarray(train.species[0]).tolist() == [24] * 6 + [26] * 20 + [28] * 6
+    cart = np.asarray(train.cart)
+    np.testing.assert_allclose(cart / 1.8, np.round(cart / 1.8), atol=1e-6)
+    params = json.loads((out / "params.json").read_text())
+    assert params["repeats"] == 2 and params["composition"] == {"Cr": 6, "Fe": 20, "Ni": 6}
+    assert params["attempts_per_pass"] == 32
+    # every structure sits on 32 distinct sites and its stored energy is pymatgen's pair count
+    lattice = cluster_expansion.fcc_lattice(2)
+    site_of = {tuple(np.round(f * 4).astype(int)): k for k, f in enumerate(lattice.frac)}
+    for frame in (0, 5):
+        occupation = np.full(32, -1)
+        for z, site in zip(np.asarray(train.species[frame]), np.round(np.asarray(train.frac[frame]) * 4).astype(int)):
+            occupation[site_of[tuple(site % 4)]] = cluster_expansion.ATOMIC_NUMBERS.index(int(z))
+        assert occupation.min() == 0
+        assert abs(pymatgen_energy_per_atom(occupation, repeats=2) - info[frame]["formation_energy"]) < 1e-6
 
 
 @pytest.mark.slow

@@ -50,6 +50,23 @@ def test_training_data_is_sorted_into_blocks_and_translations_keep_distances(tmp
     np.testing.assert_array_equal(loader.batch(3)[0].frac, trainer.make_loader(data, config, 0).batch(3)[0].frac)
 
 
+def test_translation_check_accepts_the_site_lattice_and_counts_interstitial_shifts(tmp_path, caplog):
+    """2×2×2 FCC cell: the 8 shifts by the cube edge (grid 2) map sites onto sites; of the 64 quarter-cell
+    shifts (grid 4, steps of a/2) the 32 with an odd sum of steps are not FCC vectors and move atoms onto
+    octahedral holes (the 32 with an even sum are the cell's FCC translations)."""
+    path = write_fcc_dataset(tmp_path / "fcc.extxyz", n_structures=4, repeats=(2, 2, 2), counts=(20, 12),
+                             noise=0.0)
+    data = load_training_data(tiny_config(path))
+    assert trainer.translations_off_positions(data, 2) == 0
+    assert trainer.translations_off_positions(data, 4) == 32
+    config = from_dict(Config, {**to_dict(tiny_config(path)), "data": {"train_file": str(path),
+                                                                        "augmentation": "online",
+                                                                        "translation_grid": 4}})
+    with caplog.at_level("WARNING", logger="dismax"):
+        trainer.make_task(config, RunDir(tmp_path / "run").create())
+    assert "32 of its 63 translations move atoms" in caplog.text
+
+
 def final_state(run_dir, config):
     _, _, state = trainer.restore_state(RunDir(run_dir), config)
     return state
