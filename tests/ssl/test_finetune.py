@@ -1,7 +1,6 @@
 """Fine-tuning heads read their labels from extxyz info; a short classification run learns and its parameters
 restore; missing or invalid labels give one ``error:`` line and exit 2."""
 
-import numpy as np
 import pytest
 import yaml
 
