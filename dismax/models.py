@@ -23,6 +23,7 @@ MODELS: dict[str, str] = {
     "potential": "dismax.potentials.trainer",
     "ssl_pretrain": "dismax.ssl.pretrain",
     "ssl_gan": "dismax.ssl.gan",
+    "ssl_finetune": "dismax.ssl.finetune",
 }
 
 

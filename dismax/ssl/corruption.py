@@ -95,10 +95,15 @@ def add_noise(key, frac, lattice, atom_mask, sigma):
     return wrap(frac + cart_to_frac(noise, lattice)), noise
 
 
+def corrupt_with_mask(key, frac, lattice, species, atom_mask, masked, config: CorruptionConfig) -> Corrupted:
+    """Mask the atoms ``masked`` (N,) bool (e.g. the evaluation's fixed masks) and add positional noise."""
+    sigma = config.sigma_ratio * minimum_distance(frac, lattice, atom_mask, config.single_atom_distance)
+    noisy, noise = add_noise(key, frac, lattice, atom_mask, sigma)
+    return Corrupted(noisy, jnp.where(masked, MASK_TOKEN, species), masked, noise, sigma)
+
+
 def corrupt(key, frac, lattice, species, atom_mask, config: CorruptionConfig) -> Corrupted:
     """Mask species and add positional noise to one structure (see module docstring)."""
     mask_key, noise_key = jax.random.split(key)
-    masked_species, masked = mask_species(mask_key, species, atom_mask, config)
-    sigma = config.sigma_ratio * minimum_distance(frac, lattice, atom_mask, config.single_atom_distance)
-    noisy, noise = add_noise(noise_key, frac, lattice, atom_mask, sigma)
-    return Corrupted(noisy, masked_species, masked, noise, sigma)
+    _, masked = mask_species(mask_key, species, atom_mask, config)
+    return corrupt_with_mask(noise_key, frac, lattice, species, atom_mask, masked, config)

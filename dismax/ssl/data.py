@@ -111,23 +111,28 @@ def _split(structures: StructureSet, seed: int) -> tuple[StructureSet, Structure
     return tuple(structures.select(part) for part in split_indices(len(structures), seed))
 
 
+def read_any(path: str | Path) -> StructureSet:
+    """Every structure of an extxyz file, a folder of CIF files or a CDVAE-format CSV."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        cifs = sorted(p for p in path.iterdir() if p.suffix.lower() in CIF_SUFFIXES)
+        if not cifs:
+            raise DismaxInputError(f"'{path}' contains no .cif files")
+        return StructureSet.from_structures([read_cif(p, fixed_composition=False) for p in cifs])
+    if path.suffix.lower() == ".csv":
+        return StructureSet.from_structures([Crystals.from_pymatgen([s]) for s in read_cdvae_csv(path)])
+    if path.suffix.lower() in (".extxyz", ".xyz"):
+        return read_structure_set(path)
+    raise DismaxInputError(f"'{path}' is neither an extxyz file, a folder of CIF files nor a CDVAE-format .csv")
+
+
 def read_sets(config: DataConfig) -> tuple[StructureSet, StructureSet, StructureSet | None]:
     """(train, val, test or None) as StructureSets, before capping and padding."""
     if config.train_file:
         train, val = dataset_files("", train_file=config.train_file, val_file=config.val_file)
         return read_structure_set(train), read_structure_set(val), None
     if config.path:
-        path = Path(config.path).expanduser()
-        if path.is_dir():
-            cifs = sorted(p for p in path.iterdir() if p.suffix.lower() in CIF_SUFFIXES)
-            if not cifs:
-                raise DismaxInputError(f"'{path}' contains no .cif files")
-            structures = StructureSet.from_structures([read_cif(p, fixed_composition=False) for p in cifs])
-        elif path.suffix.lower() == ".csv":
-            structures = StructureSet.from_structures([Crystals.from_pymatgen([s]) for s in read_cdvae_csv(path)])
-        else:
-            raise DismaxInputError(f"data.path '{path}' is neither a folder of CIF files nor a CDVAE-format .csv")
-        return _split(structures, config.split_seed)
+        return _split(read_any(config.path), config.split_seed)
     if config.dataset in ORDERED_FROM_DISORDERED:
         directory = ensure_dataset(config.dataset, config.size, config.dataset_seed)
         cifs = sorted(p for p in directory.iterdir() if p.suffix.lower() in CIF_SUFFIXES)

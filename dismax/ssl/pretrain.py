@@ -15,7 +15,6 @@ RMS positional error after one denoising pass next to the input noise (the zero-
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path

@@ -1,18 +1,22 @@
 """Pre-training through ``python -m dismax.train``: the loss falls, the checkpoint restores, repaired samples
 are written, bad inputs give one ``error:`` line and exit 2."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
 
 from dismax import sample as sample_cli
 from dismax import train as train_cli
+from dismax.bench import __main__ as bench_cli
+from dismax.bench.ssl_eval import sample_masks
 from dismax.cli import main_wrapper
 from dismax.io import read_structure_set
 from dismax.runs import RunDir
+from dismax.ssl.data import PaddedSet
 from dismax.ssl.pretrain import restore_generator
-from dismax.training import restore_checkpoint
-from tests.ssl.helpers import write_tiny_config
+from tests.ssl.helpers import rock_salt_set, write_tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +40,8 @@ def test_short_pretraining_lowers_the_loss(trained):
 @pytest.mark.slow
 def test_checkpoint_round_trip_and_samples(trained, capsys):
     run = RunDir(trained / "run")
-    _, network, params = restore_generator(run)
-    _, _, again = restore_generator(run, "best")
+    params = restore_generator(run).params
+    again = restore_generator(run, "best").params
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     out = trained / "repaired.extxyz"
@@ -58,3 +62,34 @@ def test_bad_inputs_exit_2_with_one_error_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and err[0].startswith("error:") and fragment in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_bench_ssl_evaluation_writes_every_setting(trained, capsys):
+    out = trained / "eval"
+    args = ["ssl", "--run-dir", str(trained / "run"), "--data", str(trained / "val.extxyz"), "--mask", "alpha",
+            "gamma", "--noise", "0.1", "0.2", "--repeats", "2", "--out", str(out), "--batch-size", "4"]
+    assert main_wrapper(bench_cli.main, args) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    rows = report["settings"]
+    assert [(r["mask"], r["noise"]) for r in rows] == [("alpha", 0.1), ("alpha", 0.2), ("gamma", 0.1), ("gamma", 0.2)]
+    assert rows[0]["n_samples"] == 4 * 2 and rows[2]["n_samples"] == 4 * 2   # 2 species; 2 repeats
+    for row in rows:
+        for key in ("structural_validity", "compositional_validity", "compositional_similarity", "novelty",
+                    "masked_species_accuracy"):
+            assert 0.0 <= row[key] <= 1.0
+        assert row["position_rms_input"] > 0
+    assert rows[1]["position_rms_input"] > rows[0]["position_rms_input"]
+    assert (out / "plots" / "ssl_eval.png").stat().st_size > 0
+
+
+def test_evaluation_masks_follow_the_protocol(tmp_path, capsys):
+    test = PaddedSet(*rock_salt_set(3).padded())
+    indices, masks = sample_masks(test, "alpha", 5, np.random.default_rng(0))
+    assert indices.tolist() == [0, 0, 1, 1, 2, 2] and (masks.sum(axis=1) == [4, 4, 4, 2, 4, 4]).all()
+    indices, masks = sample_masks(test, "gamma", 5, np.random.default_rng(0))
+    assert len(indices) == 15 and (masks.sum(axis=1) == np.repeat([3, 2, 3], 5)).all()
+    assert not (masks & ~test.atom_mask[indices]).any()
+    code = main_wrapper(bench_cli.main, ["ssl", "--run-dir", str(tmp_path), "--data", "x.extxyz"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "not a run directory" in err[0]
