@@ -13,6 +13,7 @@ BUILDERS: dict[str, str] = {
     "alloy_2x2x2_300K_wide": "dismax.data.alloy:build_2x2x2_300K_wide",
     "alloy_2x2x2_1500K_wide": "dismax.data.alloy:build_2x2x2_1500K_wide",
     "a_si": "dismax.data.a_si:build",
+    "interface": "dismax.data.interface:build",
     "disordered_demo": "dismax.vae.demo:build",
 }
 # datasets that are not extxyz train/val pairs: the files their builder must write

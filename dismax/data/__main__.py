@@ -7,6 +7,7 @@ import sys
 
 from dismax.cli import main_wrapper
 from dismax.devices import add_distributed_arguments, initialize_from_args
+from dismax.errors import DismaxInputError
 from dismax.validation import DEFAULT_MIN_DISTANCE, MIN_DISTANCE, min_distance_for, require_valid
 
 
@@ -22,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="small: builds in minutes on a CPU; full: the published size (default: small)")
     build.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
     build.add_argument("--out", default=None, help="output directory (default: the dismax cache)")
+    build.add_argument("--potential", default=None,
+                       help="interface only: the relaxation potential (default: the shipped interface_chgnet; "
+                            "none = unrelaxed random interfaces; another one needs --out)")
     add_distributed_arguments(build)
     commands.add_parser("list", help="list available datasets and where they are cached")
     register = commands.add_parser("register", help="register your own extxyz files under a name")
@@ -61,13 +65,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "build":
         initialize_from_args(args)
-        directory = registry.build_dataset(args.name, args.size, args.seed, args.out)
+        options = {}
+        if args.potential is not None:
+            if args.name != "interface":
+                raise DismaxInputError("--potential applies to the interface dataset only")
+            if args.out is None:
+                raise DismaxInputError("--potential needs --out DIR (the cache holds the default potential's build)")
+            options["potential"] = args.potential
+        directory = registry.build_dataset(args.name, args.size, args.seed, args.out, options)
         print(directory)
     elif args.command == "list":
         for name in registry.available():
             try:
                 directory = registry.dataset_dir(name)
-                state = "ready" if registry.is_complete(directory) else "not built"
+                state = "ready" if registry.is_complete(directory, name) else "not built"
             except Exception:  # noqa: BLE001 - listing must not fail on one bad entry
                 directory, state = "?", "unavailable"
             print(f"{name:24s} {state:10s} {directory}")

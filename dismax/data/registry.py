@@ -52,35 +52,39 @@ def dataset_dir(name: str, size: str = "small", seed: int = 0) -> Path:
     return cache_root() / "datasets" / name / f"{size}-seed{seed}"
 
 
-def is_complete(directory: Path) -> bool:
-    return all((Path(directory) / f).is_file() for f in ("train.extxyz", "val.extxyz"))
+def is_complete(directory: Path, name: str | None = None) -> bool:
+    """Whether ``directory`` holds the files a build of dataset ``name`` writes (train/val extxyz by default)."""
+    files = BUILT_FILES.get(name, ("train.extxyz", "val.extxyz"))
+    return all((Path(directory) / f).is_file() for f in files)
 
 
-def build_dataset(name: str, size: str = "small", seed: int = 0, out_dir: str | Path | None = None) -> Path:
+def build_dataset(name: str, size: str = "small", seed: int = 0, out_dir: str | Path | None = None,
+                  options: dict | None = None) -> Path:
     """Build dataset ``name`` into ``out_dir`` (default: the cache) and return the directory.
 
     The builder writes into a temporary sibling directory that is renamed when complete, so an
     interrupted build never leaves a directory that looks finished. Builds of one folder take turns
     (a second build waits for the first); the next build removes a killed build's staging folder. In a
     multi-process run every process runs the builder (which may split its work across them) and process 0
-    alone writes the folder.
+    alone writes the folder. ``options`` are extra keyword arguments of the builder (e.g. the interface's
+    ``potential``).
     """
     _check_buildable(name, size)
     target = Path(out_dir) if out_dir is not None else dataset_dir(name, size, seed)
     with exclusive_lock(target, "dataset folder", wait=True):
         if is_primary():
-            _build_into(name, size, seed, target)
+            _build_into(name, size, seed, target, options or {})
         else:
             with tempfile.TemporaryDirectory() as scratch:
-                _builder(name)(size=size, seed=seed, out_dir=Path(scratch))
+                _builder(name)(size=size, seed=seed, out_dir=Path(scratch), **(options or {}))
     barrier(f"dataset {target} built")
     return target
 
 
-def _build_into(name: str, size: str, seed: int, target: Path) -> None:
+def _build_into(name: str, size: str, seed: int, target: Path, options: dict) -> None:
     staging = make_staging_dir(target)
     try:
-        _builder(name)(size=size, seed=seed, out_dir=staging)
+        _builder(name)(size=size, seed=seed, out_dir=staging, **options)
         missing = [f for f in BUILT_FILES.get(name, DATASET_FILES) if not (staging / f).is_file()]
         if missing:
             raise RuntimeError(f"builder of '{name}' did not write {missing}")
@@ -101,12 +105,12 @@ def _build_into(name: str, size: str, seed: int, target: Path) -> None:
 def ensure_dataset(name: str, size: str = "small", seed: int = 0) -> Path:
     """The directory of dataset ``name``, building (and caching) it first if needed."""
     directory = dataset_dir(name, size, seed)
-    if on_all_processes(is_complete(directory)):  # every process of a run takes the same branch
+    if on_all_processes(is_complete(directory, name)):  # every process of a run takes the same branch
         return directory
     if name in _registered():
         raise DismaxInputError(f"registered dataset '{name}' is missing its files in {directory}")
     with exclusive_lock(directory, "dataset folder", wait=True):
-        if on_all_processes(is_complete(directory)):  # built by another process while this one waited
+        if on_all_processes(is_complete(directory, name)):  # built by another process while this one waited
             return directory
         log.info("dataset '%s' (size %s, seed %d) not in the cache; building it into %s", name, size, seed,
                  directory)

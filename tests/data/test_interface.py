@@ -1,0 +1,221 @@
+"""The Li3ScCl6(100) | LiCoO2(110) interface builder against the spec's measured recipe and pymatgen."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dismax.data import BUILDERS
+from dismax.data import interface as I
+from dismax.geometry import displacements, pairwise_minimum_image_distances
+from dismax.io import read_extxyz
+
+PAPER_CELL = (12.46997, 17.19967, 75.6674)
+
+
+@pytest.fixture(scope="module")
+def slabs():
+    return I.lco_slab(), I.lsc_slab()
+
+
+@pytest.fixture(scope="module")
+def interfaces(slabs):
+    # seed 0, indices 1 and 3: gaps of 5.8 Å, filled without restarts (fast)
+    return [I.random_interface(0, i, slabs=slabs) for i in (1, 3)]
+
+
+def _structure(frac, species, lattice):
+    from pymatgen.core import Lattice, Structure
+
+    return Structure(Lattice(lattice), [int(z) for z in species], frac)
+
+
+def test_in_plane_cell_is_the_papers():
+    lu, lv, angle, area = I.in_plane_cell(I.supercell_vectors(I.lco_bulk()[2], I.LCO_SURFACE_BASIS, I.M_LCO))
+    np.testing.assert_allclose((lu, lv, angle), PAPER_CELL, atol=1e-4)
+    assert area == pytest.approx(207.804, abs=1e-3)
+    # the LSC supercell on the experimental lattice (spec §2.1)
+    lsc = I.in_plane_cell(I.supercell_vectors(I.lsc_bulk()[2], I.LSC_SURFACE_BASIS, I.M_LSC))
+    np.testing.assert_allclose(lsc[:3], (12.756, 16.890, 79.25), atol=2e-3)
+
+
+def test_bulk_structures_match_pymatgen_space_groups():
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    frac, species, lattice = I.lco_bulk()
+    ours = _structure(frac, species, lattice)
+    reference = Structure.from_spacegroup("R-3m", Lattice.hexagonal(I.LCO_A, I.LCO_C), ["Co", "Li", "O"],
+                                          [[0, 0, 0], [0, 0, 0.5], [0, 0, I.LCO_Z_O]])
+    assert StructureMatcher().fit(ours, reference)
+    assert SpacegroupAnalyzer(ours, symprec=1e-3).get_space_group_number() == 166
+    # on the experimental lattice: Co-O 1.922 Å x 6, Li-O 2.092 Å x 6 (spec §1.1)
+    frac, species, lattice = I.lco_bulk(I.InterfaceRecipe(lco_a=2.816, lco_c=14.05))
+    experimental = _structure(frac, species, lattice)
+    for element, bond in ((I.CO, 1.922), (I.LI, 2.092)):
+        site = experimental[int(np.flatnonzero(species == element)[0])]
+        bonds = [n.nn_distance for n in experimental.get_neighbors(site, 2.3)]
+        assert len(bonds) == 6 and np.allclose(bonds, bond, atol=1e-3)
+
+    for order, li_site in (("vac4g", [0, 1 / 6, 0.5]), ("li4g", [0, 1 / 3, 0])):
+        frac, species, lattice = I.lsc_bulk(order)
+        ours = _structure(frac, species, lattice)
+        reference = Structure.from_spacegroup("C2/m", Lattice.monoclinic(*I.LSC_LATTICE), ["Sc", "Li", "Li", "Cl", "Cl"],
+                                              [[0, 0, 0], li_site, [0, 0.5, 0.5], [0.75, 0, 0.25], [0.25, 1 / 6, 0.25]])
+        assert StructureMatcher().fit(ours, reference), order
+        assert SpacegroupAnalyzer(ours, symprec=1e-3).get_space_group_number() == 12
+        for site in ours:
+            if site.specie.symbol != "Cl":  # every cation octahedral, 2.60-2.62 Å
+                bonds = [n.nn_distance for n in ours.get_neighbors(site, 3.0)]
+                assert len(bonds) == 6 and min(bonds) > 2.59 and max(bonds) < 2.63
+
+
+@pytest.mark.slow  # importing pymatgen's interface module takes ~40 s on a busy 2-core CPU; the search is fast
+def test_match_matrices_are_the_smallest_zsl_match():
+    from pymatgen.analysis.interfaces.zsl import ZSLGenerator
+
+    lco_basis = I.LCO_SURFACE_BASIS @ I.lco_bulk()[2]
+    lsc_basis = I.LSC_SURFACE_BASIS @ I.lsc_bulk()[2]
+    generator = ZSLGenerator(max_area_ratio_tol=0.1, max_area=450, max_length_tol=0.05, max_angle_tol=0.05)
+    smallest = min(generator(lsc_basis, lco_basis, lowest=True), key=lambda m: np.linalg.norm(np.cross(*m.film_sl_vectors)))
+    for found, basis, matrix in ((smallest.film_sl_vectors, lsc_basis, I.M_LSC),
+                                 (smallest.substrate_sl_vectors, lco_basis, I.M_LCO)):
+        # the same superlattice: ZSL's supercell vectors are a unimodular recombination of M·basis
+        coefficients = np.linalg.lstsq(basis.T, np.asarray(found).T, rcond=None)[0].T
+        change = coefficients @ np.linalg.inv(matrix)
+        np.testing.assert_allclose(change, np.round(change), atol=1e-6)
+        assert abs(round(np.linalg.det(change))) == 1
+    # and tighter tolerances find nothing (spec §2.1)
+    assert not list(ZSLGenerator(max_area=400, max_length_tol=0.03, max_angle_tol=0.01)(lsc_basis, lco_basis,
+                                                                                        lowest=True))
+
+
+def _plane_compositions(slab):
+    return [{int(z): int(np.sum((slab.plane == p) & (slab.species == z))) for z in np.unique(slab.species)
+             if np.any((slab.plane == p) & (slab.species == z))} for p in np.unique(slab.plane)]
+
+
+def test_slab_plane_compositions_and_heights(slabs):
+    lco, lsc = slabs
+    assert _plane_compositions(lco) == [{I.LI: 9, I.O: 18, I.CO: 9}] * 4
+    np.testing.assert_allclose([lco.heights[lco.plane == p].mean() for p in range(4)],
+                               np.arange(4) * I.LCO_A / 2, atol=1e-6)
+    cations = {I.LI: 9, I.SC: 3}
+    assert _plane_compositions(lsc) == [{I.CL: 9}, cations, {I.CL: 18}, cations, {I.CL: 18}, cations, {I.CL: 9}]
+    np.testing.assert_allclose([lsc.heights[lsc.plane == p].mean() for p in range(7)],
+                               [0.0, 1.51, 3.01, 4.52, 6.02, 7.52, 9.03], atol=0.01)
+    # the Tasker-2b half-planes are spread out (spec: 3.68 Å between their Cl)
+    for p in (0, 6):
+        xyz = np.concatenate([lsc.frac2d[lsc.plane == p], np.zeros((9, 1))], axis=1)
+        cell = np.diag([1.0, 1.0, 100.0])
+        cell[:2] = I.interface_in_plane_lattice()
+        d = np.linalg.norm(displacements(xyz @ cell, xyz @ cell, cell), axis=-1) + 99 * np.eye(9)
+        assert d.min() > 3.5
+
+
+def test_random_interface_composition_distances_and_order(interfaces):
+    for structure in interfaces:
+        counts = {int(z): int(np.sum(structure.species == z)) for z in np.unique(structure.species)}
+        assert counts == I.COMPOSITION and len(structure.species) == I.N_ATOMS
+        lattice = structure.lattice
+        np.testing.assert_allclose(I.in_plane_cell(lattice[:2])[:3], PAPER_CELL, atol=1e-4)
+        assert 4.0 <= structure.thickness <= 6.0
+        d = np.array(pairwise_minimum_image_distances(structure.frac[None], lattice[None]))[0] + 99 * np.eye(264)
+        assert d.min() >= 1.5
+        # element blocks Li, Sc, Co, Cl, O
+        blocks = [structure.species[0]] + [z for a, z in zip(structure.species, structure.species[1:]) if a != z]
+        assert blocks == list(I.ELEMENT_ORDER)
+        z = structure.frac[:, 2] * lattice[2, 2]
+        z_lco_top = I.InterfaceRecipe().vacuum / 2 + 3 * I.LCO_A / 2
+        z_lsc = z_lco_top + structure.thickness
+        region = (z > z_lco_top + 1e-6) & (z < z_lsc - 1e-6)
+        # the first 9 Li, 3 Sc and 18 Cl are the interface atoms, and only they sit inside the gap
+        first = np.zeros(264, bool)
+        for element, count in I.REGION_COUNTS.items():
+            first[np.flatnonzero(structure.species == element)[:count]] = True
+        assert np.all(region[first]) and not np.any(region[~first])
+        # the next 9 Li are the top LCO plane
+        li = np.flatnonzero(structure.species == I.LI)
+        np.testing.assert_allclose(z[li[9:18]], z_lco_top, atol=1e-6)
+
+
+def test_slab_atoms_keep_their_order_and_seeds_repeat(slabs, interfaces):
+    a, b = interfaces
+    assert np.array_equal(a.species, b.species)
+    # LCO atoms are not shifted: identical positions in every structure
+    lco = (a.frac[:, 2] * a.lattice[2, 2]) < I.InterfaceRecipe().vacuum / 2 + 3 * I.LCO_A / 2 + 0.1
+    first = np.zeros(264, bool)
+    for element, count in I.REGION_COUNTS.items():
+        first[np.flatnonzero(a.species == element)[:count]] = True
+    cart_a, cart_b = a.frac @ a.lattice, b.frac @ b.lattice
+    np.testing.assert_allclose(cart_a[lco & ~first], cart_b[lco & ~first], atol=1e-9)
+    again = I.random_interface(0, 3, slabs=slabs)
+    assert np.array_equal(again.frac, b.frac) and again.thickness == b.thickness
+
+
+def test_build_unrelaxed_is_reproducible_and_labelled(tmp_path):
+    assert BUILDERS["interface"] == "dismax.data.interface:build"
+    settings = I.BuildSettings(n_candidates=2)  # seed 4: both filled without restarts
+    outputs = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        out.mkdir()
+        I.build("small", 4, out, potential="none", settings=settings, work_dir=tmp_path / f"work-{run}")
+        outputs.append(out)
+        assert not (tmp_path / f"work-{run}").exists()  # the work folder goes once the build is complete
+    for name in ("train.extxyz", "val.extxyz", "params.json"):
+        assert (outputs[0] / name).read_bytes() == (outputs[1] / name).read_bytes()
+    train, val = read_extxyz(outputs[0] / "train.extxyz"), read_extxyz(outputs[0] / "val.extxyz")
+    assert (len(train), len(val)) == (1, 1) and train.n_atoms == 264
+    params = json.loads((outputs[0] / "params.json").read_text())
+    assert "stand-in for the paper's M3GNet/DFT" in params["description"]
+    assert "not the published dataset" in params["description"]
+    assert {s["index"] for s in params["structures"]} == {0, 1}
+    assert params["summary"] == {"relaxed": False}
+
+
+def test_interface_energies_window():
+    e = np.array([-5.40, -5.39, -5.38])
+    gamma, e_ref = I.interface_energies(e, 264, 207.804)
+    # 0.4 J/m² over 207.8 Å² and 264 atoms is 19.7 meV/atom; 20.354 J/m² per eV/atom
+    assert e_ref == pytest.approx(-5.40 + 0.0197, abs=1e-4)
+    np.testing.assert_allclose(gamma - gamma[0], (e - e[0]) * 20.354, atol=2e-3)
+    assert gamma[0] == pytest.approx(-0.4) and gamma[1] < 0 < gamma[2]
+
+
+def test_interface_fingerprint_matches_the_published_settings(interfaces):
+    """The 109 values of dismax's interface fingerprint on a built interface against an independent
+    computation with the published settings (Dismai-Bench ``get_int_motifs.py``): CrystalNN with
+    ``cation_anion=True`` on oxidation states Li+ Sc3+ Co3+ Cl- O2-, matminer's order parameters with
+    ``wt`` first for CN 1..24, then per CN the Cl and O fractions of the neighbours (0 when wt = 0)."""
+    pytest.importorskip("matminer")
+    from matminer.featurizers.site.fingerprint import CrystalNNFingerprint
+    from pymatgen.analysis.local_env import CrystalNN
+
+    from dismax.bench import motifs as M
+
+    structure = interfaces[0]
+    sites = [0, 9, 72, 75, 84, 95]  # interface Li, top-LCO Li, interface Sc, LSC Sc, top-LCO Co, interior Co
+    pymatgen_structure = _structure(structure.frac, structure.species, structure.lattice)
+    pymatgen_structure.add_oxidation_state_by_element({"Li": 1, "Sc": 3, "Co": 3, "Cl": -1, "O": -2})
+    fingerprinter = M.MotifFingerprinter(cation_anion=True, species_fractions=M.INTERFACE_ANIONS)
+    ours = np.array([fingerprinter.site(M._to_structure(structure.frac, structure.lattice, structure.species,
+                                                        M.INTERFACE_OXIDATION), site) for site in sites])
+    op_types = {cn: ["wt"] + [label for label, _, _ in M.MOTIFS.get(cn, [])] for cn in range(1, 25)}
+    motifs = CrystalNNFingerprint(op_types=op_types, cation_anion=True)
+    crystalnn = CrystalNN(cation_anion=True)
+    for row, site in enumerate(sites):
+        nn_data = crystalnn.get_nn_data(pymatgen_structure, site)
+        fractions = []
+        for cn in range(1, 25):
+            weight = nn_data.cn_weights.get(cn, 0)
+            symbols = [entry["site"].specie.symbol for entry in nn_data.cn_nninfo[cn]] if weight else []
+            fractions += [symbols.count("Cl") / cn, symbols.count("O") / cn] if weight else [0, 0]
+        expected = np.concatenate([motifs.featurize(pymatgen_structure, site), fractions])
+        assert expected.shape == (109,)
+        np.testing.assert_allclose(ours[row], expected, atol=1e-12)
+    # an interior LCO Co is octahedral with six O
+    cn_weights = ours[-1, [M.motif_labels().index(f"wt CN_{cn}") for cn in range(1, 25)]]
+    assert np.argmax(cn_weights) + 1 == 6
+    assert ours[-1, M.motif_labels(M.INTERFACE_ANIONS).index("O fraction coord num 6")] == 1.0
