@@ -124,8 +124,7 @@ def main() -> None:
     cost = step_cost(crystals, potential, FireSettings())
     batch_steps = int(ours.steps.max())  # the chunk advances together until its last structure stops
     print(f"XLA cost of one batched force evaluation: {cost['flops'] / n / 1e6:.2f} MFLOP and "
-          f"{cost['bytes'] / n / 1e6:.2f} MB per structure-step (capacity {cost['capacity']}, "
-          f"compact {cost['compact']})")
+          f"{cost['bytes'] / n / 1e6:.2f} MB per structure-step (table capacity {cost['capacity']})")
     print(roofline(cost["flops"] * batch_steps, cost["bytes"] * batch_steps, ours_time, matmul_probe(),
                    bandwidth_probe()))
     if args.profile:
