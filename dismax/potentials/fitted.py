@@ -111,5 +111,6 @@ def load_exported(path, name: str | None = None) -> LearnedPotential:
         raise DismaxInputError(f"potential file '{path}' does not exist")
     content = serialization.msgpack_restore(path.read_bytes())
     record = json.loads(content["record"])
-    return LearnedPotential(NetworkConfig(**record["network"]), tuple(record["species"]), content["params"],
+    params = jax.tree.map(jax.numpy.asarray, content["params"])  # device arrays: the programs close over them
+    return LearnedPotential(NetworkConfig(**record["network"]), tuple(record["species"]), params,
                             record["shift"], record["scale"], name=name or path.stem)

@@ -19,6 +19,7 @@ def test_export_round_trip(tmp_path):
     path = export_potential(original, tmp_path / "p.msgpack", description="test")
     loaded = load_exported(path)
     assert loaded.species == (3, 8) and loaded.config == config and loaded.name == "p"
+    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(loaded.params))  # traceable by relax()
     rng = np.random.default_rng(0)
     crystals = Crystals(rng.random((2, 16, 3)), np.tile(np.eye(3) * 6.5, (2, 1, 1)), np.tile([3] * 8 + [8] * 8, (2, 1)))
     for a, b in zip(original.energies_and_forces(crystals), loaded.energies_and_forces(crystals)):
