@@ -332,8 +332,9 @@ class Neighbors(NamedTuple):
     vectors: jax.Array
 
 
-def _select_knn_centred(frac: jax.Array, lattice: jax.Array, k: int):
-    """K nearest neighbours (N, K) among centred differences only and their images (N, K, 3).
+def _select_knn_centred(frac: jax.Array, lattice: jax.Array, atom_mask: jax.Array, k: int):
+    """K nearest neighbours (N, K) among centred differences only and their images (N, K, 3); atoms outside
+    ``atom_mask`` (N,) are never chosen while real atoms remain.
 
     Exact whenever the K-th distance is below half the smallest perpendicular width: a vector shorter
     than that has all fractional components in (-1/2, 1/2), so it is the centred one, and every other
@@ -343,14 +344,15 @@ def _select_knn_centred(frac: jax.Array, lattice: jax.Array, k: int):
     n = frac.shape[0]
     centred, _ = _centred_difference(frac)
     squared = jnp.sum(_to_cart(centred, lattice) ** 2, axis=-1)
-    squared = jnp.where(jnp.eye(n, dtype=bool), jnp.inf, squared)
+    squared = jnp.where(jnp.eye(n, dtype=bool) | ~atom_mask[None, :], jnp.inf, squared)
     _, indices = jax.lax.top_k(-squared, k)
     images = -_pair_shift(frac, jnp.arange(n)[:, None], indices)
     return indices.astype(jnp.int32), images
 
 
-def _select_knn_images(frac: jax.Array, lattice: jax.Array, k: int, offsets: np.ndarray):
-    """K nearest neighbours (N, K) and their images (N, K, 3) over all offsets, merged offset by offset."""
+def _select_knn_images(frac: jax.Array, lattice: jax.Array, atom_mask: jax.Array, k: int, offsets: np.ndarray):
+    """K nearest neighbours (N, K) and their images (N, K, 3) over all offsets, merged offset by offset
+    (atoms outside ``atom_mask`` (N,) last)."""
     n = frac.shape[0]
     centred, _ = _centred_difference(frac)
     centred_cart = _to_cart(centred, lattice)
@@ -362,7 +364,7 @@ def _select_knn_images(frac: jax.Array, lattice: jax.Array, k: int, offsets: np.
         best_squared, best_code = carry
         index, offset = inputs
         squared = jnp.sum((centred_cart + offset) ** 2, axis=-1)
-        squared = jnp.where(is_self & (index == 0), jnp.inf, squared)
+        squared = jnp.where((is_self & (index == 0)) | ~atom_mask[None, :], jnp.inf, squared)
         codes = jnp.broadcast_to(index * n + columns, (n, n))
         merged_squared = jnp.concatenate([best_squared, squared], axis=-1)
         merged_codes = jnp.concatenate([best_code, codes], axis=-1)
@@ -384,7 +386,8 @@ def _gather_vectors(frac, lattice, centers, neighbors, images):
 
 
 @partial(jax.jit, static_argnames=("k", "n_images"))
-def knn(frac: jax.Array, lattice: jax.Array, k: int, n_images: ImageCounts = 1) -> Neighbors:
+def knn(frac: jax.Array, lattice: jax.Array, k: int, n_images: ImageCounts = 1,
+        atom_mask: jax.Array | None = None) -> Neighbors:
     """K nearest neighbours of every atom over periodic images, self (zero offset) excluded.
 
     ``frac`` (B, N, 3), ``lattice`` (B, 3, 3); returns :class:`Neighbors` with distances sorted
@@ -396,9 +399,12 @@ def knn(frac: jax.Array, lattice: jax.Array, k: int, n_images: ImageCounts = 1) 
     and ``lattice``. The result is complete where
     ``distances[..., -1] < search_radius(lattice, n_images)[:, None]`` (spec: check this for CryinGAN).
     Under an outer ``jax.vmap`` (one structure per call) the image search still runs only when some
-    structure of the vmapped batch needs it.
+    structure of the vmapped batch needs it. ``atom_mask`` (B, N) marks the real atoms of padded
+    structures: padding atoms fill a real atom's slots only after all its real candidates (callers mask
+    those slots), so the real atoms' neighbours do not depend on the padding.
     """
     _check_batched(frac, lattice, "knn")
+    atom_mask = jnp.ones(frac.shape[:2], bool) if atom_mask is None else jnp.asarray(atom_mask, bool)
     offsets = image_offsets(n_images)
     n = frac.shape[1]
     if k < 1 or k > n * len(offsets) - 1:
@@ -409,19 +415,24 @@ def knn(frac: jax.Array, lattice: jax.Array, k: int, n_images: ImageCounts = 1) 
 
     frac_fixed, lattice_fixed = jax.lax.stop_gradient(frac), jax.lax.stop_gradient(lattice)
     if k > n - 1:  # more neighbours than other atoms in the cell: only the image search can supply them
-        indices, images = jax.vmap(partial(_select_knn_images, k=k, offsets=offsets))(frac_fixed, lattice_fixed)
+        indices, images = jax.vmap(partial(_select_knn_images, k=k, offsets=offsets))(
+            frac_fixed, lattice_fixed, atom_mask)
     else:
-        indices, images = jax.vmap(partial(_select_knn_centred, k=k))(frac_fixed, lattice_fixed)
+        indices, images = jax.vmap(partial(_select_knn_centred, k=k))(frac_fixed, lattice_fixed, atom_mask)
     centers = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None], indices.shape[1:])
     if len(offsets) > 1 and k <= n - 1:
-        kth_distance = jnp.max(_safe_norm(jax.vmap(_gather_vectors, in_axes=(0, 0, None, 0, 0))(
-            frac_fixed, lattice_fixed, centers, indices, images)), axis=-1)
+        selected = _safe_norm(jax.vmap(_gather_vectors, in_axes=(0, 0, None, 0, 0))(
+            frac_fixed, lattice_fixed, centers, indices, images))
+        real_neighbour = jnp.take_along_axis(atom_mask[:, None, :], indices, axis=-1)
+        kth_distance = jnp.max(jnp.where(real_neighbour, selected, jnp.inf), axis=-1)
+        kth_distance = jnp.where(atom_mask, kth_distance, 0.0)  # padding rows need no search
         safe_radius = 0.5 * (1.0 - 1e-4) * jnp.min(perpendicular_widths(lattice_fixed), axis=-1)
 
         def full_search(carry):
             # + 0 while the loop runs, but it ties the search to the carry (see below)
             frac_in = frac_fixed + jnp.where(carry[0], 1.0, 0.0).astype(frac_fixed.dtype)
-            return True, *jax.vmap(partial(_select_knn_images, k=k, offsets=offsets))(frac_in, lattice_fixed)
+            return True, *jax.vmap(partial(_select_knn_images, k=k, offsets=offsets))(frac_in, lattice_fixed,
+                                                                                     atom_mask)
 
         # the cheap centred search is exact when every K-th neighbour is within half the smallest width
         # (the usual case); otherwise search all image offsets for the whole batch. A while loop of at most

@@ -21,6 +21,9 @@ MODELS: dict[str, str] = {
     "unimat": "dismax.diffusion.unet_trainer",
     "wyckoff_vae": "dismax.vae.trainer",
     "potential": "dismax.potentials.trainer",
+    "ssl_pretrain": "dismax.ssl.pretrain",
+    "ssl_gan": "dismax.ssl.gan",
+    "ssl_finetune": "dismax.ssl.finetune",
 }
 
 

@@ -225,6 +225,25 @@ class StructureSet:
         """One ASE ``Atoms`` per structure, in set order."""
         return [crystals.to_ase()[0] for crystals in self]
 
+    def padded(self, n_atoms: int | None = None) -> tuple[Crystals, np.ndarray]:
+        """The set as one static-shape batch padded to ``n_atoms`` (default: the largest count), in set order:
+        (Crystals (S, n_atoms, ·), atom_mask (S, n_atoms) True for real atoms). Padding atoms sit at the
+        origin with species 0; models must ignore them through the mask."""
+        n_atoms = int(self.atom_counts.max()) if n_atoms is None else int(n_atoms)
+        if n_atoms < self.atom_counts.max():
+            raise DismaxInputError(f"cannot pad structures of up to {self.atom_counts.max()} atoms to {n_atoms}")
+        frac = np.zeros((len(self), n_atoms, 3), np.float32)
+        lattice = np.zeros((len(self), 3, 3), np.float32)
+        species = np.zeros((len(self), n_atoms), np.int32)
+        mask = np.zeros((len(self), n_atoms), bool)
+        for crystals, positions in zip(self.groups, self.positions):
+            n = crystals.n_atoms
+            frac[positions, :n] = crystals.frac
+            lattice[positions] = crystals.lattice
+            species[positions, :n] = crystals.species
+            mask[positions, :n] = True
+        return Crystals(frac, lattice, species), mask
+
 
 def as_structure_set(structures: "Crystals | StructureSet") -> StructureSet:
     """A ``StructureSet`` view of a fixed-size batch (returned unchanged if already a set)."""

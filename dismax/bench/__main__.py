@@ -28,6 +28,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
                     "move atoms apart / assign alloy lattice sites before relaxation"),
     "metrics": ("dismax.bench.cli", "add_metrics_arguments", "run_metrics",
               "compute the Dismai-Bench metrics of generated vs training structures with bootstrap CIs"),
+    "ssl": ("dismax.bench.ssl_eval", "add_arguments", "run",
+            "evaluate a masked-denoising generator (ssl_pretrain / ssl_gan run) by the Liu et al. protocol"),
 }
 
 

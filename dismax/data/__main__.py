@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in registry.available():
             try:
                 directory = registry.dataset_dir(name)
-                state = "ready" if registry.is_complete(directory) else "not built"
+                state = "ready" if registry.is_complete(directory, name) else "not built"
             except Exception:  # noqa: BLE001 - listing must not fail on one bad entry
                 directory, state = "?", "unavailable"
             print(f"{name:24s} {state:10s} {directory}")

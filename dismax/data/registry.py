@@ -52,8 +52,10 @@ def dataset_dir(name: str, size: str = "small", seed: int = 0) -> Path:
     return cache_root() / "datasets" / name / f"{size}-seed{seed}"
 
 
-def is_complete(directory: Path) -> bool:
-    return all((Path(directory) / f).is_file() for f in ("train.extxyz", "val.extxyz"))
+def is_complete(directory: Path, name: str | None = None) -> bool:
+    """Whether ``directory`` holds the files a build of dataset ``name`` writes (train/val extxyz by default)."""
+    files = BUILT_FILES.get(name, ("train.extxyz", "val.extxyz"))
+    return all((Path(directory) / f).is_file() for f in files)
 
 
 def build_dataset(name: str, size: str = "small", seed: int = 0, out_dir: str | Path | None = None,
@@ -103,12 +105,12 @@ def _build_into(name: str, size: str, seed: int, target: Path, options: dict) ->
 def ensure_dataset(name: str, size: str = "small", seed: int = 0) -> Path:
     """The directory of dataset ``name``, building (and caching) it first if needed."""
     directory = dataset_dir(name, size, seed)
-    if on_all_processes(is_complete(directory)):  # every process of a run takes the same branch
+    if on_all_processes(is_complete(directory, name)):  # every process of a run takes the same branch
         return directory
     if name in _registered():
         raise DismaxInputError(f"registered dataset '{name}' is missing its files in {directory}")
     with exclusive_lock(directory, "dataset folder", wait=True):
-        if on_all_processes(is_complete(directory)):  # built by another process while this one waited
+        if on_all_processes(is_complete(directory, name)):  # built by another process while this one waited
             return directory
         log.info("dataset '%s' (size %s, seed %d) not in the cache; building it into %s", name, size, seed,
                  directory)

@@ -1,15 +1,14 @@
-"""Batched fixed-cell FIRE relaxation with per-structure convergence, skin neighbour tables and compact
-three-body tables (the relaxation engine behind ``dismax.bench relax`` and the a-Si builder).
+"""Batched fixed-cell FIRE relaxation with per-structure convergence and skin neighbour tables (the
+relaxation engine behind ``dismax.bench relax`` and the a-Si builder).
 
 Positions are Cartesian (Å) and unwrapped during a run. Each structure carries a neighbour table of
-``capacity`` slots (atom index and integer image, from :func:`dismax.geometry.knn`) holding every atom
-within ``cutoff + skin``; it is rebuilt only when some atom of that structure has moved more than
-``skin / 2`` since the last build, so in between no pair can enter the cutoff unseen. Every force
-evaluation picks, per atom, the ``compact`` nearest slots (``lax.top_k`` on the current distances): the
-potential's pair and three-body terms then run on (N, compact) and (N, compact, compact) tables instead
-of (N, capacity, …). A table that misses atoms within the reach, or more than ``compact`` atoms within the
-cutoff, is an *overflow*: that structure stops and the host reruns it from its start with larger tables,
-so no result is ever computed with a truncated table.
+``capacity`` slots (atom index and the Cartesian shift of its periodic image, from
+:func:`dismax.geometry.knn`) holding every atom within ``cutoff + skin``; it is rebuilt only when some
+atom of that structure has moved more than ``skin / 2`` since the last build, so in between no pair can
+enter the cutoff unseen. The potential sees the whole (N, capacity) table every step (slots beyond the
+cutoff contribute nothing; Stillinger–Weber's three-body sum is linear in the slots). A table that misses
+atoms within the reach is an *overflow*: that structure stops and the host reruns it from its start with a
+larger table, so no result is ever computed with a truncated table.
 
 The whole chunk advances in one ``lax.while_loop`` over a vmapped FIRE step (jax-md's ``fire_descent``
 with a per-step displacement cap like ASE's ``maxstep``); finished structures are frozen by masks, the
@@ -47,7 +46,7 @@ class FireSettings:
 
     ``max_step`` caps the largest atomic displacement of one step (as ASE's FIRE ``maxstep`` does), which
     keeps the default time steps stable for stiff starting structures. ``skin`` is the extra reach of
-    the neighbour tables; ``capacity_multiplier`` the head room of both table sizes over the start.
+    the neighbour tables; ``capacity_multiplier`` the head room of the table size over the start.
     """
 
     dt_start: float = 0.1
@@ -80,26 +79,15 @@ def default_chunk_size(n_structures: int, n_atoms: int) -> int:
 
 
 # ---------------------------------------------------------------------- one structure, traced
-def _displacements(R, lattice, indices, images):
-    """Cartesian vectors (N, K, 3) from each atom to its table slots (unwrapped positions R, Å)."""
-    return jnp.take(R, indices, axis=0) - R[:, None, :] + images @ lattice
-
-
-def _compact(dR, compact):
-    """The ``compact`` nearest slots (N, compact, 3) of the table vectors dR (N, K, 3)."""
-    _, order = jax.lax.top_k(-jax.lax.stop_gradient(jnp.sum(dR**2, axis=-1)), compact)
-    return jnp.take_along_axis(dR, order[..., None], axis=1)
-
-
-def _compact_overflow(R, lattice, indices, images, cutoff, compact):
-    """True when some atom has more than ``compact`` table atoms within ``cutoff``."""
-    r2 = jnp.sum(_displacements(R, lattice, indices, images) ** 2, axis=-1)
-    return jnp.any(jnp.sum(r2 < cutoff**2, axis=-1) > compact)
+def _displacements(R, indices, shifts):
+    """Cartesian vectors (N, K, 3) from each atom to its table slots: unwrapped positions R (N, 3) in Å,
+    slot atoms ``indices`` (N, K) and the Cartesian shifts (N, K, 3) of their periodic images."""
+    return jnp.take(R, indices, axis=0) - R[:, None, :] + shifts
 
 
 class Program(NamedTuple):
-    """Compiled pieces for one (potential, settings, table sizes): ``run`` relaxes a chunk,
-    ``force(R, lattice, indices, images)`` and ``build(R, lattice)`` are its per-step parts."""
+    """Compiled pieces for one (potential, settings, table size): ``run`` relaxes a chunk,
+    ``force(R, indices, shifts, species)`` and ``build(R, lattice)`` are its per-step parts."""
 
     run: Callable
     force: Callable
@@ -107,23 +95,22 @@ class Program(NamedTuple):
 
 
 @lru_cache(maxsize=None)
-def _relax_program(potential, settings: FireSettings, capacity: int, compact: int):
+def _relax_program(potential, settings: FireSettings, capacity: int):
     """``run``: (R (C,N,3) Å, lattice (C,3,3), species (C,N), max_steps (C,), fmax) -> per-structure
     results."""
     from jax_md import minimize  # jax_md takes ~6 s to import; only a relaxation needs it
 
     reach = potential.cutoff + settings.skin
 
-    def energy_one(R, lattice, indices, images, species):
-        dR = _displacements(R, lattice, indices, images)
+    def energy_one(R, indices, shifts, species):
+        dR = _displacements(R, indices, shifts)
         if hasattr(potential, "energy_from_table"):  # message passing needs each neighbour's identity
             return potential.energy_from_table(dR, indices, species)
-        dR = _compact(dR, compact)
         return potential.energy_from_displacements(dR, jnp.ones(dR.shape[:2], bool))
 
-    def force_one(R, lattice, indices, images, species, **unused):
+    def force_one(R, indices, shifts, species, **unused):
         # A non-finite energy makes the whole force non-finite, so the step is detected and discarded.
-        e, gradient = jax.value_and_grad(energy_one)(R, lattice, indices, images, species)
+        e, gradient = jax.value_and_grad(energy_one)(R, indices, shifts, species)
         return jnp.where(jnp.isfinite(e), -gradient, jnp.nan)
 
     def capped_shift(R, dR, **unused):
@@ -134,14 +121,14 @@ def _relax_program(potential, settings: FireSettings, capacity: int, compact: in
                                                   dt_max=settings.dt_max)
     batch_energy = jax.vmap(energy_one)
     batch_force = jax.vmap(force_one)
-    batch_compact_overflow = jax.vmap(lambda *a: _compact_overflow(*a, potential.cutoff, compact))
 
     def build(R, lattice):
-        """Tables at R for the batch; overflow (C,) where the reach holds more than ``capacity`` atoms."""
+        """Tables (indices, Cartesian image shifts, reference positions) at R for the batch; overflow (C,)
+        where the reach holds more than ``capacity`` atoms."""
         frac = jnp.einsum("bni,bij->bnj", R, jnp.linalg.inv(lattice))
         found = knn(frac, lattice, capacity)
-        return found.indices, found.images.astype(R.dtype), R, jnp.any(found.distances[..., -1] <= reach,
-                                                                        axis=-1)
+        shifts = jnp.einsum("bnki,bij->bnkj", found.images.astype(R.dtype), lattice)
+        return found.indices, shifts, R, jnp.any(found.distances[..., -1] <= reach, axis=-1)
 
     def largest_force(force):
         return jnp.max(jnp.sqrt(jnp.sum(force**2, axis=-1)), axis=-1)
@@ -155,72 +142,62 @@ def _relax_program(potential, settings: FireSettings, capacity: int, compact: in
             lambda n, o: jnp.where(mask.reshape(mask.shape + (1,) * (n.ndim - 1)), n, o), new, old)
 
     def run(R, lattice, species, max_steps, fmax):
-        indices, images, reference, build_overflow = build(R, lattice)
-        e_initial = batch_energy(R, lattice, indices, images, species)
-        compact_overflow = batch_compact_overflow(R, lattice, indices, images)
-        state = jax.vmap(fire_init)(R, lattice=lattice, indices=indices, images=images, species=species)
+        indices, shifts, reference, build_overflow = build(R, lattice)
+        e_initial = batch_energy(R, indices, shifts, species)
+        state = jax.vmap(fire_init)(R, indices=indices, shifts=shifts, species=species)
         f0 = largest_force(state.force)
         finite = jnp.all(jnp.isfinite(state.force), axis=(1, 2)) & jnp.isfinite(e_initial)
-        status = step_status(finite, build_overflow | compact_overflow, f0, jnp.zeros_like(max_steps),
-                             max_steps, fmax)
+        status = step_status(finite, build_overflow, f0, jnp.zeros_like(max_steps), max_steps, fmax)
 
         def keep_going(carry):
             return jnp.any(carry[3] == RUNNING)
 
         def fire_step(carry):
             state, tables, steps, status, f_old = carry
-            indices, images, reference = tables
+            indices, shifts, reference = tables
             running = status == RUNNING
-            new = jax.vmap(fire_apply)(state, lattice=lattice, indices=indices, images=images, species=species)
+            new = jax.vmap(fire_apply)(state, indices=indices, shifts=shifts, species=species)
             moved = jnp.max(jnp.sum((new.position - reference) ** 2, axis=-1), axis=-1)
             stale = running & (moved > (0.5 * settings.skin) ** 2)
 
             def rebuild(new):
                 # New tables at the new positions, and the force there recomputed with them.
                 *fresh, overflow = build(new.position, lattice)
-                fresh_tables = select(stale, tuple(fresh), (indices, images, reference))
-                force = batch_force(new.position, lattice, *fresh_tables[:2], species)
+                fresh_tables = select(stale, tuple(fresh), tables)
+                force = batch_force(new.position, *fresh_tables[:2], species)
                 return new.set(force=jnp.where(stale[:, None, None], force, new.force)), fresh_tables, \
                     stale & overflow
 
             new, new_tables, build_overflow = jax.lax.cond(
-                jnp.any(stale), rebuild, lambda new: (new, (indices, images, reference),
-                                                      jnp.zeros_like(stale)), new)
-            compact_overflow = batch_compact_overflow(new.position, lattice, *new_tables[:2])
+                jnp.any(stale), rebuild, lambda new: (new, tables, jnp.zeros_like(stale)), new)
             f = largest_force(new.force)
             ok = jnp.all(jnp.isfinite(new.force), axis=(1, 2)) & jnp.all(jnp.isfinite(new.position), axis=(1, 2))
             new_steps = steps + 1
-            new_status = step_status(ok, build_overflow | compact_overflow, f, new_steps, max_steps, fmax)
+            new_status = step_status(ok, build_overflow, f, new_steps, max_steps, fmax)
             # A non-finite step is discarded: the structure stays frozen at its last finite state.
             accept = running & ok
             return (select(accept, new, state), select(accept, new_tables, tables),
                     jnp.where(running, new_steps, steps), jnp.where(running, new_status, status),
                     jnp.where(accept, f, f_old))
 
-        carry = (state, (indices, images, reference), jnp.zeros_like(max_steps), status, f0)
+        carry = (state, (indices, shifts, reference), jnp.zeros_like(max_steps), status, f0)
         state, tables, steps, status, f = jax.lax.while_loop(keep_going, fire_step, carry)
-        e_final = batch_energy(state.position, lattice, *tables[:2], species)
+        e_final = batch_energy(state.position, *tables[:2], species)
         return state.position, status, steps, e_initial, e_final, f
 
     return Program(jax.jit(run), jax.jit(batch_force), jax.jit(build))
 
 
 # ---------------------------------------------------------------------- host side
-def _capacities(frac: np.ndarray, lattice: np.ndarray, cutoff: float, settings: FireSettings) -> tuple[int, int]:
-    """Table sizes (capacity, compact) of one structure from its densest atom within reach and cutoff."""
+def _capacity(frac: np.ndarray, lattice: np.ndarray, cutoff: float, settings: FireSettings) -> int:
+    """Table size of one structure from its densest atom within the reach (cutoff + skin), with head room."""
     n = frac.shape[0]
-
-    def slots(radius):
-        most = int((neighbor_table(frac, lattice, radius) < n).sum(axis=1).max())
-        return int(np.ceil(most * settings.capacity_multiplier)) + 2
-
-    capacity = min(n - 1, -(-slots(cutoff + settings.skin) // 4) * 4)
-    return capacity, min(capacity, slots(cutoff))
+    most = int((neighbor_table(frac, lattice, cutoff + settings.skin) < n).sum(axis=1).max())
+    return min(n - 1, -(-(int(np.ceil(most * settings.capacity_multiplier)) + 2) // 4) * 4)
 
 
-def _grown(capacity: int, compact: int, n_atoms: int) -> tuple[int, int]:
-    capacity = min(n_atoms - 1, -(-(capacity * 3 // 2) // 4) * 4)
-    return capacity, min(capacity, compact * 3 // 2 + 1)
+def _grown(capacity: int, n_atoms: int) -> int:
+    return min(n_atoms - 1, -(-(capacity * 3 // 2) // 4) * 4)
 
 
 def _invalid_reason(frac: np.ndarray, lattice: np.ndarray, cutoff: float) -> str | None:
@@ -262,21 +239,20 @@ def _relax_chunk(c: Crystals, potential, fmax, max_steps, chunk_size, settings, 
     e1 = np.full(b, np.nan)
     fmax_out = np.full(b, np.nan)
 
-    sizes = np.zeros((b, 2), int)
+    sizes = np.zeros(b, int)
     for i in range(b):
         reason = _invalid_reason(c.frac[i], c.lattice[i], potential.cutoff)
         if reason:
             print(f"structure {ids[i]}: {reason}; marked failed", file=sys.stderr)
             status[i] = FAILED
         else:
-            sizes[i] = _capacities(np.asarray(c.frac[i], float), np.asarray(c.lattice[i], float),
-                                   potential.cutoff, settings)
+            sizes[i] = _capacity(np.asarray(c.frac[i], float), np.asarray(c.lattice[i], float), potential.cutoff,
+                                 settings)
 
     while np.any(status == OVERFLOW):
-        # One program for the chunk: the largest table sizes any pending structure needs.
+        # One program for the chunk: the largest table any pending structure needs.
         pending = np.flatnonzero(status == OVERFLOW)
-        capacity, compact = (int(v) for v in sizes[pending].max(axis=0))
-        program = _relax_program(potential, settings, capacity, compact).run
+        program = _relax_program(potential, settings, int(sizes[pending].max())).run
         pad = np.concatenate([pending, np.full(chunk_size - len(pending), pending[0])])
         limit = np.where(np.arange(chunk_size) < len(pending), max_steps, 0).astype(np.int32)
         lattice = np.asarray(c.lattice[pad], np.float32)
@@ -289,31 +265,30 @@ def _relax_chunk(c: Crystals, potential, fmax, max_steps, chunk_size, settings, 
         steps[pending] = sp
         e0[pending], e1[pending], fmax_out[pending] = ei / n, ef / n, f
         for i in pending[st == OVERFLOW]:
-            sizes[i] = _grown(*sizes[i], n)
+            sizes[i] = _grown(sizes[i], n)
     relaxed = Crystals(np.mod(frac_out, 1.0), np.asarray(c.lattice), np.asarray(c.species))
     return RelaxResult(relaxed, np.array([STATUS_NAMES[s] for s in status]), steps, e0, e1, fmax_out)
 
 
 def _chunk_program(c: Crystals, potential, settings: FireSettings):
-    """The program for one chunk ``c`` (table sizes from its densest structure) and its float32 Cartesian
-    positions (B, N, 3), lattices (B, 3, 3), int32 species (B, N) and the table sizes."""
-    sizes = [_capacities(np.asarray(c.frac[i], float), np.asarray(c.lattice[i], float), potential.cutoff,
-                         settings) for i in range(c.batch_size)]
-    capacity, compact = (int(v) for v in np.max(sizes, axis=0))
+    """The program for one chunk ``c`` (table size from its densest structure) and its float32 Cartesian
+    positions (B, N, 3), lattices (B, 3, 3), int32 species (B, N) and the table size."""
+    capacity = max(_capacity(np.asarray(c.frac[i], float), np.asarray(c.lattice[i], float), potential.cutoff,
+                             settings) for i in range(c.batch_size))
     lattice = jnp.asarray(c.lattice, jnp.float32)
     R = jnp.asarray(np.einsum("bni,bij->bnj", c.frac, c.lattice), jnp.float32)
     species = jnp.asarray(c.species, jnp.int32)
-    return _relax_program(potential, settings, capacity, compact), R, lattice, species, capacity, compact
+    return _relax_program(potential, settings, capacity), R, lattice, species, capacity
 
 
 def step_cost(crystals: Crystals, potential, settings: FireSettings = FireSettings(), repeats: int = 20) -> dict:
     """XLA-counted flops and bytes of one batched force evaluation on ``crystals`` and the measured time of
     the pieces of a FIRE step (force, table rebuild), for roofline and profile reports."""
-    program, R, lattice, species, capacity, compact = _chunk_program(crystals.to_numpy(), potential, settings)
-    indices, images, _, _ = program.build(R, lattice)
-    cost = program.force.lower(R, lattice, indices, images, species).compile().cost_analysis()
+    program, R, lattice, species, capacity = _chunk_program(crystals.to_numpy(), potential, settings)
+    indices, shifts, _, _ = program.build(R, lattice)
+    cost = program.force.lower(R, indices, shifts, species).compile().cost_analysis()
     timings = {}
-    for piece, call in (("force evaluation", lambda: program.force(R, lattice, indices, images, species)),
+    for piece, call in (("force evaluation", lambda: program.force(R, indices, shifts, species)),
                         ("neighbour-table rebuild", lambda: program.build(R, lattice))):
         jax.block_until_ready(call())
         start = time.perf_counter()
@@ -321,14 +296,14 @@ def step_cost(crystals: Crystals, potential, settings: FireSettings = FireSettin
             jax.block_until_ready(call())
         timings[piece] = (time.perf_counter() - start) / repeats
     return {"flops": float(cost["flops"]), "bytes": float(cost["bytes accessed"]), "capacity": capacity,
-            "compact": compact, "timings": timings}
+            "timings": timings}
 
 
 def compiled_relaxation(crystals: Crystals, potential, fmax: float = DEFAULT_FMAX,
                         max_steps: int = DEFAULT_MAX_STEPS, settings: FireSettings = FireSettings()):
     """(compiled program, arguments) relaxing all of ``crystals`` as one chunk: ``compiled(*arguments)``
     runs exactly the loop :func:`relax` runs, for cost analyses and profiler traces."""
-    program, R, lattice, species, _, _ = _chunk_program(crystals.to_numpy(), potential, settings)
+    program, R, lattice, species, _ = _chunk_program(crystals.to_numpy(), potential, settings)
     arguments = (R, lattice, species, jnp.full(len(crystals), max_steps, jnp.int32), jnp.float32(fmax))
     return program.run.lower(*arguments).compile(), arguments
 

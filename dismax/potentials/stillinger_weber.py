@@ -73,21 +73,30 @@ class StillingerWeber:
         inside = valid & (r < rc)
         r = jnp.where(inside, r, 0.5 * rc)
         inv_gap = 1.0 / (r - rc)
-        pair = self.A * (self.B * (self.sigma / r) ** self.p - 1.0) * jnp.exp(self.sigma * inv_gap)
+        power = int(self.p) if float(self.p).is_integer() else self.p  # integer powers are multiplications
+        pair = self.A * (self.B * (self.sigma / r) ** power - 1.0) * jnp.exp(self.sigma * inv_gap)
         pair_energy = 0.5 * jnp.sum(jnp.where(inside, pair, 0.0))
 
         radial = jnp.where(inside, jnp.exp(self.gamma * self.sigma * inv_gap), 0.0)  # (N, K)
-        unit = dR / r[..., None]
-        cos = jnp.einsum("nja,nka->njk", unit, unit)
-        k = dR.shape[1]
-        distinct = ~jnp.eye(k, dtype=bool)
-        angular = (cos + 1.0 / 3.0) ** 2 * radial[:, :, None] * radial[:, None, :]
-        triple_energy = 0.5 * jnp.sum(jnp.where(distinct, angular, 0.0))
+        triple_energy = 0.5 * jnp.sum(three_body_sums(radial, dR / r[..., None]))
         return self.epsilon * (pair_energy + self.lam * self.three_body_strength * triple_energy)
 
     def __call__(self, crystals: Crystals) -> jax.Array:
         """Total energies (B,) in eV of a batch of structures."""
         return energies_and_forces(self, crystals)[0]
+
+
+def three_body_sums(radial: jax.Array, unit: jax.Array) -> jax.Array:
+    """Σ_{j≠k} g_j g_k (cos θ_jik + 1/3)² per atom (N,) from per-pair terms, in O(N·K) instead of O(N·K²).
+
+    radial (N, K): g_j (zero on empty slots); unit (N, K, 3): unit vectors u_j from atom i to its slots.
+    With the 4-vectors w_j = (u_j, 1/√3), cos θ_jk + 1/3 = w_j·w_k, so the sum over all (j, k) factorises:
+    Σ g_j g_k (w_j·w_k)² = ‖M‖²_F with the per-atom moment M = Σ_j g_j w_j w_jᵀ (4×4); the j = k terms
+    g_j² |w_j|⁴ are subtracted.
+    """
+    w = jnp.concatenate([unit, jnp.full(unit.shape[:-1] + (1,), 1.0 / np.sqrt(3.0), unit.dtype)], axis=-1)
+    moment = jnp.einsum("nka,nkb->nab", radial[..., None] * w, w)  # (N, 4, 4)
+    return jnp.sum(moment**2, axis=(1, 2)) - jnp.sum((radial * jnp.sum(w**2, axis=-1)) ** 2, axis=1)
 
 
 def original_sw() -> StillingerWeber:

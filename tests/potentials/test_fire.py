@@ -67,11 +67,13 @@ def test_bad_structures_do_not_change_the_others():
     assert mixed.status[3] == "failed" and mixed.steps[3] == 0
     keep = [1, 2, 4]
     # A chunk runs with the largest table sizes any member needs, so the summation order (not the
-    # result) can differ from a run without the bad structures: equal to float32 rounding.
+    # result) can differ from a run without the bad structures: equal to float32 rounding (SW forces in
+    # float32 carry ~4e-5 eV/Å of it on 256-atom a-Si).
     for name in ("status", "steps"):
         np.testing.assert_array_equal(getattr(mixed, name)[keep], getattr(alone, name))
-    for name in ("e_initial", "e_final", "fmax"):
+    for name in ("e_initial", "e_final"):
         np.testing.assert_allclose(getattr(mixed, name)[keep], getattr(alone, name), atol=1e-5)
+    np.testing.assert_allclose(mixed.fmax[keep], alone.fmax, atol=1e-4)
     np.testing.assert_allclose(np.asarray(mixed.crystals.frac)[keep], np.asarray(alone.crystals.frac), atol=1e-6)
     assert np.isfinite(mixed.e_initial[0]) and mixed.e_initial[0] > 10.0  # the close pair is very repulsive
 
@@ -142,4 +144,4 @@ def test_compiled_relaxation_and_step_cost_describe_the_relax_loop():
     np.testing.assert_array_equal(steps, result.steps)
     np.testing.assert_allclose(e_final / crystals.n_atoms, result.e_final, rtol=1e-6)
     cost = step_cost(crystals, original_sw(), repeats=1)
-    assert cost["flops"] > 0 and cost["bytes"] > 0 and cost["compact"] <= cost["capacity"]
+    assert cost["flops"] > 0 and cost["bytes"] > 0 and 4 <= cost["capacity"] < crystals.n_atoms
