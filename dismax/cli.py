@@ -66,7 +66,9 @@ def main_wrapper(main: Callable[[list[str] | None], int | None], argv: list[str]
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return int(code or 0)
+    # every process passed the barrier above: leave without JAX's exit-time shutdown barrier, whose timeout a
+    # heavily loaded host can miss after a run that succeeded
+    return leave_run(int(code or 0))
 
 
 def _fail(message: str, code: int = 2) -> int:

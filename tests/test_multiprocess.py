@@ -264,6 +264,46 @@ def test_sampling_on_two_processes_writes_the_same_file_as_one(model, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
+
+@pytest.mark.slow
+def test_unet_and_vae_sampling_on_two_processes_write_the_same_files_as_one(tmp_path):
+    """A one-step UniMat run samples 5 structures in chunks of 2 and a two-epoch Wyckoff VAE decodes 6 latents
+    in chunks of 2 on one and on two processes: the extxyz, its failure summary, every CIF, rejected.csv and
+    metrics.json are the same."""
+    from tests.diffusion.test_unet_overfit import SMALL, eight_atom_cells
+    from tests.vae.test_vae_trainer import TINY
+    from tests.vae.vae_fixtures import write_training_cifs
+
+    from dismax.io import write_extxyz
+
+    write_extxyz(eight_atom_cells(4), tmp_path / "cells.extxyz")
+    (tmp_path / "unimat.yaml").write_text("model:\n  name: unimat\n")
+    multiprocess.run("dismax.train", ["--config", str(tmp_path / "unimat.yaml"), "--run-dir", str(tmp_path / "unet"),
+                                      *SMALL["unimat"], f"data.train_file={tmp_path / 'cells.extxyz'}",
+                                      f"data.val_file={tmp_path / 'cells.extxyz'}", "train.epochs=1",
+                                      "train.batch_size=4", "sample.n_steps=3"], 1, 1, timeout=900)
+    write_training_cifs(tmp_path / "cifs")
+    multiprocess.run("dismax.train", ["--config", "configs/wyckoff_vae_small.yaml", "--run-dir",
+                                      str(tmp_path / "vae"), f"data.source={tmp_path / 'cifs'}", *TINY,
+                                      "train.epochs=2"], 1, 1)
+    for name, n_processes in (("one", 1), ("two", 2)):
+        multiprocess.run("dismax.sample", ["--run-dir", str(tmp_path / "unet"), "--n", "5", "--batch-size", "2",
+                                           "--out", str(tmp_path / f"{name}.extxyz")], n_processes, 1, timeout=900)
+        multiprocess.run("dismax.sample", ["--run-dir", str(tmp_path / "vae"), "--n", "6", "--batch-size", "2",
+                                           "--sampler", "gaussian", "--out", str(tmp_path / f"{name}_vae")],
+                         n_processes, 1)
+    summaries = [json.loads((tmp_path / f"{name}.extxyz.summary.json").read_text()) for name in ("one", "two")]
+    assert summaries[0] == summaries[1] and summaries[0]["n_requested"] == 5
+    if summaries[0]["n_failed"] < 5:
+        assert (tmp_path / "one.extxyz").read_bytes() == (tmp_path / "two.extxyz").read_bytes()
+        assert (tmp_path / "one.extxyz").read_text().count("Lattice=") == 5 - summaries[0]["n_failed"]
+    one, two = tmp_path / "one_vae", tmp_path / "two_vae"
+    assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in two.iterdir())
+    assert json.loads((one / "metrics.json").read_text())["samples"] == 6
+    for file in one.iterdir():
+        assert file.read_bytes() == (two / file.name).read_bytes(), file.name
+    assert not [p for p in [*tmp_path.iterdir(), *one.iterdir(), *two.iterdir()] if p.name.startswith(".")]
+
 ALLOY_SCRIPT = textwrap.dedent("""
     import sys
     from pathlib import Path

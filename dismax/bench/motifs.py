@@ -31,7 +31,6 @@ import numpy as np
 
 from dismax.bench.periodic import float64
 from dismax.devices import gather_arrays, process_count, process_share
-from dismax.errors import DismaxInputError
 from dismax.geometry import minimum_image
 
 MAX_CN = 24
@@ -190,15 +189,17 @@ def cutoff_angle_distributions(frac: np.ndarray, lattice: np.ndarray, cutoff: fl
                                bin_width: float = ANGLE_BIN_WIDTH, max_neighbours: int = 12) -> np.ndarray:
     """Per-structure bond-angle fractions (B, 360) with neighbours = atoms closer than ``cutoff`` Å (JAX).
 
-    The cutoff must be below half of every cell plane spacing (minimum image)."""
+    ``max_neighbours`` is the first neighbour-table width tried; a structure with a more crowded atom (e.g.
+    random positions) is recomputed with the width doubled until every neighbour fits, so the result does not
+    depend on it. The cutoff must be below half of every cell plane spacing (minimum image)."""
     edges = jnp.asarray(np.arange(0.0, 180.0 + bin_width, bin_width))
     rows = []
-    for index, (f, l) in enumerate(zip(np.asarray(frac, float), np.asarray(lattice, float))):
+    for f, l in zip(np.asarray(frac, float), np.asarray(lattice, float)):
         k = min(max_neighbours, len(f) - 1)
         counts, overflow = _cutoff_angle_histogram(jnp.asarray(f), jnp.asarray(l), cutoff, edges, k)
-        if bool(overflow) and k < len(f) - 1:
-            raise DismaxInputError(f"structure {index}: an atom has more than {k} neighbours within {cutoff} Å; "
-                                   "pass a larger max_neighbours")
+        while bool(overflow) and k < len(f) - 1:
+            k = min(2 * k, len(f) - 1)
+            counts, overflow = _cutoff_angle_histogram(jnp.asarray(f), jnp.asarray(l), cutoff, edges, k)
         counts = np.asarray(counts)
         rows.append(counts / max(counts.sum(), 1.0))
     return np.array(rows)

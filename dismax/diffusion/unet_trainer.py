@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -44,7 +45,8 @@ from dismax.diffusion.unet_diffusion import Cascade, eval_losses, init_state, ma
 from dismax.diffusion.unimat import check_species_order, composition_matches, from_unimat, to_unimat
 from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.io import write_extxyz
-from dismax.runs import RunDir, atomic_write_text, log, progress
+from dismax.devices import barrier, is_primary
+from dismax.runs import RunDir, atomic_write_text, log, write_in_parts
 from dismax.structures import Crystals
 from dismax.training import (LoopConfig, Panel, TrainingTask, check_data_source, check_loop_config,
                              load_run_state, train_loop)
@@ -304,20 +306,29 @@ def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, check
     reference = val_set[config.sample.reference_index]
     chunk = batch_size or config.sample.batch_size
     key = jax.random.PRNGKey(seed)
-    kept, n_failed = [], 0
-    for i in progress(range(0, n, chunk), desc=f"sampling {config.model.name}"):
-        frac, species, valid = generate(params, rep, cascade, jax.random.fold_in(key, i), chunk, config.sample.n_steps)
-        valid = np.asarray(valid)[: n - i]
-        n_failed += int(np.sum(~valid))
-        kept.append((np.asarray(frac)[: n - i][valid], np.asarray(species)[: n - i][valid]))
-    frac = np.concatenate([k[0] for k in kept])
-    species = np.concatenate([k[1] for k in kept])
+
+    def write_chunk(i, path):
+        keep = min(chunk, n - i * chunk)
+        frac, species, valid = generate(params, rep, cascade, jax.random.fold_in(key, i * chunk), chunk,
+                                        config.sample.n_steps)
+        valid = np.asarray(valid)[:keep]
+        frac, species = np.asarray(frac)[:keep][valid], np.asarray(species)[:keep][valid]
+        if len(frac):
+            write_extxyz(Crystals(frac, np.repeat(reference.lattice, len(frac), 0), species), path)
+        else:
+            atomic_write_text(path, "")  # every structure of this chunk failed
+
     out = Path(out)
-    if len(frac):
-        write_extxyz(Crystals(frac, np.repeat(reference.lattice, len(frac), 0), species), out)
-    summary = {"n_requested": n, "n_failed": n_failed, "percent_failed": 100.0 * n_failed / n,
-               "failure": "decoded composition differs from the training data"}
-    atomic_write_text(out.with_name(out.name + ".summary.json"), json.dumps(summary, indent=1))
+    write_in_parts(out, math.ceil(n / chunk), write_chunk, desc=f"sampling {config.model.name}")
+    n_written = out.read_text().count("Lattice=")
+    n_failed = n - n_written
+    if is_primary():
+        if not n_written:
+            out.unlink()
+        summary = {"n_requested": n, "n_failed": n_failed, "percent_failed": 100.0 * n_failed / n,
+                   "failure": "decoded composition differs from the training data"}
+        atomic_write_text(out.with_name(out.name + ".summary.json"), json.dumps(summary, indent=1))
+    barrier(f"summary of {out}")
     log.info("%s: %d of %d structures failed (wrong composition); %d written to %s", config.model.name, n_failed, n,
-             len(frac), out)
+             n_written, out)
     return out

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +27,7 @@ import optax
 
 from dismax.config import load_config
 from dismax.data.loader import BatchLoader
+from dismax.devices import barrier, is_primary, process_share
 from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.runs import atomic_write_text, exclusive_lock, log, progress
 from dismax.training import LoopConfig, Panel, TrainingTask, check_loop_config, load_run_state, train_loop
@@ -329,22 +329,33 @@ def sample(run, n: int, out, seed: int = 0, sampler: str | None = None, checkpoi
         z = np.asarray(optimise_latents(model, variables, z, **condition))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    batch = batch_size or config.sample.batch_size
-    total, rejections = GenerationReport(), []
-    batch = min(batch, n)
-    for indices, mask in progress(_padded_chunks(n, batch), total=math.ceil(n / batch),
-                                  desc=f"sample {sampler_name}"):
-        start = int(indices[0])
+    batch = min(batch_size or config.sample.batch_size, n)
+    chunks = list(_padded_chunks(n, batch))
+    records = [out / f".chunk{c:05d}-of-{len(chunks):05d}.json" for c in range(len(chunks))]
+    for c in progress(process_share(len(chunks)), desc=f"sample {sampler_name}"):
+        if records[c].exists():  # decoded before an interruption
+            continue
+        indices, mask = chunks[c]
         outputs = jax.tree.map(lambda x: np.asarray(x)[mask], decode_latents(model, variables, z[indices]))
         decoded = decode_outputs(outputs, data.scaler, config.sample.element_acc, config.sample.disorder_acc)
-        report, batch_rejections = evaluate_genes(decoded, out, prefix=sampler_name, first_index=start,
+        report, batch_rejections = evaluate_genes(decoded, out, prefix=sampler_name, first_index=int(indices[0]),
                                                   pauling_test=config.sample.pauling_test)
-        total.add(report)
-        rejections += batch_rejections
-    write_rejections(out / "rejected.csv", rejections)
+        atomic_write_text(records[c], json.dumps({"report": asdict(report),
+                                                  "rejections": batch_rejections}))
+    barrier(f"sampled chunks of {out}")
+    total, rejections = GenerationReport(), []
+    for record in records:
+        chunk = json.loads(record.read_text())
+        total.add(GenerationReport(**chunk["report"]))
+        rejections += [tuple(row) for row in chunk["rejections"]]
     metrics = {"sampler": sampler_name, "seed": seed, **total.as_dict()}
     if condition:
         metrics["condition"] = {k: v for k, v in condition.items()}
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str))
+    if is_primary():
+        write_rejections(out / "rejected.csv", rejections)
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str))
+        for record in records:
+            record.unlink()
+    barrier(f"metrics of {out}")
     return metrics
 

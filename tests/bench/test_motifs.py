@@ -82,6 +82,26 @@ def test_bond_angles_equal_published_computation_and_diamond():
     np.testing.assert_array_equal(fast, M.angle_distribution(angles))
 
 
+
+def test_cutoff_angles_of_crowded_atoms_equal_all_pairs():
+    """Random positions put up to ~20 atoms within 2.85 Å of one atom, beyond the first 12-wide neighbour
+    table: the histogram still equals the angles of every pair of neighbours (NumPy, all pairs)."""
+    rng = np.random.default_rng(3)
+    lattice = np.eye(3) * 8.0
+    frac = rng.uniform(size=(96, 3))
+    vectors = frac[None] - frac[:, None]
+    vectors = (vectors - np.round(vectors)) @ lattice
+    distance = np.linalg.norm(vectors, axis=-1) + np.diag(np.full(96, np.inf))
+    assert (distance < 2.85).sum(1).max() > 12
+    angles = []
+    for i in range(96):
+        near = vectors[i][distance[i] < 2.85]
+        unit = near / np.linalg.norm(near, axis=1, keepdims=True)
+        j, k = np.triu_indices(len(near), 1)
+        angles.extend(np.degrees(np.arccos(np.clip((unit[j] * unit[k]).sum(1), -1, 1))))
+    fast = M.cutoff_angle_distributions(frac[None], lattice[None], cutoff=2.85)[0]
+    np.testing.assert_allclose(fast, M.angle_distribution(np.array(angles)), atol=1e-12)
+
 def test_per_structure_cache(tmp_path):
     structures = [diamond(noise=0.1, seed=s) for s in range(2)]
     first = M.per_structure(M.crystalnn_bond_angles, "angles", structures, cache_dir=tmp_path, workers=1)
