@@ -7,8 +7,12 @@ Steps (the README gives the exact commands):
    ``chgnet`` = CHGNet 0.3.0, through ASE FIRE with its defaults, positions only, cell fixed, fmax 0.05 eV/Å,
    at most ``--max-steps``). Every ionic step's energy and forces are written to
    ``DIR/seedS-XXXX.extxyz`` when the relaxation ends (atomic), so a rerun skips finished structures.
-2. ``frames --dir DIR --out FILE``: the training frames, as the paper sampled its DFT relaxations:
-   every ``--every``-th step from step ``--first`` on, plus both end points of every relaxation.
+2. ``frames --dir DIR --out FILE --test-out FILE``: the frames, as the paper sampled its DFT relaxations:
+   every ``--every``-th step from step ``--first`` on, plus both end points of every relaxation; a random
+   10 % go to the held-out test file. ``python -m dismax.train --config configs/potential_interface_small.yaml``
+   fits the potential (its own 1/9 validation split of the rest: 80/10/10 overall).
+3. ``evaluate --potential run:DIR --frames TEST``: held-out MAEs against the teacher;
+   ``export --run DIR --out dismax/potentials/weights/interface_chgnet.msgpack`` writes the shipped file.
 
 Torch runs with one thread (``--threads``) to share the CPU.
 """
@@ -28,6 +32,8 @@ from dismax.cli import main_wrapper
 from dismax.data.interface import random_interfaces
 from dismax.data.label import labeller
 from dismax.io import read_labelled_extxyz, write_labelled_frames
+from dismax.potentials import get_potential, load_potential
+from dismax.potentials.fitted import export_potential
 from dismax.runs import atomic_write_text
 from dismax.structures import Crystals
 
@@ -80,7 +86,8 @@ def relax_command(args) -> None:
 
 
 def frames_command(args) -> None:
-    """Collect the selected frames of every finished relaxation into one labelled extxyz file."""
+    """Collect the selected frames of every finished relaxation into a training file and a held-out test
+    file (``--test-fraction`` of the frames, chosen by ``--seed``)."""
     import ase.io
 
     selected = []
@@ -89,9 +96,26 @@ def frames_command(args) -> None:
         last = len(trajectory) - 1
         selected += [a for s, a in enumerate(trajectory)
                      if s in (0, last) or (s >= args.first and (s - args.first) % args.every == 0)]
-    ase.io.write(args.out, selected, format="extxyz")
-    read_labelled_extxyz(args.out)  # validates what was written
-    print(f"{len(selected)} frames from {len(list(args.dir.glob('seed*-*.extxyz')))} relaxations in {args.out}")
+    order = np.random.default_rng(args.seed).permutation(len(selected))
+    n_test = int(round(args.test_fraction * len(selected)))
+    for path, members in ((args.out, np.sort(order[n_test:])), (args.test_out, np.sort(order[:n_test]))):
+        ase.io.write(path, [selected[i] for i in members], format="extxyz")
+        read_labelled_extxyz(path)  # validates what was written
+        print(f"{len(members)} frames in {path}")
+
+
+def evaluate_command(args) -> None:
+    """Mean absolute errors of a fitted potential against the teacher labels of held-out frames."""
+    crystals, energies, forces = read_labelled_extxyz(args.frames)
+    predicted_e, predicted_f = get_potential(args.potential).energies_and_forces(crystals)
+    print(json.dumps({"frames": len(energies),
+                      "energy_mae_meV_per_atom": 1e3 * float(np.mean(np.abs(predicted_e - energies))) / crystals.n_atoms,
+                      "force_mae_meV_per_A": 1e3 * float(np.mean(np.abs(predicted_f - forces)))}))
+
+
+def export_command(args) -> None:
+    path = export_potential(load_potential(args.run), args.out, description=args.description)
+    print(f"{path} ({path.stat().st_size / 1e6:.2f} MB)")
 
 
 def main(argv=None) -> int:
@@ -111,8 +135,19 @@ def main(argv=None) -> int:
     frames.add_argument("--out", required=True, type=Path)
     frames.add_argument("--every", type=int, default=10)
     frames.add_argument("--first", type=int, default=5)
+    frames.add_argument("--test-out", required=True, type=Path, help="held-out test frames")
+    frames.add_argument("--test-fraction", type=float, default=0.1)
+    frames.add_argument("--seed", type=int, default=0)
+    evaluate = commands.add_parser("evaluate", help="MAEs of a fitted potential on held-out labelled frames")
+    evaluate.add_argument("--potential", required=True, help="run:DIR or a shipped potential name")
+    evaluate.add_argument("--frames", required=True, type=Path)
+    export = commands.add_parser("export", help="write a fitted run's potential as one shippable file")
+    export.add_argument("--run", required=True, type=Path)
+    export.add_argument("--out", required=True, type=Path)
+    export.add_argument("--description", default="")
     args = parser.parse_args(argv)
-    relax_command(args) if args.command == "relax" else frames_command(args)
+    {"relax": relax_command, "frames": frames_command, "evaluate": evaluate_command,
+     "export": export_command}[args.command](args)
     return 0
 
 

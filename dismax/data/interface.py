@@ -26,6 +26,7 @@ Structure ``i`` of seed ``s`` depends only on (s, i), so generation is reproduci
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
@@ -38,7 +39,7 @@ import numpy as np
 
 from dismax.geometry import displacements, pairwise_minimum_image_distances
 from dismax.io import read_structure_set, write_extxyz
-from dismax.potentials import get_potential
+from dismax.potentials import SHIPPED, get_potential
 from dismax.potentials.fire import DEFAULT_FMAX, relax
 from dismax.runs import atomic_write_bytes, atomic_write_text, progress, write_in_parts
 from dismax.structures import Crystals
@@ -478,6 +479,7 @@ def build(size: str, seed: int, out_dir: Path, potential: str = DEFAULT_POTENTIA
         summary = {"relaxed": False}
     else:
         model = get_potential(potential)
+        version = hashlib.sha256(SHIPPED[potential].read_bytes()).hexdigest()[:12] if potential in SHIPPED else ""
         result = _relax_stage(work, crystals, model, settings)
         structures = Crystals(result["frac"], np.asarray(crystals.lattice), np.asarray(crystals.species))
         closest = minimum_pair_distances(structures)
@@ -490,17 +492,18 @@ def build(size: str, seed: int, out_dir: Path, potential: str = DEFAULT_POTENTIA
         for i, record in enumerate(records):
             record.update(energy_per_atom=float(result["e_final"][i]), interface_energy=float(gamma[i]),
                           relax_status=str(result["status"][i]), relax_steps=int(result["steps"][i]),
-                          relax_fmax=float(result["fmax"][i]), min_distance=float(closest[i]), potential=model.name)
-        summary = {"relaxed": True, "potential": model.name, "e_ref_eV_per_atom": e_ref,
+                          relax_fmax=float(result["fmax"][i]), min_distance=float(closest[i]), potential=model.name,
+                          potential_version=version)
+        summary = {"relaxed": True, "potential": model.name, "potential_sha256": version, "e_ref_eV_per_atom": e_ref,
                    "n_converged": int(np.sum(result["status"] == "converged")), "n_usable": int(usable.sum()),
                    "n_kept": len(kept), "acceptance_fraction": len(kept) / len(crystals)}
     n_val = max(1, int(round(settings.val_fraction * len(kept))))
     order = np.random.default_rng(seed + 1).permutation(len(kept))
     splits = {"train": np.sort(kept[order[n_val:]]), "val": np.sort(kept[order[:n_val]])}
+    header_types = (int, float, str, np.ndarray, np.generic)
     for split, members in splits.items():
         write_extxyz(structures[members], out_dir / f"{split}.extxyz",
-                     info=[{k: v for k, v in records[i].items() if isinstance(v, (int, float, str, np.ndarray))}
-                           for i in members])
+                     info=[{k: v for k, v in records[i].items() if isinstance(v, header_types)} for i in members])
         for i in members:
             records[i]["split"] = split
     params = {"name": "interface", "size": size, "seed": seed, "description": DESCRIPTION,

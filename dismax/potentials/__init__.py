@@ -7,24 +7,31 @@ Crystals (energies, forces); :mod:`dismax.potentials.jaxmd` is the neighbour-lis
 relaxation driver and the a-Si MD.
 """
 
+from pathlib import Path
+
 from dismax.errors import DismaxInputError
 from dismax.potentials.calculator import Calculator
 from dismax.potentials.evaluate import energies_and_forces
-from dismax.potentials.fitted import load_potential
+from dismax.potentials.fitted import load_exported, load_potential
 from dismax.potentials.stillinger_weber import StillingerWeber, amorphous_sw, original_sw
 
 POTENTIALS = {"sw": original_sw, "sw_a_si": amorphous_sw}
+# fitted potentials shipped in the package (files written by fitted.export_potential)
+SHIPPED = {"interface_chgnet": Path(__file__).parent / "weights" / "interface_chgnet.msgpack"}
 
 
 def get_potential(name: str):
-    """Potential by its CLI name (``sw``, ``sw_a_si``) or ``run:DIR``, a fitted potential's run directory
-    (its best checkpoint)."""
+    """Potential by its CLI name (``sw``, ``sw_a_si``, a shipped one such as ``interface_chgnet``) or
+    ``run:DIR``, a fitted potential's run directory (its best checkpoint)."""
     if name.startswith("run:"):
         return load_potential(name[len("run:"):])
+    if name in SHIPPED:
+        return load_exported(SHIPPED[name], name)
     if name not in POTENTIALS:
-        raise DismaxInputError(f"unknown potential {name!r}; choose one of {sorted(POTENTIALS)} or run:DIR")
+        raise DismaxInputError(f"unknown potential {name!r}; choose one of {sorted(POTENTIALS) + sorted(SHIPPED)} "
+                               "or run:DIR")
     return POTENTIALS[name]()
 
 
-__all__ = ["Calculator", "POTENTIALS", "StillingerWeber", "amorphous_sw", "energies_and_forces", "get_potential", "load_potential",
+__all__ = ["Calculator", "POTENTIALS", "SHIPPED", "StillingerWeber", "amorphous_sw", "energies_and_forces", "get_potential", "load_potential",
            "original_sw"]

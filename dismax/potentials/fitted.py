@@ -16,12 +16,14 @@ from functools import lru_cache
 from pathlib import Path
 
 import jax
+import numpy as np
 import optax
+from flax import serialization
 
 from dismax.checkpoint import Checkpointer
 from dismax.errors import DismaxInputError
 from dismax.potentials.nequip import LearnedPotential, NetworkConfig, PotentialNetwork, initial_params
-from dismax.runs import atomic_write_text
+from dismax.runs import atomic_write_bytes, atomic_write_text
 
 POTENTIAL_FILE = "potential.json"
 
@@ -87,3 +89,28 @@ def load_potential(run_path, which: str = "best") -> LearnedPotential:
     state = restored[1]
     return LearnedPotential(record["network"], tuple(record["species"]), state.ema_params, record["shift"],
                             record["scale"], name=f"run:{run_path}")
+
+
+def export_potential(potential: LearnedPotential, out_file, description: str = "") -> Path:
+    """Write ``potential`` (e.g. ``load_potential(run)``) as one self-contained file (msgpack: the network
+    hyperparameters, species, reference energies, scale, ``description`` and the parameters), the form in
+    which dismax ships potentials."""
+    record = {"network": dataclasses.asdict(potential.config), "species": list(potential.species),
+              "shift": [float(x) for x in np.asarray(potential.shift)], "scale": potential.scale,
+              "description": description}
+    params = jax.tree.map(lambda x: np.asarray(x, np.float32), potential.params)
+    atomic_write_bytes(Path(out_file), serialization.msgpack_serialize({"record": json.dumps(record),
+                                                                        "params": params}))
+    return Path(out_file)
+
+
+def load_exported(path, name: str | None = None) -> LearnedPotential:
+    """The potential of a file written by :func:`export_potential`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DismaxInputError(f"potential file '{path}' does not exist")
+    content = serialization.msgpack_restore(path.read_bytes())
+    record = json.loads(content["record"])
+    params = jax.tree.map(jax.numpy.asarray, content["params"])  # device arrays: the programs close over them
+    return LearnedPotential(NetworkConfig(**record["network"]), tuple(record["species"]), params,
+                            record["shift"], record["scale"], name=name or path.stem)

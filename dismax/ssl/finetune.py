@@ -26,13 +26,12 @@ from dismax.data.loader import BatchLoader
 from dismax.data.registry import dataset_files
 from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.io import read_structure_set
-from dismax.runs import RunDir, exclusive_lock, log
+from dismax.runs import RunDir, log
 from dismax.ssl import pretrain
 from dismax.ssl.backbone import Backbone, BackboneConfig
 from dismax.ssl.data import DataConfig, PaddedSet
 from dismax.ssl.steps import Batch, transfer_params
-from dismax.training import LoopConfig, Panel, TrainingTask, check_data_source, check_loop_config, load_run_state, \
-    train_loop
+from dismax.training import Panel, TrainingTask, check_data_source, check_loop_config, load_run_state
 
 TASKS = ("regression", "classification")
 
@@ -48,19 +47,10 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig(LoopConfig):
-    epochs: int = 50
-    batch_size: int = 8
-    checkpoint_every: int = 5
-    lr: float = 1e-4
-    clip_norm: float = 10.0
-
-
-@dataclass(frozen=True)
 class Config:
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
-    train: TrainConfig = TrainConfig()
+    train: pretrain.TrainConfig = pretrain.TrainConfig()
     seed: int = 0
 
 
@@ -183,9 +173,7 @@ def make_task(config: Config, run: RunDir) -> TrainingTask:
 
 def train(config: Config, run: RunDir, evaluation=None) -> None:
     """Fine-tune (or resume) in ``run``; see the module docstring."""
-    check(config)
-    with exclusive_lock(run.path, "run directory"):
-        train_loop(make_task(config, run), config.train, run, evaluation)
+    pretrain.run_training(check, make_task, config, run, evaluation)
 
 
 def restore_params(run: RunDir, which: str = "best"):

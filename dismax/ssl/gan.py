@@ -40,13 +40,13 @@ from dismax.config import load_config
 from dismax.data.loader import BatchLoader
 from dismax.errors import DismaxConfigError
 from dismax.geometry import cart_to_frac, frac_to_cart, wrap, wrap_centered
-from dismax.runs import RunDir, exclusive_lock, log
+from dismax.runs import RunDir, log
 from dismax.ssl import pretrain
 from dismax.ssl.backbone import N_EMBEDDINGS, Backbone
 from dismax.ssl.corruption import CorruptionConfig, minimum_distance
 from dismax.ssl.data import DataConfig, load_padded
 from dismax.ssl.steps import Batch, Generator, apply_batch, corrupt_batch, reconstruction_terms, transfer_params
-from dismax.training import LoopConfig, Panel, TrainingTask, check_loop_config, load_run_state, train_loop
+from dismax.training import LoopConfig, Panel, TrainingTask, check_loop_config, load_run_state
 
 
 @dataclass(frozen=True)
@@ -343,9 +343,7 @@ def make_task(config: Config, run: RunDir) -> TrainingTask:
 
 def train(config: Config, run: RunDir, evaluation=None) -> None:
     """Train (or resume) the GAN stage of ``config`` in ``run``; see the module docstring."""
-    check(config)
-    with exclusive_lock(run.path, "run directory"):
-        train_loop(make_task(config, run), config.train, run, evaluation)
+    pretrain.run_training(check, make_task, config, run, evaluation)
 
 
 def restore_generator(run: RunDir, which: str = "latest") -> Generator:

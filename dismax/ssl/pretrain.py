@@ -213,11 +213,16 @@ def make_task(config: Config, run: RunDir) -> TrainingTask:
         loss_column="train_loss", panels=PANELS)
 
 
+def run_training(check_config, task_of, config, run: RunDir, evaluation=None) -> None:
+    """Check ``config``, then train (or resume) ``task_of(config, run)`` in the locked ``run`` (every ssl model)."""
+    check_config(config)
+    with exclusive_lock(run.path, "run directory"):
+        train_loop(task_of(config, run), config.train, run, evaluation)
+
+
 def train(config: Config, run: RunDir, evaluation=None) -> None:
     """Pre-train (or resume) the backbone of ``config`` in ``run``; see the module docstring."""
-    check(config)
-    with exclusive_lock(run.path, "run directory"):
-        train_loop(make_task(config, run), config.train, run, evaluation)
+    run_training(check, make_task, config, run, evaluation)
 
 
 def restore_generator(run: RunDir, which: str = "latest") -> Generator:

@@ -87,6 +87,7 @@ def transfer_params(source, target):
 
     def pick(path, leaf):
         found = flat_source.get(jax.tree_util.keystr(path))
-        return found if found is not None and found.shape == leaf.shape else leaf
+        # a copy: a state holding one buffer twice cannot be donated to a jitted step
+        return jnp.array(found, copy=True) if found is not None and found.shape == leaf.shape else leaf
 
     return jax.tree_util.tree_map_with_path(pick, target)

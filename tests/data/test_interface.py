@@ -219,3 +219,40 @@ def test_interface_fingerprint_matches_the_published_settings(interfaces):
     cn_weights = ours[-1, [M.motif_labels().index(f"wt CN_{cn}") for cn in range(1, 25)]]
     assert np.argmax(cn_weights) + 1 == 6
     assert ours[-1, M.motif_labels(M.INTERFACE_ANIONS).index("O fraction coord num 6")] == 1.0
+
+
+def _interior_co_oxygen_counts(frac, lattice, species, z_lco_top):
+    """O neighbours within 2.3 Å (spec §2.4) of every Co of the two interior LCO planes."""
+    cart = frac @ lattice
+    co = np.flatnonzero(species == I.CO)
+    depth = z_lco_top - cart[co, 2]
+    interior = co[(depth > 0.7) & (depth < 3.5)]
+    oxygen = np.flatnonzero(species == I.O)
+    d = np.linalg.norm(displacements(cart[interior], cart[oxygen], lattice), axis=-1)
+    return (d < 2.3).sum(axis=1)
+
+
+def test_interior_co_are_octahedral_before_relaxation(interfaces):
+    z_lco_top = I.InterfaceRecipe().vacuum / 2 + 3 * I.LCO_A / 2
+    for structure in interfaces:
+        counts = _interior_co_oxygen_counts(structure.frac, structure.lattice, structure.species, z_lco_top)
+        assert len(counts) == 18 and np.all(counts == 6)
+
+
+@pytest.mark.slow  # compiles and runs a batched FIRE relaxation of two 264-atom interfaces (minutes on 2 cores)
+@pytest.mark.skipif(not I.SHIPPED[I.DEFAULT_POTENTIAL].is_file(), reason="the interface potential is not shipped")
+def test_build_relaxes_with_the_shipped_potential(tmp_path):
+    I.build("small", 4, tmp_path, settings=I.BuildSettings(n_candidates=2), work_dir=tmp_path / "work")
+    params = json.loads((tmp_path / "params.json").read_text())
+    summary = params["summary"]
+    assert summary["potential"] == I.DEFAULT_POTENTIAL and summary["n_kept"] >= 1
+    structures = read_extxyz(tmp_path / "train.extxyz")
+    kept = [s for s in params["structures"] if s.get("split")]
+    for record in kept:
+        assert record["relax_status"] == "converged" and record["relax_fmax"] < 0.05
+        assert record["min_distance"] >= 1.5 and record["interface_energy"] <= 0.0
+    z_lco_top = I.InterfaceRecipe().vacuum / 2 + 3 * I.LCO_A / 2
+    for b in range(len(structures)):
+        counts = _interior_co_oxygen_counts(np.asarray(structures.frac[b]), np.asarray(structures.lattice[b]),
+                                            np.asarray(structures.species[b]), z_lco_top)
+        assert len(counts) == 18 and np.all(counts == 6)

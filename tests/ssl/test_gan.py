@@ -44,6 +44,9 @@ def test_critic_loss_and_transfer_of_the_pretrained_backbone():
     d_params = transfer_params(G_PARAMS, fresh)
     np.testing.assert_array_equal(d_params["params"]["species_embedding"]["embedding"],
                                   G_PARAMS["params"]["species_embedding"]["embedding"])
+    # copies, not shared buffers: a GAN state holding one buffer twice cannot be donated to its steps
+    assert (d_params["params"]["species_embedding"]["embedding"].unsafe_buffer_pointer()
+            != G_PARAMS["params"]["species_embedding"]["embedding"].unsafe_buffer_pointer())
     np.testing.assert_array_equal(d_params["params"]["structure_head"]["kernel"],
                                   fresh["params"]["structure_head"]["kernel"])
     loss, metrics = jax.jit(lambda d: discriminator_loss(setup, d, G_PARAMS, BATCH, jax.random.PRNGKey(3)))(d_params)
