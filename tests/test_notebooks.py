@@ -116,6 +116,7 @@ def test_quickstart_runs_top_to_bottom_on_a_tiny_training_set(tmp_path):
     train = alloy_file(tmp_path / "train.extxyz")
     work = tmp_path / "work"
     nb = execute("01_quickstart", {"WORK_DIR": str(work), "TRAIN_FILE": str(train), "EPOCHS": 1,
+                                   "MODEL_CONFIG": "cryingan_alloy_small.yaml",
                                    "MAX_STRUCTURES": None, "BATCH_SIZE": 4, "OVERRIDES": TINY_GAN,
                                    "N_SAMPLES": 4, "N_BOOTSTRAP": 20}, tmp_path, tmp_path)
     report = (work / "score" / "report.md").read_text()
