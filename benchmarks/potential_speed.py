@@ -26,7 +26,7 @@ from dismax.potentials.trainer import frame_arrays, mean_neighbours, predictions
 from dismax.structures import Crystals
 
 CELL = np.diag([12.1, 16.7, 32.5])
-COMPOSITION = {3: 76, 21: 12, 27: 44, 17: 72, 8: 60}  # 264 atoms: Li, Sc, Co, Cl, O
+COMPOSITION = {3: 72, 21: 12, 27: 36, 17: 72, 8: 72}  # 264 atoms: Li72 Sc12 Co36 Cl72 O72
 
 
 def random_cell(seed: int, min_distance: float = 1.6) -> Crystals:
