@@ -37,6 +37,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from dismax.errors import DismaxError
 from dismax.geometry import displacements, pairwise_minimum_image_distances
 from dismax.io import read_structure_set, write_extxyz
 from dismax.potentials import SHIPPED, get_potential
@@ -485,7 +486,10 @@ def build(size: str, seed: int, out_dir: Path, potential: str = DEFAULT_POTENTIA
         closest = minimum_pair_distances(structures)
         usable = (result["status"] == "converged") & (closest >= MIN_PAIR_DISTANCE)
         if not usable.any():
-            raise RuntimeError(f"no relaxation with '{potential}' converged without overlaps; see {work}")
+            raise DismaxError(f"no relaxation with '{potential}' converged to fmax {settings.fmax} eV/Å without "
+                              f"atoms closer than {MIN_PAIR_DISTANCE} Å (relaxation results in {work}); the shipped "
+                              f"interface potential is a first version fitted on one teacher trajectory: build "
+                              f"with --potential none --out DIR, or with a potential fitted on more teacher frames")
         gamma = np.full(len(crystals), np.nan)
         gamma[usable], e_ref = interface_energies(result["e_final"][usable], n, area)
         kept = np.flatnonzero(usable & (gamma <= 1e-9))
