@@ -20,7 +20,8 @@ Default (the dismax fixes):
 (real = 1, fake = 0); L_D = mean L1(softmax D(real), onehot 1) + mean L1(softmax D(fake), onehot 0); G's
 term is mean L1(softmax D(fake), onehot 1) computed on detached argmax species and detached positions
 (no gradient to G); real structures get uniform noise; species loss over all atoms; G updated every batch,
-D when (batch index + epoch) mod ``faithful_d_every`` (10) = 0.
+D when (batch index + epoch) mod ``faithful_d_every`` (10) = 0; G's inputs masked the reference's biased way
+(L3, :mod:`dismax.ssl.corruption`).
 """
 
 from __future__ import annotations
@@ -283,6 +284,8 @@ def build(config: Config, abstract: bool = False):
         source = finetune.restore_params(RunDir(m.discriminator_run))
     d_params = transfer_params(source, d_params)
     g_optimizer, d_optimizer = optimizers(t.lr_g, t.lr_d, t.beta1_d)
+    if m.faithful:  # the reference's biased masking too (L3)
+        m = dataclasses.replace(m, corruption=dataclasses.replace(m.corruption, faithful=True))
     setup = Setup(generator.network, discriminator, g_optimizer, d_optimizer, m)
     state = GanState(g_params, d_params, g_optimizer.init(g_params), d_optimizer.init(d_params),
                      jnp.zeros((), jnp.int32), jax.random.PRNGKey(config.seed + 7))
