@@ -98,3 +98,9 @@ def transfer_params(source, target):
         return jnp.array(found, copy=True) if found is not None and found.shape == leaf.shape else leaf
 
     return jax.tree_util.tree_map_with_path(pick, target)
+
+
+def committed(state):
+    """``state`` with every array committed to this process's first device. A state mixing restored (committed)
+    and fresh (uncommitted) arrays makes a jitted step compile twice: its outputs are all committed."""
+    return jax.device_put(state, jax.local_devices()[0])
