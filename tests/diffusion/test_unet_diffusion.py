@@ -58,7 +58,7 @@ def test_interface_region_permutation_keeps_the_rest():
 @pytest.mark.parametrize("kind", ["crystens", "unimat"])
 def test_representation_round_trip_in_model_space(kind):
     cells = alloy_cells(2)
-    rep = representation(Config(model=ModelConfig(name=kind)), cells)
+    rep = representation(Config(model=ModelConfig(name=kind)), cells, np.ones(2, np.int32))
     assert rep.species_order == tuple(dict.fromkeys(np.asarray(cells.species[0]).tolist()))
     x = rep.encode(cells.frac, cells.lattice, cells.species, jnp.ones(2, jnp.int32))
     assert x.shape == (2, *rep.shape) and float(jnp.max(jnp.abs(x))) <= 1.0 + 2e-6
