@@ -58,7 +58,8 @@ from dismax.training import (LoopConfig, Panel, TrainingTask, check_data_source,
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """U-Net settings (imagen-pytorch names). CrysTens: a base U-Net at ``low_size``² and a super-resolution
-    U-Net (``sr_layer_attns``) to the full size; UniMat: one video U-Net (``layer_attns``)."""
+    U-Net (``sr_layer_attns``) to the full size; UniMat: one video U-Net (``layer_attns``). ``objective``:
+    what the U-Nets regress, ``noise`` (the paper's) or ``v`` (:mod:`dismax.diffusion.unet_diffusion`)."""
 
     name: Literal["crystens", "unimat"] = "unimat"
     dim: int = 64
@@ -69,6 +70,7 @@ class ModelConfig:
     head_dim: int = 32
     low_size: int = 64
     sr_layer_attns: tuple[bool, ...] = (False, False, False)
+    objective: Literal["noise", "v"] = "noise"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,9 +184,9 @@ def build_cascade(model: ModelConfig, rep: Representation) -> Cascade:
     channels = rep.shape[-1]
     if model.name == "unimat":
         return Cascade(UNet(channels, layer_attns=model.layer_attns, temporal=True,
-                            max_frames=rep.n_atoms, **common))
+                            max_frames=rep.n_atoms, **common), objective=model.objective)
     return Cascade(UNet(channels, layer_attns=model.layer_attns, **common),
-                   UNet(channels, layer_attns=model.sr_layer_attns, **common), model.low_size)
+                   UNet(channels, layer_attns=model.sr_layer_attns, **common), model.low_size, model.objective)
 
 
 # -------------------------------------------------------------------------------------- augmentation
