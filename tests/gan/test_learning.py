@@ -38,7 +38,10 @@ def test_learning_rows_torch_comparison_and_outputs(tmp_path):
     reference = cryingan_learning.torch_rows(config, data, 4, {2, 4}, n=4, lattice_constant=3.6)
     assert [r["step"] for r in reference] == [2, 4]
     assert all(0 <= r["distinct_sites"] <= r["site_fraction"] <= 1 for r in reference)
+    assert all(r["close_pairs"] >= 0 and np.isfinite(r["distance_dis"]) for r in reference)
     cryingan_learning.write_outputs(rows, (0.3, 0.25), run.path, reference)
+    table = (run.path / "learning_comparison.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in table[1:]] == ["dismax"] * 2 + ["pytorch"] * 2
     assert (run.path / "learning.png").stat().st_size > 0
     assert (run.path / "learning.csv").read_text().splitlines()[0].split(",") == list(cryingan_learning.COLUMNS)
 
