@@ -12,9 +12,10 @@ baseline) beside it. A run directory that already holds checkpoints is continued
 
 ``--torch`` then trains the PyTorch implementation (:mod:`dismax.gan.reference_torch`, dense layout) from
 the same initial weights on the same batches (the trainer's loader, same seed and augmentation) with the
-same settings for as many steps as the dismax run made (or ``--torch-steps``), evaluates it at the same steps and draws both site
-fractions on one plot (``learning_torch.csv``). The PyTorch side draws its own noise and interpolation
-weights (NumPy, seeded), so the two runs are two samples of the same training process, not replicas.
+same settings for as many steps as the dismax run made (or ``--torch-steps``), evaluates it at the same
+steps in the same way and draws both runs on one plot (``learning_comparison.csv``). The PyTorch side
+draws its own noise and interpolation weights (NumPy, seeded), so the two runs are two samples of the
+same training process, not replicas.
 
     python benchmarks/cryingan_learning.py [--config FILE] [--run-dir DIR] [--every 5] [--n 100]
         [--minutes 30] [--torch] [--no-train] [key=value ...]
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dismax.config import load_config
@@ -75,7 +77,9 @@ def learning_rows(rows: list[dict]) -> list[dict]:
 def torch_rows(config, data, steps: int, eval_steps: set[int], n: int, lattice_constant: float) -> list[dict]:
     """Train the PyTorch reference for ``steps`` critic steps on the dismax trainer's batches (generator
     cadence and learning rates of ``config``; one shared learning rate) and evaluate it after every step in
-    ``eval_steps``: rows of (step, site_fraction, distinct_sites, minutes)."""
+    ``eval_steps``: rows of step, minutes, site_fraction, distinct_sites, close_pairs (of the same generated
+    structures) and distance_dis (mean Wasserstein estimate over the last epoch's worth of steps, as the
+    dismax trainer logs it)."""
     import torch  # optional dependency: the comparison runs only where torch is installed
 
     from dismax.gan.reference_torch import ReferenceGan
@@ -95,14 +99,15 @@ def torch_rows(config, data, steps: int, eval_steps: set[int], n: int, lattice_c
     rng = np.random.default_rng([config.seed, 17])
     lattice = data.lattice.astype(float)
     repeats = int(round(lattice[0, 0] / lattice_constant))
-    rows, started = [], time.monotonic()
+    rows, wasserstein, started = [], [], time.monotonic()
     for step in range(steps):
         crystals, distances = loader.batch(step)
         batch = len(distances)
-        reference.critic_step(torch.tensor(np.asarray(crystals.frac)), torch.tensor(np.asarray(distances)),
-                              torch.tensor(rng.standard_normal((batch, m.latent_dim)), dtype=torch.float32),
-                              torch.tensor(rng.random(batch), dtype=torch.float32),
-                              torch.tensor(rng.random(batch), dtype=torch.float32))
+        terms = reference.critic_step(torch.tensor(np.asarray(crystals.frac)), torch.tensor(np.asarray(distances)),
+                                      torch.tensor(rng.standard_normal((batch, m.latent_dim)), dtype=torch.float32),
+                                      torch.tensor(rng.random(batch), dtype=torch.float32),
+                                      torch.tensor(rng.random(batch), dtype=torch.float32))
+        wasserstein.append(float(terms["wasserstein"].detach()))
         index = step % loader.steps_per_epoch if t.gen_cadence == "epoch" else step
         if index % t.gen_int == 0:
             reference.generator_step(torch.tensor(rng.standard_normal((batch, m.latent_dim)), dtype=torch.float32))
@@ -112,9 +117,12 @@ def torch_rows(config, data, steps: int, eval_steps: set[int], n: int, lattice_c
                 z = torch.tensor(rng.standard_normal((n, m.latent_dim)), dtype=torch.float32)
                 frac = reference.generator(z).numpy().reshape(n, -1, 3).astype(float)
             atoms, sites = aligned_site_fraction(frac, lattice, repeats)
-            rows.append({"step": step + 1, "site_fraction": atoms, "distinct_sites": sites,
-                         "minutes": round((time.monotonic() - started) / 60, 2)})
-            print(f"  torch step {step + 1}: site_fraction {atoms:.3f}, distinct_sites {sites:.3f}", flush=True)
+            close = float(trainer.close_pair_counts(jnp.asarray(frac), data.lattice, t.close_pair_cutoff).mean())
+            rows.append({"step": step + 1, "minutes": round((time.monotonic() - started) / 60, 2),
+                         "site_fraction": atoms, "distinct_sites": sites, "close_pairs": close,
+                         "distance_dis": float(np.mean(wasserstein[-loader.steps_per_epoch:]))})
+            print(f"  torch step {step + 1}: site_fraction {atoms:.3f}, distinct_sites {sites:.3f}, "
+                  f"close_pairs {close:.1f}, distance_dis {rows[-1]['distance_dis']:.3f}", flush=True)
     return rows
 
 
@@ -126,35 +134,45 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def write_outputs(rows: list[dict], baseline: float, directory: Path, reference_rows=()) -> None:
-    """learning.csv and learning.png (three panels against training steps) in ``directory``."""
+def comparison_rows(rows: list[dict], reference_rows: list[dict]) -> list[dict]:
+    """Both implementations' evaluations in one table (long format, ``implementation`` = dismax | pytorch)."""
+    keys = ("step", "site_fraction", "distinct_sites", "close_pairs", "distance_dis")
+    return ([{"implementation": "dismax", **{k: r[k] for k in keys}} for r in rows]
+            + [{"implementation": "pytorch", **{k: r[k] for k in keys}} for r in reference_rows])
+
+
+def write_outputs(rows: list[dict], baseline, directory: Path, reference_rows=()) -> None:
+    """learning.csv and learning.png (three panels against training steps) in ``directory``; with
+    ``reference_rows`` (the PyTorch run) also learning_comparison.csv, and every panel shows both runs."""
     import matplotlib  # optional heavy dependency, only needed for the plot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     write_csv(directory / "learning.csv", rows)
-    steps = [r["step"] for r in rows]
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(steps, [r["site_fraction"] for r in rows], marker="o", ms=3, label="atoms")
-    axes[0].plot(steps, [r["distinct_sites"] for r in rows], marker="s", ms=3, label="distinct sites")
     if reference_rows:
-        reference_steps = [r["step"] for r in reference_rows]
-        axes[0].plot(reference_steps, [r["site_fraction"] for r in reference_rows], marker="o", ms=3,
-                     label="atoms, PyTorch")
-        axes[0].plot(reference_steps, [r["distinct_sites"] for r in reference_rows], marker="s", ms=3,
-                     label="distinct sites, PyTorch")
+        write_csv(directory / "learning_comparison.csv", comparison_rows(rows, reference_rows))
+    runs = [("dismax", rows, "C0")] + ([("PyTorch", reference_rows, "C1")] if reference_rows else [])
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for label, table, colour in runs:
+        steps = [r["step"] for r in table]
+        axes[0].plot(steps, [r["site_fraction"] for r in table], marker="o", ms=3, color=colour,
+                     label=f"{label}: atoms")
+        axes[0].plot(steps, [r["distinct_sites"] for r in table], marker="s", ms=3, ls=":", color=colour,
+                     label=f"{label}: distinct sites")
+        axes[1].plot(steps, [r["close_pairs"] for r in table], marker="o", ms=3, color=colour, label=label)
+        axes[2].plot(steps, [r["distance_dis"] for r in table], marker="o", ms=3, color=colour, label=label)
     for value, style in zip(baseline, ("--", ":")):
         axes[0].axhline(value, color="grey", ls=style, lw=1)
     axes[0].plot([], [], color="grey", ls="--", label="uniform random positions")
     axes[0].set(title="atoms within 0.8 Å of an FCC site (aligned)", ylim=(0, 1))
     axes[0].legend(fontsize=7)
-    axes[1].plot(steps, [r["close_pairs"] for r in rows], marker="o", ms=3)
-    axes[1].set(title="pairs < 1.5 Å per structure", yscale="symlog")
-    axes[2].plot(steps, [r["distance_dis"] for r in rows], marker="o", ms=3)
+    axes[1].set(title="pairs < 1.5 Å per structure")
     axes[2].set(title="Wasserstein estimate (epoch mean)")
     for ax in axes:
         ax.set_xlabel("critic steps")
+    if reference_rows:
+        axes[1].legend(fontsize=7)
     figure.tight_layout()
     atomic_write(directory / "learning.png", lambda handle: figure.savefig(handle, format="png", dpi=90),
                  binary=True)
@@ -197,7 +215,6 @@ def main():
         print(f"PyTorch reference: {steps} steps")
         reference_rows = torch_rows(config, data, steps, {int(r["step"]) for r in rows}, args.n,
                                     args.lattice_constant)
-        write_csv(run.path / "learning_torch.csv", reference_rows)
     write_outputs(rows, baseline, run.path, reference_rows)
     print(f"{args.config} {' '.join(args.overrides)}: uniform random positions: site_fraction {baseline[0]:.3f}, "
           f"distinct_sites {baseline[1]:.3f}")

@@ -22,8 +22,8 @@ import numpy as np
 from dismax.geometry import minimum_image
 from dismax.potentials.fitted import initial_state, make_optimizer
 from dismax.potentials.nequip import LearnedPotential, NetworkConfig, PotentialNetwork, initial_params
-from dismax.potentials.trainer import frame_arrays, mean_neighbours, predictions, train_step
-from dismax.structures import Crystals
+from dismax.potentials.trainer import Frames, frame_arrays, mean_neighbours, predictions, train_step
+from dismax.structures import Crystals, StructureSet
 
 CELL = np.diag([12.1, 16.7, 32.5])
 COMPOSITION = {3: 72, 21: 12, 27: 36, 17: 72, 8: 72}  # 264 atoms: Li72 Sc12 Co36 Cl72 O72
@@ -79,10 +79,10 @@ def main() -> None:
     args = parser.parse_args()
 
     frames = Crystals.concatenate([random_cell(seed) for seed in range(8)])
-    labels = (frames, np.zeros(8), np.zeros((8, frames.n_atoms, 3)))
+    labels = Frames(StructureSet.from_structures([frames]), np.zeros(8), list(np.zeros((8, frames.n_atoms, 3))))
     arrays = frame_arrays(labels, args.cutoff)
     config = NetworkConfig(cutoff=args.cutoff, n_layers=args.layers, hidden_irreps=args.irreps, l_max=args.lmax,
-                           avg_neighbors=mean_neighbours(arrays, args.cutoff))
+                           avg_neighbors=mean_neighbours([arrays], args.cutoff))
     species = tuple(sorted(COMPOSITION))
     network = PotentialNetwork(config, len(species))
     params = initial_params(network, jax.random.PRNGKey(0))

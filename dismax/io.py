@@ -309,21 +309,34 @@ def _frame_labels(path: Path, index: int, atoms) -> tuple[float, np.ndarray]:
     return float(energy), forces
 
 
-def read_labelled_extxyz(path, fixed_composition: bool = False) -> tuple[Crystals, np.ndarray, np.ndarray]:
-    """Frames with energies and forces (training data of a potential): (Crystals, energies (M,) in eV,
-    Cartesian forces (M, N, 3) in eV/Å). Every frame is validated; all must share one atom count."""
-    path = Path(path)
+def _labelled_frames(path: Path, checker: "_SetChecker | None") -> tuple[list, np.ndarray, list[np.ndarray]]:
+    """(ASE frames, energies (M,) eV, forces [(N_m, 3)] eV/Å) of a labelled extxyz file, every frame
+    validated; ``checker`` (when given) enforces one atom count (and composition)."""
     _check_readable(path)
-    checker = _SetChecker(fixed_composition)
     atoms_list, energies, forces = [], [], []
     for index, start, comment, text in _iter_frame_texts(path):
         atoms = _parse_frame(path, index, start, comment, text)
-        checker.check(path, index, np.asarray(atoms.numbers))
+        if checker is not None:
+            checker.check(path, index, np.asarray(atoms.numbers))
         energy, force = _frame_labels(path, index, atoms)
         atoms_list.append(atoms)
         energies.append(energy)
         forces.append(force)
-    return Crystals.from_ase(atoms_list), np.asarray(energies), np.stack(forces)
+    return atoms_list, np.asarray(energies), forces
+
+
+def read_labelled_extxyz(path, fixed_composition: bool = False) -> tuple[Crystals, np.ndarray, np.ndarray]:
+    """Frames with energies and forces (training data of a potential): (Crystals, energies (M,) in eV,
+    Cartesian forces (M, N, 3) in eV/Å). Every frame is validated; all must share one atom count."""
+    atoms_list, energies, forces = _labelled_frames(Path(path), _SetChecker(fixed_composition))
+    return Crystals.from_ase(atoms_list), energies, np.stack(forces)
+
+
+def read_labelled_set(path) -> tuple[StructureSet, np.ndarray, list[np.ndarray]]:
+    """Labelled frames whose atom counts may differ: (StructureSet in file order, energies (M,) in eV,
+    Cartesian forces [(N_m, 3)] in eV/Å, one array per frame). Every frame is validated."""
+    atoms_list, energies, forces = _labelled_frames(Path(path), None)
+    return StructureSet.from_ase(atoms_list), energies, forces
 
 
 def write_labelled_frames(handle, crystals: Crystals, energies, forces, info: list[dict] | None = None) -> None:

@@ -63,6 +63,15 @@ def read_training_structures(path: str | Path) -> Crystals:
     return crystals
 
 
+def saved_step(state: dict, expected: dict) -> int:
+    """The step of a loader's saved ``state``, after checking that its settings equal ``expected``."""
+    different = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
+    if different:
+        details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in different.items())
+        raise DismaxConfigError(f"cannot resume the data loader, settings differ ({details})")
+    return int(state["step"])
+
+
 @dataclass
 class BatchLoader:
     """Serves ``batch_size`` structures per step from ``data`` (host NumPy ``Crystals`` or a pytree of arrays
@@ -177,9 +186,100 @@ class BatchLoader:
         """Continue from a saved :meth:`state`; the loader must be built on the same data and settings."""
         expected = {"seed": self.seed, "batch_size": self.batch_size, "augment": self.augment,
                     "n_structures": self.n_structures, "drop_last": self.drop_last}
-        different = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
-        if different:
-            details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in different.items())
-            raise DismaxConfigError(f"cannot resume the data loader, settings differ ({details})")
-        self.step = int(state["step"])
+        self.step = saved_step(state, expected)
+        return self
+
+
+# ---------------------------------------------------------------------- size buckets
+def choose_buckets(atom_counts, max_buckets: int = 4) -> tuple[int, ...]:
+    """Padded atom counts (ascending) for frames of ``atom_counts`` atoms: every distinct count when there
+    are at most ``max_buckets`` of them (no padding at all), else the counts at the quantiles
+    1/max_buckets, 2/max_buckets, …, 1 of the frames' counts (about as many frames per bucket)."""
+    counts = np.asarray(atom_counts, int)
+    if max_buckets < 1:
+        raise DismaxConfigError(f"max_buckets must be at least 1, got {max_buckets}")
+    distinct = np.unique(counts)
+    if len(distinct) <= max_buckets:
+        return tuple(int(n) for n in distinct)
+    quantiles = np.quantile(counts, np.arange(1, max_buckets + 1) / max_buckets, method="inverted_cdf")
+    return tuple(int(n) for n in np.unique(quantiles))
+
+
+def assign_buckets(atom_counts, buckets) -> np.ndarray:
+    """(M,) index of the smallest bucket that holds each frame of ``atom_counts`` atoms."""
+    counts, buckets = np.asarray(atom_counts, int), np.sort(np.asarray(buckets, int))
+    too_big = counts > buckets[-1]
+    if too_big.any():
+        frame = int(np.argmax(too_big))
+        raise DismaxConfigError(f"frame {frame} has {counts[frame]} atoms, more than the largest bucket "
+                                f"({buckets[-1]} atoms); add a larger bucket")
+    return np.searchsorted(buckets, counts)
+
+
+@dataclass
+class BucketedLoader:
+    """Shuffled batches of ``batch_size`` frames from size buckets, one static shape per bucket.
+
+    ``data`` is a list of pytrees of arrays, one per bucket, each with a leading frame axis (the frames of
+    that bucket padded to its atom count). Epoch e draws a permutation of every bucket and a shuffled
+    order of all buckets' batches from ``numpy.random.default_rng([seed, e])``, so a batch depends only
+    on (seed, step) and runs resume exactly. A bucket's last batch is completed with the first frames of
+    its epoch order (those frames are seen twice in that epoch), so a bucket smaller than a batch is used
+    too. Every batch holds frames of a single bucket: a jitted step compiles once per bucket. The same
+    interface as :class:`BatchLoader` (``batch``, ``steps_per_epoch``, ``state``/``restore``), so the
+    shared training loop drives either.
+    """
+
+    data: list
+    batch_size: int
+    seed: int = 0
+    step: int = 0
+    _epoch_cache: tuple = field(default=(None, None), init=False, repr=False)
+
+    def __post_init__(self):
+        self.data = [jax.tree.map(np.asarray, bucket) for bucket in self.data]
+        if self.batch_size < 1:
+            raise DismaxConfigError(f"batch_size must be positive, got {self.batch_size}")
+        if not self.data or min(self.bucket_sizes) < 1:
+            raise DismaxInputError("every bucket of a BucketedLoader needs at least one frame")
+
+    @property
+    def bucket_sizes(self) -> list[int]:
+        return [len(jax.tree.leaves(bucket)[0]) for bucket in self.data]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return sum(-(-n // self.batch_size) for n in self.bucket_sizes)
+
+    def indices(self, step: int) -> tuple[int, np.ndarray]:
+        """(bucket, frame indices in that bucket (B,)) of the batch at ``step``."""
+        if step < 0:
+            raise DismaxInputError(f"step must be non-negative, got {step}")
+        epoch, position = divmod(step, self.steps_per_epoch)
+        if self._epoch_cache[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            batches = []
+            for bucket, n in enumerate(self.bucket_sizes):
+                order = np.resize(rng.permutation(n), -(-n // self.batch_size) * self.batch_size)
+                batches += [(bucket, rows) for rows in order.reshape(-1, self.batch_size)]
+            self._epoch_cache = (epoch, [batches[i] for i in rng.permutation(len(batches))])
+        return self._epoch_cache[1][position]
+
+    def batch(self, step: int, part: int = 0, n_parts: int = 1):
+        """The batch at ``step``: the bucket's pytree with (B, ...) leaves (or this process's ``part``)."""
+        if self.batch_size % n_parts or not 0 <= part < n_parts:
+            raise DismaxConfigError(f"batch_size {self.batch_size} cannot be split into part {part} of {n_parts}")
+        bucket, rows = self.indices(step)
+        rows = rows[part * self.batch_size // n_parts:(part + 1) * self.batch_size // n_parts]
+        return jax.tree.map(lambda leaf: leaf[rows], self.data[bucket])
+
+    def state(self) -> dict:
+        """JSON position to store with a checkpoint (pass to :meth:`restore`)."""
+        return {"step": self.step, "seed": self.seed, "batch_size": self.batch_size,
+                "bucket_sizes": self.bucket_sizes}
+
+    def restore(self, state: dict) -> "BucketedLoader":
+        """Continue from a saved :meth:`state`; the loader must be built on the same data and settings."""
+        expected = {"seed": self.seed, "batch_size": self.batch_size, "bucket_sizes": self.bucket_sizes}
+        self.step = saved_step(state, expected)
         return self

@@ -10,8 +10,13 @@ Layout of one tensor T (rows, columns, channels), the same header in all four ch
 
 Every per-atom value has 8 copies and every global value 8N. :func:`from_crystens` averages the copies
 and places atom i at the mean of its own coordinates and the N − 1 predictions x_j + Δ_ij, with the
-ground-truth lattice and no k-means clean-up (Dismai-Bench's reconstruction). :func:`crystens_scale`
-gives the divisors that bring every entry into [−1, 1] for the diffusion model.
+ground-truth lattice and no k-means clean-up (Dismai-Bench's reconstruction).
+
+For the diffusion model every quantity (the 11 header rows and the 4 body channels) is min-max scaled on its
+own over the training data, then mapped to [−1, 1] (Dismai-Bench's ``scaler.json`` and imagen's image
+normalisation): :func:`crystens_ranges`, :func:`to_model_space`, :func:`from_model_space`. The atomic
+numbers thus span the whole range (Li 3 → −1, O 8 → +1 in a Li–O set) instead of differing by a few
+hundredths, which noise at the end of sampling would blur.
 """
 
 from __future__ import annotations
@@ -23,11 +28,10 @@ import numpy as np
 from dismax.geometry import pairwise_minimum_image_distances
 
 HEADER = 12
-#: Divisors of the non-length header rows: atomic number, x, y, z, (a, b, c scaled separately),
-#: α, β, γ, space group, separator.
-MAX_ATOMIC_NUMBER = 100.0
-MAX_ANGLE = 180.0
-MAX_SPACE_GROUP = 230.0
+#: Quantities with their own min-max range: header rows 0..10 (atomic number, x, y, z, a, b, c, α, β, γ,
+#: space group) then body channels 0..3 (distance, Δx, Δy, Δz).
+N_HEADER_QUANTITIES = 11
+N_QUANTITIES = N_HEADER_QUANTITIES + 4
 
 
 def crystens_size(n_atoms: int) -> int:
@@ -94,17 +98,49 @@ def from_crystens(tensor: jax.Array, species_choices) -> tuple[jax.Array, jax.Ar
     return frac - jnp.floor(frac), choices[nearest]
 
 
-def crystens_scale(n_atoms: int, length_scale: float) -> np.ndarray:
-    """(S, S, 4) divisors that map a CrysTens image into [−1, 1]: ``length_scale`` (Å) must be at least the
-    largest a + b + c of the dataset (lattice lengths and minimum-image distances stay below it)."""
-    size = crystens_size(n_atoms)
-    per_row = np.array([MAX_ATOMIC_NUMBER, 1, 1, 1, length_scale, length_scale, length_scale,
-                        MAX_ANGLE, MAX_ANGLE, MAX_ANGLE, MAX_SPACE_GROUP, 1], np.float32)
-    scale = np.ones((size, size, 4), np.float32)
-    scale[:HEADER, HEADER:] = per_row[:, None, None]
-    scale[HEADER:, :HEADER] = per_row[None, :, None]
-    scale[HEADER:, HEADER:, 0] = length_scale
-    return scale
+def crystens_ranges(tensors: jax.Array) -> tuple[tuple[float, float], ...]:
+    """(min, max) of each of the ``N_QUANTITIES`` quantities over CrysTens images (B, S, S, 4) (header rows
+    read from the top block; body channels including the diagonal, as Dismai-Bench's scaler)."""
+    tensors = np.asarray(tensors)
+    header = tensors[:, :N_HEADER_QUANTITIES, HEADER:, 0]
+    body = tensors[:, HEADER:, HEADER:, :]
+    lows = [*header.min((0, 2)), *body.min((0, 1, 2))]
+    highs = [*header.max((0, 2)), *body.max((0, 1, 2))]
+    return tuple((float(lo), float(hi)) for lo, hi in zip(lows, highs))
+
+
+def merge_ranges(a, b) -> tuple[tuple[float, float], ...]:
+    """The union of two :func:`crystens_ranges` results (ranges of data seen in chunks)."""
+    return tuple((min(lo_a, lo_b), max(hi_a, hi_b)) for (lo_a, hi_a), (lo_b, hi_b) in zip(a, b))
+
+
+def _affine(size: int, ranges) -> tuple[np.ndarray, np.ndarray]:
+    """(low, span) arrays (S, S, 4) of the min-max map; constant quantities (span 0) and the separator row and
+    corner use span 1, so they map to −1 in model space."""
+    if len(ranges) != N_QUANTITIES:
+        raise ValueError(f"CrysTens ranges need {N_QUANTITIES} (min, max) pairs, got {len(ranges)}")
+    lows = np.array([lo for lo, _ in ranges], np.float32)
+    spans = np.array([hi - lo for lo, hi in ranges], np.float32)
+    spans = np.where(spans > 0, spans, 1.0).astype(np.float32)
+    low, span = np.zeros((size, size, 4), np.float32), np.ones((size, size, 4), np.float32)
+    for target, values in ((low, lows), (span, spans)):
+        header = values[:N_HEADER_QUANTITIES]
+        target[:N_HEADER_QUANTITIES, HEADER:] = header[:, None, None]
+        target[HEADER:, :N_HEADER_QUANTITIES] = header[None, :, None]
+        target[HEADER:, HEADER:] = values[N_HEADER_QUANTITIES:]
+    return low, span
+
+
+def to_model_space(tensors: jax.Array, ranges) -> jax.Array:
+    """CrysTens images (B, S, S, 4) → the model's [−1, 1]: 2 (v − min)/(max − min) − 1 per quantity."""
+    low, span = _affine(tensors.shape[1], ranges)
+    return 2.0 * (tensors - low) / span - 1.0
+
+
+def from_model_space(x: jax.Array, ranges) -> jax.Array:
+    """The inverse of :func:`to_model_space`."""
+    low, span = _affine(x.shape[1], ranges)
+    return (x + 1.0) / 2.0 * span + low
 
 
 def space_groups(frac: np.ndarray, lattice: np.ndarray, species: np.ndarray, symprec: float = 0.01) -> np.ndarray:

@@ -1,8 +1,10 @@
 """Continuous-time Gaussian diffusion of images/videos (imagen-pytorch's GaussianDiffusionContinuousTimes).
 
 Cosine log-SNR schedule λ(t) = −log(max(cos((t + s)/(1 + s) · π/2)^−2 − 1, 1e-5)), s = 0.008, t ∈ [0, 1];
-α = √sigmoid(λ), σ = √sigmoid(−λ). Training draws t ~ U(0, 1) per sample and regresses the noise ε of
-x_t = α x_0 + σ ε (MSE). Sampling is ancestral over ``n_steps`` equal time steps from t = 1 to 0 with the
+α = √sigmoid(λ), σ = √sigmoid(−λ). Training draws t ~ U(0, 1) per sample and regresses (MSE) the
+``objective`` of x_t = α x_0 + σ ε: ``noise`` ε (imagen's default, Dismai-Bench's setting; x̂_0 = (x_t − σ ε̂)/α
+amplifies errors by σ/α, so near t = 1 it needs long training) or ``v`` = α ε − σ x_0 (imagen's
+``pred_objectives='v'``; x̂_0 = α x_t − σ v̂ stays well conditioned at every t). Sampling is ancestral over ``n_steps`` equal time steps from t = 1 to 0 with the
 posterior q(x_s | x_t, x̂_0): c = −expm1(λ_t − λ_s), mean α_s (x_t (1 − c)/α_t + c x̂_0), variance σ_s² c,
 and x̂_0 clipped to [−1, 1] (the data are scaled into that range).
 
@@ -61,6 +63,27 @@ class Cascade:
     base: object
     sr: object | None = None
     low_size: int | None = None
+    objective: str = "noise"
+
+
+OBJECTIVES = ("noise", "v")
+
+
+def regression_target(objective: str, x0: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
+    """What the network regresses at times t (B,): ε (``noise``) or v = α ε − σ x_0 (``v``)."""
+    if objective == "noise":
+        return noise
+    alpha, sigma = alpha_sigma(log_snr(t))
+    return _expand(alpha, x0) * noise - _expand(sigma, x0) * x0
+
+
+def predicted_x0(objective: str, output: jax.Array, x_t: jax.Array, t: jax.Array) -> jax.Array:
+    """x̂_0 from the network output at x_t and times t (B,) (not clipped)."""
+    alpha, sigma = alpha_sigma(log_snr(t))
+    alpha, sigma = _expand(alpha, x_t), _expand(sigma, x_t)
+    if objective == "noise":
+        return (x_t - sigma * output) / alpha
+    return alpha * x_t - sigma * output
 
 
 def stage_losses(cascade: Cascade, params: dict, x0: jax.Array, key: jax.Array) -> dict:
@@ -72,7 +95,8 @@ def stage_losses(cascade: Cascade, params: dict, x0: jax.Array, key: jax.Array) 
     def mse(network, stage_params, clean, time_key, noise_key, **cond):
         t = jax.random.uniform(time_key, (batch,))
         noise = jax.random.normal(noise_key, clean.shape, clean.dtype)
-        return jnp.mean((network.apply(stage_params, noise_to(clean, t, noise), t, **cond) - noise) ** 2)
+        output = network.apply(stage_params, noise_to(clean, t, noise), t, **cond)
+        return jnp.mean((output - regression_target(cascade.objective, clean, noise, t)) ** 2)
 
     losses = {"base": mse(cascade.base, params["base"], low, keys[0], keys[1])}
     if cascade.sr is not None:
@@ -129,8 +153,10 @@ def eval_losses(params: dict, x0: jax.Array, key: jax.Array, cascade: Cascade) -
     return {"loss": sum(losses.values()), **losses}
 
 
-def ancestral_sample(network, params, key: jax.Array, shape: tuple, n_steps: int, cond=None, cond_time=None):
-    """x_0 (shape) from pure noise by ``n_steps`` posterior steps (module docstring)."""
+def ancestral_sample(network, params, key: jax.Array, shape: tuple, n_steps: int, cond=None, cond_time=None,
+                     objective: str = "noise"):
+    """x_0 (shape) from pure noise by ``n_steps`` posterior steps of a network trained on ``objective``
+    (module docstring)."""
     times = jnp.linspace(1.0, 0.0, n_steps + 1)
     init_key, loop_key = jax.random.split(key)
     batch = shape[0]
@@ -138,10 +164,10 @@ def ancestral_sample(network, params, key: jax.Array, shape: tuple, n_steps: int
     def step(x, inputs):
         index, t, s = inputs
         lam_t, lam_s = log_snr(t), log_snr(s)
-        (alpha_t, sigma_t), (alpha_s, sigma_s) = alpha_sigma(lam_t), alpha_sigma(lam_s)
+        (alpha_t, _), (alpha_s, sigma_s) = alpha_sigma(lam_t), alpha_sigma(lam_s)
         extra = {} if cond is None else {"cond": cond, "cond_time": cond_time}
-        eps = network.apply(params, x, jnp.full((batch,), t), **extra)
-        x0 = jnp.clip((x - sigma_t * eps) / alpha_t, -1.0, 1.0)
+        times_t = jnp.full((batch,), t)
+        x0 = jnp.clip(predicted_x0(objective, network.apply(params, x, times_t, **extra), x, times_t), -1.0, 1.0)
         c = -jnp.expm1(lam_t - lam_s)
         mean = alpha_s * (x * (1 - c) / alpha_t + c * x0)
         noise = jax.random.normal(jax.random.fold_in(loop_key, index), x.shape, x.dtype)
@@ -157,9 +183,10 @@ def sample_cascade(params: dict, key: jax.Array, cascade: Cascade, shape: tuple,
     """Samples (shape = (B, F, H, W, C)) in [−1, 1]: the base stage, then super-resolution if any."""
     base_key, sr_key, aug_key = jax.random.split(key, 3)
     if cascade.sr is None:
-        return ancestral_sample(cascade.base, params["base"], base_key, shape, n_steps)
+        return ancestral_sample(cascade.base, params["base"], base_key, shape, n_steps, objective=cascade.objective)
     low_shape = (*shape[:2], cascade.low_size, cascade.low_size, shape[-1])
-    low = ancestral_sample(cascade.base, params["base"], base_key, low_shape, n_steps)
+    low = ancestral_sample(cascade.base, params["base"], base_key, low_shape, n_steps, objective=cascade.objective)
     t_aug = jnp.full((shape[0],), LOWRES_SAMPLE_NOISE)
     cond = noise_to(resize(low, *shape[2:4]), t_aug, jax.random.normal(aug_key, shape))
-    return ancestral_sample(cascade.sr, params["sr"], sr_key, shape, n_steps, cond=cond, cond_time=t_aug)
+    return ancestral_sample(cascade.sr, params["sr"], sr_key, shape, n_steps, cond=cond, cond_time=t_aug,
+                            objective=cascade.objective)

@@ -1,9 +1,10 @@
 """Trainer of the U-Net baselines (``model.name: crystens`` or ``unimat``; Dismai-Bench §2.2, §4.2.3–4.2.4).
 
-``crystens``: structures become CrysTens images (N + 12)² × 4 scaled into [−1, 1]
-(:mod:`dismax.diffusion.crystens`); an Imagen cascade of a base U-Net at ``model.low_size``² and a
-super-resolution U-Net to the full size. ``unimat``: structures become videos of N 4 × 4 × 3 frames
-(:mod:`dismax.diffusion.unimat`) for one video U-Net. Both use continuous-time DDPM
+``crystens``: structures become CrysTens images (N + 12)² × 4, every quantity min-max scaled into
+[−1, 1] over the training data as Dismai-Bench's scaler (:mod:`dismax.diffusion.crystens`); an Imagen
+cascade of a base U-Net at ``model.low_size``² and a super-resolution U-Net to the full size. ``unimat``:
+structures become videos of N 4 × 4 × 3 frames, coordinates min-max scaled into [0, 1] and −1 elsewhere
+(:mod:`dismax.diffusion.unimat`), for one video U-Net. Both use continuous-time DDPM
 (:mod:`dismax.diffusion.unet_diffusion`), Adam (lr 1e-4, betas (0.9, 0.99)), batch 8, a parameter EMA,
 and ``sample.n_steps`` = 100 sampling steps.
 
@@ -38,11 +39,13 @@ import numpy as np
 
 from dismax.config import load_config
 from dismax.data.loader import BatchLoader
-from dismax.diffusion.crystens import crystens_scale, from_crystens, lattice_parameters, space_groups, to_crystens
+from dismax.diffusion.crystens import (crystens_ranges, from_crystens, from_model_space, merge_ranges, space_groups,
+                                       to_crystens, to_model_space)
 from dismax.diffusion.trainer import DataConfig, load_data
 from dismax.diffusion.unet import UNet
 from dismax.diffusion.unet_diffusion import Cascade, eval_losses, init_state, make_optimizer, sample_cascade, train_step
-from dismax.diffusion.unimat import check_species_order, composition_matches, from_unimat, to_unimat
+from dismax.diffusion.unimat import (check_species_order, composition_matches, coordinate_ranges, from_unimat,
+                                     to_unimat)
 from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.io import write_extxyz
 from dismax.devices import barrier, is_primary
@@ -55,7 +58,8 @@ from dismax.training import (LoopConfig, Panel, TrainingTask, check_data_source,
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """U-Net settings (imagen-pytorch names). CrysTens: a base U-Net at ``low_size``² and a super-resolution
-    U-Net (``sr_layer_attns``) to the full size; UniMat: one video U-Net (``layer_attns``)."""
+    U-Net (``sr_layer_attns``) to the full size; UniMat: one video U-Net (``layer_attns``). ``objective``:
+    what the U-Nets regress, ``noise`` (the paper's) or ``v`` (:mod:`dismax.diffusion.unet_diffusion`)."""
 
     name: Literal["crystens", "unimat"] = "unimat"
     dim: int = 64
@@ -66,6 +70,7 @@ class ModelConfig:
     head_dim: int = 32
     low_size: int = 64
     sr_layer_attns: tuple[bool, ...] = (False, False, False)
+    objective: Literal["noise", "v"] = "noise"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +121,7 @@ class Representation:
     n_atoms: int
     species_order: tuple[int, ...]
     composition: tuple[int, ...]
-    length_scale: float = 1.0
+    ranges: tuple[tuple[float, float], ...]
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -128,29 +133,39 @@ class Representation:
 
     def encode(self, frac, lattice, species, space_group):
         if self.kind == "crystens":
-            image = to_crystens(frac, lattice, species, space_group) / crystens_scale(self.n_atoms, self.length_scale)
-            return image[:, None]
-        return to_unimat(frac, species, self.species_order)
+            return to_model_space(to_crystens(frac, lattice, species, space_group), self.ranges)[:, None]
+        return to_unimat(frac, species, self.species_order, self.ranges)
 
     def decode(self, x):
         """(frac (B, N, 3), species (B, N), valid (B,)) of generated data."""
         if self.kind == "crystens":
-            frac, species = from_crystens(x[:, 0] * crystens_scale(self.n_atoms, self.length_scale),
-                                          self.species_order)
+            frac, species = from_crystens(from_model_space(x[:, 0], self.ranges), self.species_order)
             return frac, species, composition_matches(species, self.species_order, self.composition)
-        return from_unimat(x, self.species_order, self.composition)
+        return from_unimat(x, self.species_order, self.composition, self.ranges)
 
 
-def representation(config: Config, data: Crystals) -> Representation:
-    """The representation of ``data`` (one composition in a fixed order of first appearance)."""
+def representation(config: Config, data: Crystals, space_group: np.ndarray, chunk: int = 32) -> Representation:
+    """The representation of ``data`` (one composition in a fixed order of first appearance) with the min-max
+    ranges of its values (CrysTens: every header quantity and body channel, from the images of ``data``
+    with space groups ``space_group`` (B,), built ``chunk`` structures at a time; UniMat: the coordinates)."""
     species = np.asarray(data.species)
     order = check_species_order(dict.fromkeys(species[0].tolist()))
     composition = tuple(int(np.sum(species[0] == z)) for z in order)
     if not np.all(species == species[:1]) and config.augment.permute == "none":
         log.warning("%s: the atom order of the species differs between structures; the U-Net baselines rely on "
                     "a fixed order", config.model.name)
-    length_scale = float(np.max(np.asarray(lattice_parameters(jnp.asarray(data.lattice)))[:, :3].sum(-1)))
-    return Representation(config.model.name, data.n_atoms, order, composition, length_scale)
+    if config.model.name == "unimat":
+        ranges = coordinate_ranges(data.frac)
+    else:
+        ranges = None
+        for start in range(0, len(data), chunk):
+            part = data[start:start + chunk]
+            images = _crystens_images(part.frac, part.lattice, part.species, space_group[start:start + chunk])
+            ranges = crystens_ranges(images) if ranges is None else merge_ranges(ranges, crystens_ranges(images))
+    return Representation(config.model.name, data.n_atoms, order, composition, ranges)
+
+
+_crystens_images = jax.jit(to_crystens)
 
 
 @partial(jax.jit, static_argnames="rep")
@@ -169,9 +184,9 @@ def build_cascade(model: ModelConfig, rep: Representation) -> Cascade:
     channels = rep.shape[-1]
     if model.name == "unimat":
         return Cascade(UNet(channels, layer_attns=model.layer_attns, temporal=True,
-                            max_frames=rep.n_atoms, **common))
+                            max_frames=rep.n_atoms, **common), objective=model.objective)
     return Cascade(UNet(channels, layer_attns=model.layer_attns, **common),
-                   UNet(channels, layer_attns=model.sr_layer_attns, **common), model.low_size)
+                   UNet(channels, layer_attns=model.sr_layer_attns, **common), model.low_size, model.objective)
 
 
 # -------------------------------------------------------------------------------------- augmentation
@@ -235,9 +250,17 @@ def check(config: Config) -> None:
     check_data_source(d.dataset, d.size, d.dataset_seed, d.train_file, d.val_file)
 
 
-def build(config: Config, data: Crystals, abstract: bool = False):
-    """(representation, cascade, optimizer, initial state or its shapes) for ``config`` on ``data``."""
-    rep = representation(config, data)
+def dataset_space_groups(config: Config, data: Crystals) -> np.ndarray:
+    """(B,) space-group numbers of ``data`` for the CrysTens header (spglib); UniMat has no header: ones."""
+    if config.model.name == "unimat":
+        return np.ones(len(data), np.int32)
+    return space_groups(data.frac, data.lattice, data.species)
+
+
+def build(config: Config, data: Crystals, groups: np.ndarray, abstract: bool = False):
+    """(representation, cascade, optimizer, initial state or its shapes) for ``config`` on ``data`` with
+    space groups ``groups`` (:func:`dataset_space_groups`)."""
+    rep = representation(config, data, groups)
     cascade = build_cascade(config.model, rep)
     optimizer = make_optimizer(config.train.lr, config.train.beta1, config.train.beta2)
     example = jnp.zeros((1, *rep.shape), jnp.float32)
@@ -253,16 +276,16 @@ def train(config: Config, run: RunDir) -> None:
     check(config)
     t = config.train
     train_set, val_set = load_data(config.data)
-    rep, cascade, optimizer, state = build(config, train_set)
+    train_groups = dataset_space_groups(config, train_set)
+    rep, cascade, optimizer, state = build(config, train_set, train_groups)
     augmented, source = permutation_copies(train_set, config.augment, config.seed)
-    groups = space_groups(train_set.frac, train_set.lattice, train_set.species)[source]
-    loader = BatchLoader(_arrays(augmented, groups), t.batch_size, seed=config.seed)
+    loader = BatchLoader(_arrays(augmented, train_groups[source]), t.batch_size, seed=config.seed)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     log.info("%s: %d parameters, data %s per structure, %d training structures (%d with augmentation '%s', "
              "%d steps per epoch), %d validation", config.model.name, n_params, "×".join(map(str, rep.shape)),
              len(train_set), len(augmented), config.augment.permute, loader.steps_per_epoch, len(val_set))
     val = val_set[: min(len(val_set), t.batch_size)]
-    val_x0 = _encode(rep, **_arrays(val, space_groups(val.frac, val.lattice, val.species)))
+    val_x0 = _encode(rep, **_arrays(val, dataset_space_groups(config, val)))
 
     def step(state, batch, epoch, index):
         return train_step(state, _encode(rep, **batch), cascade, optimizer, t.ema_decay)
@@ -300,7 +323,7 @@ def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, check
     if not 0 <= config.sample.reference_index < len(val_set):
         raise DismaxConfigError(f"config key 'sample.reference_index' is {config.sample.reference_index}; the "
                                 f"validation set has {len(val_set)} structures")
-    rep, cascade, _, like = build(config, train_set, abstract=True)
+    rep, cascade, _, like = build(config, train_set, dataset_space_groups(config, train_set), abstract=True)
     state, _ = load_run_state(run, like, checkpoint)
     params = state.ema_params if config.sample.use_ema else state.params
     reference = val_set[config.sample.reference_index]

@@ -2,12 +2,14 @@
 
 The species is the pixel position: the k-th element of ``species_order`` (order of first appearance in the
 dataset, at most 16) owns pixel k in row-major order from the top left. That pixel holds the atom's
-fractional x, y, z mapped to [−1, 1] by v = 2x − 1; every other pixel is −1. To keep an atom at the origin
-distinguishable from the background, coordinates below ``ORIGIN_SHIFT`` are written as their periodic image
-x + 1 (v ≈ 1). No lattice is encoded (Dismai-Bench reconstructs with the ground-truth lattice).
+fractional x, y, z min-max scaled to [0, 1] over the training data (``ranges``, one (min, max) per axis);
+every other pixel is −1. This is Dismai-Bench's layout (its ``scaler.json`` and ``auto_normalize_img =
+False``): a gap of at least 1 separates an atom from the background, also for atoms at the origin. No
+lattice is encoded (Dismai-Bench reconstructs with the ground-truth lattice).
 
 Decoding takes, per frame, the pixel with the largest channel sum as the species and maps its values back
-to [0, 1); a structure whose decoded composition differs from the dataset's is marked failed.
+to fractional coordinates in [0, 1); a structure whose decoded composition differs from the dataset's is
+marked failed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from dismax.errors import DismaxInputError
 
 FRAME = 4
 BACKGROUND = -1.0
-ORIGIN_SHIFT = 1e-6
 
 
 def _pixel_of_species(species: jax.Array, species_order) -> jax.Array:
@@ -36,27 +37,41 @@ def check_species_order(species_order) -> tuple[int, ...]:
     return order
 
 
-def to_unimat(frac: jax.Array, species: jax.Array, species_order) -> jax.Array:
-    """Videos (B, N, 4, 4, 3) of frac (B, N, 3) and species (B, N); every species must be in ``species_order``."""
+def coordinate_ranges(frac) -> tuple[tuple[float, float], ...]:
+    """(min, max) of each fractional coordinate axis over a dataset frac (B, N, 3)."""
+    frac = np.asarray(frac)
+    return tuple((float(lo), float(hi)) for lo, hi in zip(frac.min((0, 1)), frac.max((0, 1))))
+
+
+def _low_span(ranges) -> tuple[np.ndarray, np.ndarray]:
+    low = np.array([lo for lo, _ in ranges], np.float32)
+    span = np.array([hi - lo for lo, hi in ranges], np.float32)
+    return low, np.where(span > 0, span, 1.0).astype(np.float32)
+
+
+def to_unimat(frac: jax.Array, species: jax.Array, species_order, ranges=((0.0, 1.0),) * 3) -> jax.Array:
+    """Videos (B, N, 4, 4, 3) of frac (B, N, 3) and species (B, N); every species must be in ``species_order``;
+    ``ranges`` (:func:`coordinate_ranges`) maps each axis to [0, 1]."""
+    low, span = _low_span(ranges)
     pixel = _pixel_of_species(species, species_order)
-    shifted = jnp.where(frac < ORIGIN_SHIFT, frac + 1.0, frac)
-    values = 2.0 * shifted - 1.0
     one_hot = jax.nn.one_hot(pixel, FRAME * FRAME, dtype=frac.dtype)[..., None]
-    flat = one_hot * values[..., None, :] + (1.0 - one_hot) * BACKGROUND
+    flat = one_hot * ((frac - low) / span)[..., None, :] + (1.0 - one_hot) * BACKGROUND
     return flat.reshape(*frac.shape[:2], FRAME, FRAME, 3)
 
 
-def from_unimat(video: jax.Array, species_order, composition) -> tuple[jax.Array, jax.Array, jax.Array]:
+def from_unimat(video: jax.Array, species_order, composition,
+                ranges=((0.0, 1.0),) * 3) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(frac (B, N, 3) in [0, 1), species (B, N), valid (B,)) of videos (B, N, 4, 4, 3).
 
     ``composition`` (len(species_order),) is the atom count of each element; a frame whose brightest pixel
     belongs to no element decodes to species 0, and any composition mismatch makes the structure invalid."""
+    low, span = _low_span(ranges)
     order = np.asarray(species_order)
     flat = video.reshape(*video.shape[:2], FRAME * FRAME, 3)
     pixel = jnp.argmax(jnp.sum(flat, -1), -1)
     pixel_species = jnp.zeros(FRAME * FRAME, jnp.int32).at[: len(order)].set(jnp.asarray(order, jnp.int32))
     values = jnp.take_along_axis(flat, pixel[..., None, None], 2)[..., 0, :]
-    frac = (values + 1.0) / 2.0
+    frac = values * span + low
     species = pixel_species[pixel]
     return frac - jnp.floor(frac), species, composition_matches(species, species_order, composition)
 

@@ -131,34 +131,46 @@ class Tables(NamedTuple):
     images: np.ndarray
 
 
-def table_size_estimate(crystals: Crystals, cutoff: float, margin: float = 1.2) -> int:
-    """A first capacity K from the densest structure: atoms expected in the cutoff sphere × ``margin``."""
+def table_size_estimate(crystals: Crystals, cutoff: float, margin: float = 1.2,
+                        atom_mask: np.ndarray | None = None) -> int:
+    """A first capacity K from the densest structure: atoms expected in the cutoff sphere × ``margin``
+    (only the real atoms of ``atom_mask`` (B, N) count)."""
     c = crystals.to_numpy()
     volume = np.abs(np.linalg.det(np.asarray(c.lattice, float)))
-    density = c.n_atoms / volume.min()
+    counts = c.n_atoms if atom_mask is None else np.asarray(atom_mask).sum(axis=1)
+    density = np.max(counts / volume)
     expected = density * 4.0 / 3.0 * np.pi * cutoff**3
     return int(np.ceil(expected * margin / 8.0) * 8) + 8
 
 
-def neighbour_tables(crystals: Crystals, cutoff: float, capacity: int | None = None) -> Tables:
+def neighbour_tables(crystals: Crystals, cutoff: float, capacity: int | None = None,
+                     atom_mask: np.ndarray | None = None) -> Tables:
     """Tables of all atoms within ``cutoff`` Å of every atom (self excluded, own images included).
 
     Starts from ``capacity`` slots (default :func:`table_size_estimate`) and grows it by 1.5× while the
     farthest slot of some atom is still inside the cutoff (the table may have dropped atoms), so the result
-    is never truncated. Narrow cells get the image range that makes the search complete.
+    is never truncated. Narrow cells get the image range that makes the search complete. ``atom_mask``
+    (B, N) marks the real atoms of padded structures (:meth:`StructureSet.padded`): padding atoms are
+    nobody's neighbour and have no neighbours (their slots hold the padding index N), so a padded
+    structure's real rows list the same (j, image) pairs as the unpadded structure.
     """
     c = crystals.to_numpy()
+    real = np.ones(c.species.shape, bool) if atom_mask is None else np.asarray(atom_mask, bool)
     lattice = np.asarray(c.lattice, np.float64)
     n_images = images_needed(lattice, cutoff)
     candidates = c.n_atoms * int(np.prod([2 * n + 1 for n in n_images])) - 1
-    capacity = min(capacity or table_size_estimate(c, cutoff), candidates)
+    capacity = min(capacity or table_size_estimate(c, cutoff, atom_mask=real), candidates)
     frac, lattice_j = jnp.asarray(c.frac, jnp.float32), jnp.asarray(lattice, jnp.float32)
     while True:
-        found = knn(frac, lattice_j, capacity, n_images)
+        found = knn(frac, lattice_j, capacity, n_images, atom_mask=jnp.asarray(real))
+        indices = np.asarray(found.indices)
+        real_slot = np.take_along_axis(real[:, None, :], indices, axis=-1) & real[:, :, None]
+        # knn fills a row with padding atoms only once its real candidates are used up: such a row is complete
         farthest = np.asarray(found.distances[..., -1])
-        complete = (farthest > cutoff) | (capacity == candidates)
+        complete = (farthest > cutoff) | ~real_slot.all(axis=-1) | (capacity == candidates)
         if np.all(complete):
-            return Tables(np.asarray(found.indices), np.asarray(found.images))
+            return Tables(np.where(real_slot, indices, c.n_atoms),
+                          np.where(real_slot[..., None], np.asarray(found.images), 0))
         capacity = min(candidates, -(-int(capacity * 1.5) // 8) * 8)
 
 
@@ -170,6 +182,11 @@ def initial_params(network: PotentialNetwork, key: jax.Array):
 
 
 # --------------------------------------------------------------------------------------- the potential
+def real_atoms(species):
+    """(..., N) True for real atoms: padded structures (:meth:`StructureSet.padded`) use species 0."""
+    return species > 0
+
+
 class LearnedPotential:
     """A trained :class:`PotentialNetwork` with its species, reference energies and scale.
 
@@ -196,10 +213,13 @@ class LearnedPotential:
     def cutoff(self) -> float:
         return self.config.cutoff
 
-    def check_species(self, species: np.ndarray, what: str = "structure") -> None:
-        """Raise DismaxInputError naming the first structure with an element the potential was not fitted on."""
+    def check_species(self, species: np.ndarray, what: str = "structure", atom_mask: np.ndarray | None = None) -> None:
+        """Raise DismaxInputError naming the first structure with an element the potential was not fitted on
+        (only the real atoms of ``atom_mask`` (B, N) are checked)."""
         species = np.atleast_2d(np.asarray(species))
         unseen = ~np.isin(species, self.species)
+        if atom_mask is not None:
+            unseen &= np.atleast_2d(np.asarray(atom_mask, bool))
         if unseen.any():
             b = int(np.argwhere(unseen.any(axis=-1)).ravel()[0])
             z = int(species[b][unseen[b]][0])
@@ -208,11 +228,13 @@ class LearnedPotential:
 
     def atomic_energies(self, params, dR, indices, species):
         """Energies (N,) in eV of the atoms of one structure from its table vectors dR (N, K, 3) in Å,
-        table indices (N, K) (index N = padding) and atomic numbers (N,)."""
+        table indices (N, K) (index N = padding slot) and atomic numbers (N,). Padding atoms (species 0,
+        :meth:`StructureSet.padded`) have zero energy and are nobody's neighbour."""
         index = self.species_lookup[species]
-        mask = indices < species.shape[0]
+        real = real_atoms(species)
+        mask = (indices < species.shape[0]) & jnp.take(real, indices, mode="fill", fill_value=False)
         out = self.network.apply(params, dR, indices, mask, index)
-        return self.scale * out + self.shift[index]
+        return jnp.where(real, self.scale * out + self.shift[index], 0.0)
 
     def energy_from_table(self, dR, indices, species):
         """Total energy (eV) of one structure (see :meth:`atomic_energies`)."""

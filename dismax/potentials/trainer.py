@@ -2,14 +2,17 @@
 
 Data: extxyz frames with ``energy`` and per-atom ``forces`` (ASE conventions), from ``data.train_file``
 (and ``data.val_file``; without it a ``data.val_fraction`` of the training frames is held out, chosen by
-the seed) or a registered dataset whose frames carry them. All frames share one atom count, so every batch
-has static shapes (one compiled step). Before training: the species present, the per-species reference
-energies by least squares on the composition, the force RMS as the energy scale, and each frame's
-neighbour table (padded to one capacity K; frames are fixed, so the tables are exact) are computed and
-``potential.json`` is written (:mod:`dismax.potentials.fitted`).
+the seed) or a registered dataset whose frames carry them. Frames may differ in atom count: each goes to the
+smallest size bucket that holds it (``data.buckets``, or chosen from the counts by
+:func:`dismax.data.loader.choose_buckets`) and is padded to the bucket's atom count
+(:meth:`StructureSet.padded`; padding atoms have species 0, no energy and are nobody's neighbour). A batch
+holds frames of one bucket, so the step compiles once per bucket and never again. Before training: the
+species present, the per-species reference energies by least squares on the composition, the force RMS as
+the energy scale, and each frame's neighbour table (padded to one capacity K per bucket; frames are fixed,
+so the tables are exact) are computed and ``potential.json`` is written (:mod:`dismax.potentials.fitted`).
 
-Loss per batch: ``w_E · mean((ΔE / N)²) + w_F · mean_atoms(|ΔF|²)`` (eV², eV²/Å²), forces F = −∂E/∂r
-through the fractional route; Adam with a cosine learning-rate decay and gradient clipping; parameter
+Loss per batch: ``w_E · mean_frames((ΔE / N)²) + w_F · mean_atoms(|ΔF|²)`` (eV², eV²/Å²) with N each frame's
+real atom count and the force mean over real atoms only, forces F = −∂E/∂r through the fractional route; Adam with a cosine learning-rate decay and gradient clipping; parameter
 EMA. The shared loop (:mod:`dismax.training`) runs epochs, checkpoints, resume and ``metrics.csv``: every
 ``val_every`` epochs the validation loss and MAEs of energy (meV/atom) and force components (meV/Å) with
 the EMA parameters; ``best/`` keeps the lowest validation loss; ``plots/losses.png`` shows them.
@@ -20,22 +23,22 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from functools import partial
-from typing import Optional
+from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dismax.data.loader import BatchLoader
+from dismax.data.loader import BucketedLoader, assign_buckets, choose_buckets
 from dismax.data.registry import dataset_files
 from dismax.errors import DismaxConfigError, DismaxInputError
-from dismax.io import read_labelled_extxyz
+from dismax.io import read_labelled_set
 from dismax.potentials.fitted import TrainState, initial_state, make_optimizer, write_potential_file
 from dismax.potentials.nequip import (LearnedPotential, NetworkConfig, energy_and_forces_one, neighbour_tables,
-                                      table_vectors)
+                                      real_atoms, table_vectors)
 from dismax.runs import RunDir, exclusive_lock, log
-from dismax.structures import Crystals
+from dismax.structures import Crystals, StructureSet
 from dismax.training import LoopConfig, Panel, TrainingTask, check_data_source, check_loop_config, train_loop
 
 TABLE_CHUNK = 64  # frames per neighbour-table build
@@ -49,7 +52,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Labelled extxyz files, or a registered dataset (``dataset``, ``size``, ``dataset_seed``)."""
+    """Labelled extxyz files, or a registered dataset (``dataset``, ``size``, ``dataset_seed``); ``buckets``
+    the padded atom counts of the size buckets (default: at most ``max_buckets``, chosen from the counts)."""
 
     dataset: str = "a_si"
     size: str = "small"
@@ -58,6 +62,8 @@ class DataConfig:
     val_file: Optional[str] = None
     val_fraction: float = 0.2
     max_train: Optional[int] = None
+    buckets: Optional[tuple[int, ...]] = None
+    max_buckets: int = 4
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,8 @@ def check(config: Config) -> None:
     if t.lr <= 0 or t.energy_weight < 0 or t.force_weight < 0 or t.energy_weight + t.force_weight == 0:
         raise DismaxConfigError("config keys 'train.lr' must be > 0 and 'train.energy_weight'/'train.force_weight' "
                                 ">= 0, not both 0")
+    if config.data.max_buckets < 1 or any(n < 1 for n in config.data.buckets or ()):
+        raise DismaxConfigError("config keys 'data.buckets' (atom counts) and 'data.max_buckets' must be >= 1")
     if not 0 < config.data.val_fraction < 1:
         raise DismaxConfigError(f"config key 'data.val_fraction' is {config.data.val_fraction}; it must be in (0, 1)")
     d = config.data
@@ -104,80 +112,126 @@ def check(config: Config) -> None:
         check_frames(config, train_frames, val_frames)
 
 
-def check_frames(config: Config, train_frames, val_frames) -> tuple[int, ...]:
-    """The species of the training frames; errors for validation elements unseen in training and for a
-    batch larger than the training set."""
-    species = tuple(int(z) for z in np.unique(np.asarray(train_frames[0].species)))
+def check_frames(config: Config, train_frames: "Frames", val_frames: "Frames") -> tuple[int, ...]:
+    """The species of the training frames; errors for validation elements unseen in training, for a batch
+    larger than the training set and for frames larger than every bucket."""
+    crystals, mask = train_frames.structures.padded()
+    species = tuple(int(z) for z in np.unique(np.asarray(crystals.species)[mask]))
+    val_crystals, val_mask = val_frames.structures.padded()
     LearnedPotential(config.model.network, species, None, np.zeros(len(species)), 1.0, name="the training set") \
-        .check_species(val_frames[0].species, what="validation frame")
-    if config.train.batch_size > len(train_frames[1]):
+        .check_species(val_crystals.species, what="validation frame", atom_mask=val_mask)
+    if config.train.batch_size > len(train_frames.energies):
         raise DismaxConfigError(f"config key 'train.batch_size' is {config.train.batch_size} but there are only "
-                                f"{len(train_frames[1])} training frames")
+                                f"{len(train_frames.energies)} training frames")
+    bucket_sizes(config, train_frames, val_frames)
     return species
 
 
 # ---------------------------------------------------------------------------------------------- data
-def load_frames(config: Config):
-    """(train, val) labelled frames, each (Crystals, energies (M,), forces (M, N, 3))."""
+class Frames(NamedTuple):
+    """Labelled frames of any atom counts: structures, energies (M,) in eV, forces [(N_m, 3)] in eV/Å."""
+
+    structures: StructureSet
+    energies: np.ndarray
+    forces: list
+
+    def select(self, index) -> "Frames":
+        return Frames(self.structures.select(index), self.energies[index], [self.forces[int(i)] for i in index])
+
+
+def load_frames(config: Config) -> tuple[Frames, Frames]:
+    """(train, val) labelled frames."""
     d = config.data
     train_path, val_path = dataset_files(d.dataset, d.size, d.dataset_seed, d.train_file, d.val_file)
-    train = read_labelled_extxyz(train_path)
+    train = Frames(*read_labelled_set(train_path))
     if d.train_file and not d.val_file:
-        order = np.random.default_rng(config.seed).permutation(len(train[1]))
+        order = np.random.default_rng(config.seed).permutation(len(train.energies))
         n_val = max(1, int(round(d.val_fraction * len(order))))
         if n_val >= len(order):
             raise DismaxInputError(f"'{train_path}' has {len(order)} frames: too few to hold out a validation set")
-        val = _select(train, np.sort(order[:n_val]))
-        train = _select(train, np.sort(order[n_val:]))
+        val = train.select(np.sort(order[:n_val]))
+        train = train.select(np.sort(order[n_val:]))
     else:
-        val = read_labelled_extxyz(val_path)
-        if val[0].n_atoms != train[0].n_atoms:
-            raise DismaxInputError(f"'{val_path}' has {val[0].n_atoms} atoms per frame but '{train_path}' has "
-                                   f"{train[0].n_atoms}; the potential trainer needs one atom count")
+        val = Frames(*read_labelled_set(val_path))
     if d.max_train:
-        train = _select(train, np.arange(min(d.max_train, len(train[1]))))
+        train = train.select(np.arange(min(d.max_train, len(train.energies))))
     return train, val
 
 
-def _select(frames, index):
-    crystals, energies, forces = frames
-    return crystals[index], energies[index], forces[index]
+def bucket_sizes(config: Config, train: Frames, val: Frames) -> tuple[int, ...]:
+    """The padded atom counts of the size buckets: ``data.buckets`` (checked to hold every frame) or
+    chosen from the training and validation atom counts."""
+    counts = np.concatenate([train.structures.atom_counts, val.structures.atom_counts])
+    if config.data.buckets is None:
+        return choose_buckets(counts, config.data.max_buckets)
+    buckets = tuple(sorted(set(config.data.buckets)))
+    if counts.max() > buckets[-1]:
+        raise DismaxConfigError(f"config key 'data.buckets' is {list(config.data.buckets)} but a frame has "
+                                f"{counts.max()} atoms; the largest bucket must hold the largest frame")
+    return buckets
 
 
 def reference_energies(crystals: Crystals, energies: np.ndarray, species: tuple[int, ...]) -> np.ndarray:
-    """Per-species reference energies (S,) in eV: least squares of the frame energies on the composition."""
+    """Per-species reference energies (S,) in eV: least squares of the frame energies on the composition
+    (padding atoms, species 0, count for no species)."""
     counts = np.stack([(np.asarray(crystals.species) == z).sum(axis=1) for z in species], axis=1).astype(float)
     return np.linalg.lstsq(counts, np.asarray(energies, float), rcond=None)[0]
 
 
-def frame_arrays(frames, cutoff: float, capacity: int | None = None) -> dict:
-    """The loader's data: frac, lattice, species, energy, forces and neighbour tables (indices, images) of
-    every frame, float32/int32, tables padded to one capacity K (at least ``capacity``)."""
-    crystals, energies, forces = frames
-    c = crystals.to_numpy()
-    tables = [neighbour_tables(c[i:i + TABLE_CHUNK], cutoff) for i in range(0, len(c), TABLE_CHUNK)]
-    k = max([t.indices.shape[-1] for t in tables] + [capacity or 0])
+def frame_arrays(frames: Frames, cutoff: float, n_atoms: int | None = None) -> dict:
+    """The loader's data for frames padded to ``n_atoms`` (default: the largest count): frac, lattice,
+    species (0 for padding), energy, forces (0 for padding) and neighbour tables (indices, images) of every
+    frame, float32/int32, tables padded to one capacity K."""
+    crystals, mask = frames.structures.padded(n_atoms)
+    n_atoms = crystals.n_atoms
+    tables = [neighbour_tables(crystals[i:i + TABLE_CHUNK], cutoff, atom_mask=mask[i:i + TABLE_CHUNK])
+              for i in range(0, len(crystals), TABLE_CHUNK)]
+    forces = np.zeros((len(frames.forces), n_atoms, 3), np.float32)
+    for m, frame_forces in enumerate(frames.forces):
+        forces[m, :len(frame_forces)] = frame_forces
+    arrays = {"frac": np.asarray(crystals.frac, np.float32), "lattice": np.asarray(crystals.lattice, np.float32),
+              "species": np.asarray(crystals.species, np.int32), "energy": np.asarray(frames.energies, np.float32),
+              "forces": forces}
+    k = max(t.indices.shape[-1] for t in tables)
+    widened = [padded_tables(t._asdict(), k) for t in tables]
+    return arrays | {key: np.concatenate([w[key] for w in widened]) for key in ("indices", "images")}
 
-    def padded(t):
-        extra = k - t.indices.shape[-1]
-        return (np.pad(t.indices, ((0, 0), (0, 0), (0, extra)), constant_values=c.n_atoms),
-                np.pad(t.images, ((0, 0), (0, 0), (0, extra), (0, 0))))
 
-    indices, images = (np.concatenate(parts) for parts in zip(*(padded(t) for t in tables)))
-    return {"frac": np.asarray(c.frac, np.float32), "lattice": np.asarray(c.lattice, np.float32),
-            "species": np.asarray(c.species, np.int32), "energy": np.asarray(energies, np.float32),
-            "forces": np.asarray(forces, np.float32), "indices": indices.astype(np.int32),
-            "images": images.astype(np.int32)}
+def padded_tables(arrays: dict, capacity: int) -> dict:
+    """``arrays`` with its neighbour tables (indices (M, N, K), images (M, N, K, 3)) widened to ``capacity``
+    slots by padding slots (index N, image 0)."""
+    indices, images = arrays["indices"], arrays["images"]
+    extra = capacity - indices.shape[-1]
+    return arrays | {"indices": np.pad(indices, ((0, 0), (0, 0), (0, extra)), constant_values=indices.shape[1])
+                     .astype(np.int32), "images": np.pad(images, ((0, 0), (0, 0), (0, extra), (0, 0))).astype(np.int32)}
 
 
-def mean_neighbours(arrays: dict, cutoff: float) -> float:
-    """Mean number of neighbours within ``cutoff`` per atom over the frames (the convolution normaliser)."""
-    counts = []
-    for frac, lattice, indices, images in zip(arrays["frac"], arrays["lattice"], arrays["indices"], arrays["images"]):
-        distances = np.linalg.norm(np.asarray(table_vectors(frac, lattice, indices, images)), axis=-1)
-        inside = (distances < cutoff) & (indices < len(frac))
-        counts.append(inside.sum(axis=1).mean())
-    return float(np.mean(counts))
+def bucketed_arrays(splits: Sequence[Frames], buckets: Sequence[int], cutoff: float) -> list[list[dict]]:
+    """For every split (train, val, …) the :func:`frame_arrays` of its non-empty buckets, in bucket order;
+    a bucket's tables have the same capacity K in every split (one compiled shape per bucket)."""
+    per_split = []
+    for frames in splits:
+        which = assign_buckets(frames.structures.atom_counts, buckets)
+        per_split.append([frame_arrays(frames.select(np.flatnonzero(which == b)), cutoff, n) if np.any(which == b)
+                          else None for b, n in enumerate(buckets)])
+    for b in range(len(buckets)):
+        k = max(split[b]["indices"].shape[-1] for split in per_split if split[b] is not None)
+        for split in per_split:
+            split[b] = None if split[b] is None else padded_tables(split[b], k)
+    return [[arrays for arrays in split if arrays is not None] for split in per_split]
+
+
+def mean_neighbours(buckets: Sequence[dict], cutoff: float) -> float:
+    """Mean number of neighbours within ``cutoff`` per real atom over the frames of every bucket (the
+    convolution normaliser)."""
+    neighbours, atoms = 0, 0
+    for arrays in buckets:
+        for frac, lattice, indices, images in zip(arrays["frac"], arrays["lattice"], arrays["indices"],
+                                                  arrays["images"]):
+            distances = np.linalg.norm(np.asarray(table_vectors(frac, lattice, indices, images)), axis=-1)
+            neighbours += int(((distances < cutoff) & (indices < len(frac))).sum())
+        atoms += int(real_atoms(arrays["species"]).sum())
+    return neighbours / atoms
 
 
 # ------------------------------------------------------------------------------------ loss and step
@@ -187,13 +241,25 @@ def predictions(potential: LearnedPotential, params, batch):
         batch["frac"], batch["lattice"], batch["species"], batch["indices"], batch["images"])
 
 
+def frame_errors(energies, forces, batch):
+    """Errors of predicted energies (B,) and forces (B, N, 3) against a batch's labels: energy error per
+    real atom (B,) in eV/atom, force errors (B, N, 3) in eV/Å (0 on padding atoms), real-atom mask (B, N)."""
+    real = real_atoms(batch["species"])
+    de = (energies - batch["energy"]) / real.sum(axis=1)
+    return de, (forces - batch["forces"]) * real[..., None], real
+
+
+def loss_and_maes(de, df, n_atoms, energy_weight: float, force_weight: float):
+    """(loss, {"energy_mae" eV/atom, "force_mae" eV/Å per component}) from the per-frame energy errors per
+    atom ``de`` (M,) and the force errors ``df`` (…, 3) of ``n_atoms`` real atoms (padding rows zero)."""
+    loss = energy_weight * (de**2).mean() + force_weight * (df**2).sum() / n_atoms
+    return loss, {"energy_mae": abs(de).mean(), "force_mae": abs(df).sum() / (3 * n_atoms)}
+
+
 def loss_terms(potential, params, batch, energy_weight: float, force_weight: float):
     """(loss, {"energy_mae" eV/atom, "force_mae" eV/Å per component}) of one batch."""
-    energies, forces = predictions(potential, params, batch)
-    de = (energies - batch["energy"]) / batch["species"].shape[1]
-    df = forces - batch["forces"]
-    loss = energy_weight * jnp.mean(de**2) + force_weight * jnp.mean(jnp.sum(df**2, axis=-1))
-    return loss, {"energy_mae": jnp.mean(jnp.abs(de)), "force_mae": jnp.mean(jnp.abs(df))}
+    de, df, real = frame_errors(*predictions(potential, params, batch), batch)
+    return loss_and_maes(de, df, real.sum(), energy_weight, force_weight)
 
 
 @partial(jax.jit, static_argnames=("potential", "optimizer", "energy_weight", "force_weight", "ema_decay"),
@@ -213,23 +279,25 @@ def _predict(params, batch, *, potential):
     return predictions(potential, params, batch)
 
 
-def validation_metrics(potential, params, arrays: dict, batch_size: int, t: TrainConfig) -> dict:
-    """Loss and MAEs (energy meV/atom, force components meV/Å) over every validation frame; the last
-    batch is completed with the first frames (one compiled shape) and the extra rows dropped."""
-    m = len(arrays["energy"])
-    order = np.resize(np.arange(m), -(-m // batch_size) * batch_size)
+def validation_metrics(potential, params, buckets: Sequence[dict], batch_size: int, t: TrainConfig) -> dict:
+    """Loss and MAEs (energy meV/atom, force components meV/Å) over every validation frame of every
+    bucket, each frame and atom counted once; a bucket's last batch is completed with its first frames
+    (one compiled shape per bucket) and the extra rows dropped."""
     de, df = [], []
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        keep = np.arange(start, start + batch_size) < m
-        batch = {k: v[rows] for k, v in arrays.items()}
-        e, f = (np.asarray(x, np.float64) for x in _predict(params, batch, potential=potential))
-        de.append(((e - batch["energy"]) / batch["species"].shape[1])[keep])
-        df.append((f - batch["forces"])[keep])
+    for arrays in buckets:
+        m = len(arrays["energy"])
+        order = np.resize(np.arange(m), -(-m // batch_size) * batch_size)
+        for start in range(0, len(order), batch_size):
+            keep = np.arange(start, start + batch_size) < m
+            batch = {k: v[order[start:start + batch_size]] for k, v in arrays.items()}
+            e, f = (np.asarray(x, np.float64) for x in _predict(params, batch, potential=potential))
+            frame_de, frame_df, real = frame_errors(e, f, batch)
+            de.append(frame_de[keep])
+            df.append(frame_df[keep][real[keep]])
     de, df = np.concatenate(de), np.concatenate(df)
-    loss = t.energy_weight * np.mean(de**2) + t.force_weight * np.mean(np.sum(df**2, axis=-1))
-    return {"val_loss": loss, "val_energy_mae_meV_per_atom": 1e3 * np.mean(np.abs(de)),
-            "val_force_mae_meV_per_A": 1e3 * np.mean(np.abs(df))}
+    loss, maes = loss_and_maes(de, df, len(df), t.energy_weight, t.force_weight)
+    return {"val_loss": loss, "val_energy_mae_meV_per_atom": 1e3 * maes["energy_mae"],
+            "val_force_mae_meV_per_A": 1e3 * maes["force_mae"]}
 
 
 PANELS = (Panel("loss", ("train_loss", "val_loss"), log_scale=True),
@@ -244,22 +312,23 @@ def make_task(config: Config, run: RunDir) -> TrainingTask:
     species = check_frames(config, train_frames, val_frames)
     t = config.train
     cutoff = config.model.network.cutoff
-    train_arrays = frame_arrays(train_frames, cutoff)
-    val_arrays = frame_arrays(val_frames, cutoff, train_arrays["indices"].shape[-1])
+    buckets = bucket_sizes(config, train_frames, val_frames)
+    train_buckets, val_buckets = bucketed_arrays((train_frames, val_frames), buckets, cutoff)
     network_config = config.model.network
     if network_config.avg_neighbors is None:
-        network_config = dataclasses.replace(network_config, avg_neighbors=mean_neighbours(train_arrays, cutoff))
-    shift = reference_energies(train_frames[0], train_frames[1], species)
-    scale = float(np.sqrt(np.mean(train_frames[2] ** 2))) or 1.0
+        network_config = dataclasses.replace(network_config, avg_neighbors=mean_neighbours(train_buckets, cutoff))
+    shift = reference_energies(train_frames.structures.padded()[0], train_frames.energies, species)
+    scale = float(np.sqrt(np.mean(np.concatenate(train_frames.forces) ** 2))) or 1.0
     write_potential_file(run.path, network_config, species, shift, scale)
     potential = LearnedPotential(network_config, species, None, shift, scale)
-    loader = BatchLoader(train_arrays, t.batch_size, seed=config.seed)
+    loader = BucketedLoader(train_buckets, t.batch_size, seed=config.seed)
     optimizer = make_optimizer(t.lr, t.epochs * loader.steps_per_epoch, t.final_lr_fraction, t.clip_norm)
     state = initial_state(potential.network, optimizer, jax.random.PRNGKey(config.seed))
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
-    log.info("potential: %d parameters, species %s, %d training / %d validation frames of %d atoms, table K=%d, "
-             "%.1f neighbours per atom within %.2f Å", n_params, list(species), len(train_frames[1]),
-             len(val_frames[1]), train_frames[0].n_atoms, train_arrays["indices"].shape[-1],
+    log.info("potential: %d parameters, species %s, %d training / %d validation frames; buckets (atoms: training "
+             "frames, table K) %s; %.1f neighbours per atom within %.2f Å", n_params, list(species),
+             len(train_frames.energies), len(val_frames.energies),
+             ", ".join(f"{a['species'].shape[1]}: {len(a['energy'])}, K={a['indices'].shape[-1]}" for a in train_buckets),
              network_config.avg_neighbors, cutoff)
     options = dict(potential=potential, optimizer=optimizer, energy_weight=t.energy_weight,
                    force_weight=t.force_weight, ema_decay=t.ema_decay)
@@ -271,7 +340,7 @@ def make_task(config: Config, run: RunDir) -> TrainingTask:
                        "train_force_mae_meV_per_A": 1e3 * metrics["force_mae"]}
 
     def evaluate(state, epoch):
-        return state, validation_metrics(potential, state.ema_params, val_arrays, t.batch_size, t)
+        return state, validation_metrics(potential, state.ema_params, val_buckets, t.batch_size, t)
 
     return TrainingTask(
         name="potential", state=state, loaders=[loader], step=step, members=[{"member": 0, "seed": config.seed}],

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dismax import cluster_expansion
-from dismax.data.loader import BatchLoader, cubic_translations, translate
+from dismax.data.loader import BatchLoader, BucketedLoader, assign_buckets, choose_buckets, cubic_translations, translate
 from dismax.errors import DismaxConfigError
 from dismax.structures import Crystals
 
@@ -118,3 +118,32 @@ def test_bad_settings():
         BatchLoader(data, batch_size=1, augment="rotate")
     with pytest.raises(DismaxConfigError, match="exceeds"):
         BatchLoader(data, batch_size=3)
+
+
+def test_size_buckets():
+    assert choose_buckets([8, 16, 8, 12]) == (8, 12, 16)  # few counts: one bucket each, no padding
+    assert choose_buckets(list(range(1, 101)), max_buckets=4) == (25, 50, 75, 100)
+    np.testing.assert_array_equal(assign_buckets([3, 8, 9, 16], (8, 16)), [0, 0, 1, 1])
+    with pytest.raises(DismaxConfigError, match="frame 1 has 17 atoms, more than the largest bucket"):
+        assign_buckets([3, 17], (8, 16))
+
+
+def test_bucketed_loader_serves_one_bucket_per_batch_and_covers_every_frame():
+    buckets = [{"x": np.arange(5)[:, None] * np.ones((1, 8))}, {"x": 100 + np.arange(2)[:, None] * np.ones((1, 16))}]
+    loader = BucketedLoader(buckets, batch_size=2, seed=3)
+    assert loader.steps_per_epoch == 3 + 1  # the last batch of each bucket is completed
+    seen = []
+    for step in range(loader.steps_per_epoch):
+        x = loader.batch(step)["x"]
+        assert x.shape in ((2, 8), (2, 16))
+        seen += list(x[:, 0])
+    assert set(seen) == {0, 1, 2, 3, 4, 100, 101} and len(seen) == 8
+    again = BucketedLoader(buckets, batch_size=2, seed=3)
+    assert all(np.array_equal(loader.batch(s)["x"], again.batch(s)["x"]) for s in range(12))
+    other_epoch = [tuple(loader.batch(s)["x"][:, 0]) for s in range(4, 8)]
+    assert other_epoch != [tuple(loader.batch(s)["x"][:, 0]) for s in range(4)]
+    loader.step = 5
+    resumed = BucketedLoader(buckets, batch_size=2, seed=3).restore(loader.state())
+    assert resumed.step == 5
+    with pytest.raises(DismaxConfigError, match="settings differ"):
+        BucketedLoader(buckets, batch_size=1, seed=3).restore(loader.state())

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice
 
-from dismax.diffusion.crystens import (HEADER, crystens_scale, from_crystens, lattice_parameters, space_groups,
-                                       to_crystens)
-from dismax.diffusion.unimat import from_unimat, to_unimat
+from dismax.diffusion.crystens import (HEADER, crystens_ranges, from_crystens, from_model_space, space_groups,
+                                       to_crystens, to_model_space)
+from dismax.diffusion.unimat import coordinate_ranges, from_unimat, to_unimat
 from dismax.geometry import pairwise_minimum_image_distances
 from tests.diffusion.unet_cells import a_si_cells, alloy_cells, cartesian_rms, interface_cells
 
@@ -29,9 +29,27 @@ def test_crystens_round_trip_is_exact(family):
     assert np.array_equal(np.asarray(species), np.asarray(cells.species))
     assert cartesian_rms(frac, cells.frac, cells.lattice).max() < 1e-5
     assert np.all((np.asarray(frac) >= 0) & (np.asarray(frac) < 1))
-    # every entry fits into [-1, 1] after scaling by the dataset's divisors
-    length_scale = float(np.asarray(lattice_parameters(cells.lattice))[:, :3].sum(-1).max())
-    assert np.abs(np.asarray(tensor) / crystens_scale(n, length_scale)).max() <= 1.0
+    # the min-max map puts every entry into [-1, 1] and inverts exactly
+    ranges = crystens_ranges(tensor)
+    x = np.asarray(to_model_space(tensor, ranges))
+    assert np.abs(x).max() <= 1.0 + 1e-6
+    np.testing.assert_allclose(np.asarray(from_model_space(jnp.asarray(x), ranges)), np.asarray(tensor), atol=1e-5)
+
+
+def test_crystens_min_max_scaling_spreads_the_atomic_numbers():
+    """As Dismai-Bench's scaler: each quantity spans [-1, 1] over the data (Li 3 → -1, O 8 → +1; the x
+    coordinates' extremes → ±1), a fixed lattice length maps to -1."""
+    cells = interface_cells(2, blocks=((3, 3), (8, 3)))
+    tensor = to_crystens(cells.frac, cells.lattice, cells.species, jnp.ones(2, jnp.int32))
+    ranges = crystens_ranges(tensor)
+    assert ranges[0] == (3.0, 8.0) and ranges[4][0] == ranges[4][1]
+    x = np.asarray(to_model_space(tensor, ranges))
+    assert x[0, 0, HEADER:, 0].tolist() == [-1, -1, -1, 1, 1, 1]
+    assert x[0, HEADER:, 0, 3].tolist() == [-1, -1, -1, 1, 1, 1]
+    frac_x = x[:, 1, HEADER:, 0]
+    assert frac_x.min() == pytest.approx(-1) and frac_x.max() == pytest.approx(1)
+    assert np.all(x[:, 4, HEADER:] == -1)
+    assert crystens_ranges(tensor[:1]) != ranges
 
 
 def test_crystens_layout_against_pymatgen():
@@ -86,10 +104,12 @@ def test_unimat_round_trip_is_exact(family):
     cells = FAMILIES[family](2, seed=1)
     order = first_appearance(cells.species[0])
     composition = [int(np.sum(np.asarray(cells.species[0]) == z)) for z in order]
-    video = to_unimat(cells.frac, cells.species, order)
+    ranges = coordinate_ranges(cells.frac)
+    video = to_unimat(cells.frac, cells.species, order, ranges)
     assert video.shape == (2, cells.n_atoms, 4, 4, 3)
     assert float(jnp.min(video)) == -1.0 and float(jnp.max(video)) <= 1.0 + 2e-6
-    frac, species, valid = from_unimat(video, order, composition)
+    assert float(jnp.min(jnp.where(video == -1.0, 1.0, video))) >= -1e-6  # atoms in [0, 1]
+    frac, species, valid = from_unimat(video, order, composition, ranges)
     assert np.array_equal(np.asarray(species), np.asarray(cells.species))
     assert np.all(np.asarray(valid))
     assert cartesian_rms(frac, cells.frac, cells.lattice).max() < 1e-5
@@ -98,9 +118,15 @@ def test_unimat_round_trip_is_exact(family):
 def test_unimat_frame_layout_and_origin_atoms():
     frac = jnp.array([[[0.0, 0.0, 0.0], [0.25, 0.5, 0.75]]])
     video = np.asarray(to_unimat(frac, jnp.array([[8, 3]]), (3, 8)))
-    assert np.all(video[0, 0, 0, 1] == pytest.approx(1.0, abs=1e-5))  # O owns pixel (0, 1); origin → x + 1
-    np.testing.assert_allclose(video[0, 1, 0, 0], [-0.5, 0.0, 0.5])    # Li owns pixel (0, 0)
+    assert np.all(video[0, 0, 0, 1] == 0.0)                            # O owns pixel (0, 1); the origin is 0
+    np.testing.assert_allclose(video[0, 1, 0, 0], [0.25, 0.5, 0.75])   # Li owns pixel (0, 0)
     assert np.sum(video != -1.0) == 6
+    frac_back, species, _ = from_unimat(jnp.asarray(video), (3, 8), (1, 1))
+    assert species.tolist() == [[8, 3]] and np.array_equal(np.asarray(frac_back), np.asarray(frac))
+    # the coordinate ranges stretch each axis to [0, 1]
+    ranges = ((0.0, 0.5), (0.0, 0.5), (0.0, 0.75))
+    np.testing.assert_allclose(np.asarray(to_unimat(frac, jnp.array([[8, 3]]), (3, 8), ranges))[0, 1, 0, 0],
+                               [0.5, 1.0, 1.0])
 
 
 def test_unimat_wrong_composition_is_failed():

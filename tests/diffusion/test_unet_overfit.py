@@ -31,15 +31,23 @@ def eight_atom_cells(n: int, seed: int = 0) -> Crystals:
                     np.broadcast_to([3, 3, 3, 3, 8, 8, 8, 8], (n, 8)).astype(np.int32))
 
 
-# Measured (1,500 steps, one heavily shared core): UniMat reached train loss 0.016 / validation 0.020 but its
-# 3 valid samples of 4 were 1.1–1.9 Å RMS from the nearest training structure. CrysTens reached train loss 0.025
-# / validation 0.026, but all 4 samples decoded to a wrong composition (the atomic-number header, Li 3 vs O 8,
-# differs by 0.05 after scaling by 1/100, below the residual noise). More steps are needed.
-UNDERTRAINED = pytest.mark.xfail(reason="1,500 steps are not enough to memorise (see comment above)", strict=True)
+# Measured with the settings below, on a CPU shared by four heavy jobs (load ~13), ~10 min per model.
+# The noise objective (the paper's) at 4,000 steps sampled washed-out videos: the trained denoiser, given a
+# training structure noised to t = 0.02, returns it to 0.17–0.24 Å, but along the sampler's trajectory its
+# x̂_0 at t = 1 and 0.9 puts the −1 background at means up to +0.7, and the samples never recover (0.4–2.9 Å
+# from the nearest training structure, 1 of 8 with a wrong composition). The sampler itself is exact (a
+# 4-point mixture oracle, tests/diffusion/test_unet_diffusion.py). With the v objective every UniMat sample
+# decodes to the right composition at 0.41–0.51 Å from the nearest training structure, near the mean of the
+# four (0.32–0.35 Å from each; the four are 0.50–0.59 Å apart), not one of them: the denoiser's x̂_0 at
+# t = 0.1 is 0.34–0.49 Å off, no better than the mean, so the network has not memorised the four cells.
+# CrysTens (cascade) is not measured with these settings yet.
+UNDERTRAINED = pytest.mark.xfail(reason="4,000 steps of a dim-16 U-Net do not memorise the four cells (see above)",
+                                 strict=True)
+NOT_MEASURED = pytest.mark.xfail(reason="not measured with the v objective and 4,000 steps yet", strict=False)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", [pytest.param("crystens", marks=UNDERTRAINED),
+@pytest.mark.parametrize("kind", [pytest.param("crystens", marks=NOT_MEASURED),
                                   pytest.param("unimat", marks=UNDERTRAINED)])
 def test_small_unet_overfits_four_structures(kind, tmp_path):
     cells = eight_atom_cells(4)
@@ -49,8 +57,9 @@ def test_small_unet_overfits_four_structures(kind, tmp_path):
     run = tmp_path / "run"
     assert train_main(["--config", str(config), "--run-dir", str(run), *SMALL[kind],
                        f"data.train_file={tmp_path / 'train.extxyz'}", f"data.val_file={tmp_path / 'train.extxyz'}",
-                       "train.epochs=1500", "train.batch_size=4", "train.lr=1e-3", "train.ema_decay=0.99",
-                       "train.val_every=500", "train.checkpoint_every=500", "sample.n_steps=100"]) == 0
+                       "model.objective=v", "train.epochs=4000", "train.batch_size=4", "train.lr=1e-3",
+                       "train.ema_decay=0.99", "train.val_every=1000", "train.checkpoint_every=1000",
+                       "sample.n_steps=100"]) == 0
     out = tmp_path / "samples.extxyz"
     assert sample_main(["--run-dir", str(run), "--n", "4", "--out", str(out)]) == 0
     summary = json.loads((tmp_path / "samples.extxyz.summary.json").read_text())

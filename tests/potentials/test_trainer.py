@@ -79,9 +79,9 @@ def test_fit_through_the_train_cli_and_load_the_run(tmp_path):
     # checkpoint round trip: the loaded latest potential reproduces the last epoch's validation MAEs
     potential = load_potential(run, which="latest")
     _, (val, energies, forces) = trainer.load_frames(from_dict(trainer.Config, config))
-    e, f = potential.energies_and_forces(val)
-    energy_mae = 1e3 * np.mean(np.abs((e - energies) / val.n_atoms))
-    force_mae = 1e3 * np.mean(np.abs(f - forces))
+    e, f = potential.energies_and_forces(val.as_crystals())
+    energy_mae = 1e3 * np.mean(np.abs((e - energies) / val.atom_counts))
+    force_mae = 1e3 * np.mean(np.abs(f - np.stack(forces)))
     assert energy_mae == pytest.approx(float(rows[-1]["val_energy_mae_meV_per_atom"]), rel=1e-4, abs=1e-3)
     assert force_mae == pytest.approx(float(rows[-1]["val_force_mae_meV_per_A"]), rel=1e-4, abs=1e-3)
 
