@@ -65,10 +65,17 @@ def _write_inputs(folder: Path) -> None:
     labelled = ('Lattice="5.43 0.0 0.0 0.0 5.43 0.0 0.0 0.0 5.43" Properties=species:S:1:pos:R:3:forces:R:{n} '
                 'energy=-3.0 pbc="T T T"\nSi 0.0 0.0 0.0 0.1 0.2{extra}\nSi 1.3 1.4 1.3 0.1 0.2{extra}\n')
     (folder / "forces2.extxyz").write_text("2\n" + labelled.format(n=2, extra=""))
+    (folder / "labelled_si.extxyz").write_text("2\n" + labelled.format(n=3, extra=" 0.3"))
+    (folder / "labelled_ge.extxyz").write_text("2\n" + labelled.format(n=3, extra=" 0.3").replace("Si ", "Ge ", 1))
     (folder / "germanium.extxyz").write_text((folder / "good.extxyz").read_text().replace("Si ", "Ge ", 1))
     for name, data in (("potential_noenergy", "good.extxyz"), ("potential_forces2", "forces2.extxyz")):
         (folder / f"{name}.yaml").write_text(f"model:\n  name: potential\ndata:\n  train_file: {data}\n"
                                              "train:\n  batch_size: 1\n")
+    (folder / "potential_unseen.yaml").write_text("model:\n  name: potential\ndata:\n  train_file: labelled_si.extxyz\n"
+                                                  "  val_file: labelled_ge.extxyz\ntrain:\n  batch_size: 1\n")
+    (folder / "potential_buckets.yaml").write_text("model:\n  name: potential\ndata:\n  train_file: labelled_si.extxyz\n"
+                                                   "  val_file: labelled_si.extxyz\n  buckets: [1]\n"
+                                                   "train:\n  batch_size: 1\n")
     (folder / "cfg.yaml").write_text("model:\n  name: cryingan\n  gen_channels: 8\n"
                                      "data:\n  train_file: overlap.extxyz\ntrain:\n  batch_size: 2\n")
 
@@ -174,6 +181,12 @@ CASES = [
      "good.extxyz, structure 0: no energy"),
     ("train-potential-forces-wrong-shape", "train", ["--config", "{tmp}/potential_forces2.yaml", "--run-dir",
                                                      "{tmp}/r"], "forces have shape (2, 2), expected (2, 3)"),
+    ("train-potential-element-unseen-in-training", "train", ["--config", "{tmp}/potential_unseen.yaml",
+                                                             "--run-dir", "{tmp}/r"],
+     "validation frame 0 contains element Z=32"),
+    ("train-potential-frame-larger-than-every-bucket", "train", ["--config", "{tmp}/potential_buckets.yaml",
+                                                                 "--run-dir", "{tmp}/r"],
+     "the largest bucket must hold the largest frame"),
     ("data-label-unseen-element", "data", ["label", "--calculator", "sw", "--in", "{tmp}/germanium.extxyz", "--out",
                                            "{tmp}/labelled.extxyz"], "germanium.extxyz, frame 0: contains element Z=32"),
     ("data-label-unknown-module", "data", ["label", "--calculator", "no_such_module:Calc", "--in",

@@ -16,8 +16,13 @@ pass (``ssl_pretrain`` or ``ssl_gan`` run). Per (mask, σ̃) setting:
   printed formula 1 − (1/|T|) Σ δ·(…)/S, where non-matching samples add nothing;
 - novelty: structurally and compositionally valid with a composition that differs from the original, and the
   species-replacement rates Rate(X) = n_replace(X) / N_novel (eq. 7), X counted once per novel sample;
-- diagnostics against the trivial baselines: masked-species accuracy, and the RMS positional error after the
-  pass next to the input noise's RMS (the zero-displacement prediction).
+- diagnostics against the trivial baselines: masked-species accuracy next to two composition priors on the
+  same masked atoms (``prior_accuracy``: always the test set's most common species; ``visible_prior_accuracy``:
+  the most common species among the sample's visible atoms, never right for α masks), and the RMS positional
+  error after the pass next to the input noise's RMS (the zero-displacement prediction).
+
+The corrupted inputs depend only on the test structures, ``--seed``, ``--repeats`` and ``--batch-size``, so
+two runs evaluated with the same arguments see the same masks and the same noise.
 
 Writes ``metrics.csv`` (one row per setting), ``metrics.json`` (rows and replacement rates) and
 ``plots/ssl_eval.png`` into ``--out`` (default RUN/eval_ssl).
@@ -130,6 +135,14 @@ def composition_key(numbers) -> tuple:
     return tuple((chemical_symbols[int(z)], int(c)) for z, c in zip(values, counts))
 
 
+def visible_majority(species, visible):
+    """(M,) the most common atomic number among each sample's ``visible`` atoms (the lowest on ties; 0 when
+    none is visible): the per-structure composition prior for its masked atoms."""
+    counts = np.zeros((len(species), 119), np.int64)
+    np.add.at(counts, (np.repeat(np.arange(len(species)), species.shape[1]), species.ravel()), visible.ravel())
+    return np.where(counts.any(axis=1), np.argmax(counts, axis=1), 0)
+
+
 def evaluate_setting(generator, test: PaddedSet, mask_type: str, sigma_ratio: float, repeats: int, batch_size: int,
                      seed: int) -> tuple[dict, dict]:
     """(row of metrics, species-replacement counts) of one (mask type, σ̃) setting."""
@@ -150,6 +163,9 @@ def evaluate_setting(generator, test: PaddedSet, mask_type: str, sigma_ratio: fl
     result = {k: np.concatenate([p[k] for p in parts])[:len(indices)] for k in parts[0]}
     original = np.asarray(test.crystals.species)[indices]
     real = test.atom_mask[indices]
+    values, counts = np.unique(np.asarray(test.crystals.species)[test.atom_mask], return_counts=True)
+    majority = values[np.argmax(counts)]
+    visible_prior = visible_majority(original, real & ~masks)
     volume = np.abs(np.linalg.det(np.asarray(test.crystals.lattice, np.float64)[indices]))
     same = np.all((result["species"] == original) | ~real, axis=1)
     structural = (result["min_distance"] > 0.5) & (volume >= 0.1)
@@ -169,6 +185,8 @@ def evaluate_setting(generator, test: PaddedSet, mask_type: str, sigma_ratio: fl
            "structural_similarity_printed": float(1.0 - np.sum(ratio * same) / len(indices)),
            "novelty": float(novel.mean()), "masked_species_accuracy": float(result["hits"].sum() /
                                                                             max(result["n_masked"].sum(), 1)),
+           "prior_accuracy": float(np.sum(masks & (original == majority)) / max(masks.sum(), 1)),
+           "visible_prior_accuracy": float(np.sum(masks & (original == visible_prior[:, None])) / max(masks.sum(), 1)),
            "position_rms_after": float(np.sqrt(np.mean(result["error_rms"] ** 2))),
            "position_rms_input": float(np.sqrt(np.mean(result["input_rms"] ** 2)))}
     n_novel = int(novel.sum())

@@ -11,6 +11,13 @@ One structure per call (vmap over a batch), pure JAX so it runs inside the jitte
   the cell. The reference's in-cell distance misses close pairs across the boundary (L5); a one-atom cell
   has no pair, so σ = ``sigma_ratio`` × ``single_atom_distance``.
 
+``faithful=True`` reproduces the reference's biased masking (``src/mask.py``): one coin per batch decides the
+mode for every structure (:func:`dismax.ssl.steps.corrupt_batch`); count mode draws ⌈N·ratio⌉ (float32,
+so N = 100 gives 16) atom indices with ``randint(0, N − 1)``, i.e. with replacement and never the last atom
+(L3); species mode masks the species of the atom at one such index, so species are chosen by abundance and the
+last atom's species only through other atoms. The reference errors on a one-atom cell (L4); here that atom
+is masked in both modes.
+
 The noise is returned in Cartesian Å, the frame of the backbone's equivariant vector head (L7).
 """
 
@@ -30,12 +37,14 @@ from dismax.ssl.backbone import MASK_TOKEN
 class CorruptionConfig:
     """mask_ratio: fraction of atoms masked in count mode; species_mask_probability: chance of masking a
     whole species; sigma_ratio: σ̃ (σ in units of the minimum pair distance); single_atom_distance: the
-    distance (Å) standing in for the minimum pair distance of one-atom cells."""
+    distance (Å) standing in for the minimum pair distance of one-atom cells; faithful: the reference's biased
+    masking (module docstring)."""
 
     mask_ratio: float = 0.15
     species_mask_probability: float = 0.5
     sigma_ratio: float = 0.1
     single_atom_distance: float = 2.0
+    faithful: bool = False
 
 
 class Corrupted(NamedTuple):
@@ -71,12 +80,41 @@ def species_mask(key, species, atom_mask):
     return atom_mask & (species == chosen)
 
 
-def mask_species(key, species, atom_mask, config: CorruptionConfig):
-    """(masked species (N,), masked (N,) bool) by the §4.1 scheme (see module docstring)."""
+def reference_draws(key, atom_mask, count):
+    """(N,) bool: the real atoms hit by the first ``count`` of N draws of the reference's
+    ``randint(0, n_real − 1)`` (with replacement, never the last real atom; the only atom of a one-atom cell)."""
+    n_real = jnp.sum(atom_mask)
+    real_atoms = jnp.argsort(~atom_mask, stable=True)      # indices of the real atoms first, in order
+    draws = jax.random.randint(key, atom_mask.shape, 0, jnp.maximum(n_real - 1, 1))
+    used = jnp.arange(atom_mask.shape[0]) < count
+    return jnp.zeros(atom_mask.shape, bool).at[real_atoms[draws]].max(used) & atom_mask
+
+
+def reference_count_mask(key, atom_mask, ratio: float):
+    """The reference's count masking (L3): ⌈n·ratio⌉ in float32 draws, with replacement, last atom excluded."""
+    count = jnp.ceil(jnp.sum(atom_mask).astype(jnp.float32) * jnp.float32(ratio)).astype(jnp.int32)
+    return reference_draws(key, atom_mask, count)
+
+
+def reference_species_mask(key, species, atom_mask):
+    """The reference's species masking: every real atom of the species at one ``randint(0, n − 1)`` index."""
+    chosen = jnp.max(jnp.where(reference_draws(key, atom_mask, 1), species, -1))
+    return atom_mask & (species == chosen)
+
+
+def mask_species(key, species, atom_mask, config: CorruptionConfig, whole_species=None):
+    """(masked species (N,), masked (N,) bool) by the §4.1 scheme (see module docstring); ``whole_species``
+    (bool) imposes the mode instead of drawing it (the faithful per-batch coin)."""
     choice_key, count_key, species_key = jax.random.split(key, 3)
-    whole_species = jax.random.uniform(choice_key) < config.species_mask_probability
-    masked = jnp.where(whole_species, species_mask(species_key, species, atom_mask),
-                       count_mask(count_key, atom_mask, config.mask_ratio))
+    if whole_species is None:
+        whole_species = jax.random.uniform(choice_key) < config.species_mask_probability
+    if config.faithful:
+        by_species = reference_species_mask(species_key, species, atom_mask)
+        by_count = reference_count_mask(count_key, atom_mask, config.mask_ratio)
+    else:
+        by_species = species_mask(species_key, species, atom_mask)
+        by_count = count_mask(count_key, atom_mask, config.mask_ratio)
+    masked = jnp.where(whole_species, by_species, by_count)
     return jnp.where(masked, MASK_TOKEN, species), masked
 
 
@@ -102,8 +140,8 @@ def corrupt_with_mask(key, frac, lattice, species, atom_mask, masked, config: Co
     return Corrupted(noisy, jnp.where(masked, MASK_TOKEN, species), masked, noise, sigma)
 
 
-def corrupt(key, frac, lattice, species, atom_mask, config: CorruptionConfig) -> Corrupted:
-    """Mask species and add positional noise to one structure (see module docstring)."""
+def corrupt(key, frac, lattice, species, atom_mask, config: CorruptionConfig, whole_species=None) -> Corrupted:
+    """Mask species and add positional noise to one structure (see module docstring and :func:`mask_species`)."""
     mask_key, noise_key = jax.random.split(key)
-    _, masked = mask_species(mask_key, species, atom_mask, config)
+    _, masked = mask_species(mask_key, species, atom_mask, config, whole_species)
     return corrupt_with_mask(noise_key, frac, lattice, species, atom_mask, masked, config)

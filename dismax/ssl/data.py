@@ -25,6 +25,7 @@ import numpy as np
 from dismax.data.registry import dataset_dir, dataset_files, ensure_dataset
 from dismax.errors import DismaxInputError
 from dismax.io import CIF_SUFFIXES, read_cif, read_cif_structures, read_structure_set
+from dismax.runs import progress
 from dismax.structures import Crystals, StructureSet
 
 ORDERED_FROM_DISORDERED = ("disordered_demo",)
@@ -77,7 +78,7 @@ def read_cdvae_csv(path: Path) -> list:
     if not rows or "cif" not in rows[0]:
         raise DismaxInputError(f"'{path}' is not a CDVAE-format CSV: it has no 'cif' column")
     structures = []
-    for index, row in enumerate(rows):
+    for index, row in enumerate(progress(rows, desc=f"reading {path.name}", unit="structure")):
         try:
             structures.append(Structure.from_str(row["cif"], fmt="cif"))
         except (ValueError, KeyError, IndexError) as exc:
@@ -118,7 +119,8 @@ def read_any(path: str | Path) -> StructureSet:
         cifs = sorted(p for p in path.iterdir() if p.suffix.lower() in CIF_SUFFIXES)
         if not cifs:
             raise DismaxInputError(f"'{path}' contains no .cif files")
-        return StructureSet.from_structures([read_cif(p, fixed_composition=False) for p in cifs])
+        return StructureSet.from_structures([read_cif(p, fixed_composition=False) for p in
+                                             progress(cifs, desc=f"reading {path.name}/", unit="CIF")])
     if path.suffix.lower() == ".csv":
         return StructureSet.from_structures([Crystals.from_pymatgen([s]) for s in read_cdvae_csv(path)])
     if path.suffix.lower() in (".extxyz", ".xyz"):
@@ -136,8 +138,9 @@ def read_sets(config: DataConfig) -> tuple[StructureSet, StructureSet, Structure
     if config.dataset in ORDERED_FROM_DISORDERED:
         directory = ensure_dataset(config.dataset, config.size, config.dataset_seed)
         cifs = sorted(p for p in directory.iterdir() if p.suffix.lower() in CIF_SUFFIXES)
-        return _split(ordered_decoration(read_cif_structures(cifs, allow_partial=True), config.split_seed),
-                      config.split_seed)
+        structures = [structure for p in progress(cifs, desc=f"reading {config.dataset}", unit="CIF")
+                      for structure in read_cif_structures(p, allow_partial=True)]
+        return _split(ordered_decoration(structures, config.split_seed), config.split_seed)
     dataset_dir(config.dataset, config.size, config.dataset_seed)  # a clear error for unknown names
     train, val = dataset_files(config.dataset, config.size, config.dataset_seed)
     return read_structure_set(train), read_structure_set(val), None

@@ -30,7 +30,7 @@ from dismax.runs import RunDir, log
 from dismax.ssl import pretrain
 from dismax.ssl.backbone import Backbone, BackboneConfig
 from dismax.ssl.data import DataConfig, PaddedSet
-from dismax.ssl.steps import Batch, transfer_params
+from dismax.ssl.steps import Batch, committed, transfer_params
 from dismax.training import Panel, TrainingTask, check_data_source, check_loop_config, load_run_state
 
 TASKS = ("regression", "classification")
@@ -130,7 +130,8 @@ def initial_state(config: Config, network: Backbone) -> pretrain.TrainState:
         params = transfer_params(pretrain.restore_generator(RunDir(config.model.pretrained_run), "best").params,
                                  params)
     optimizer = pretrain.make_optimizer(config.train.lr, config.train.clip_norm)
-    return pretrain.TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), jax.random.PRNGKey(0))
+    return committed(pretrain.TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32),
+                                         jax.random.PRNGKey(0)))
 
 
 def make_task(config: Config, run: RunDir) -> TrainingTask:

@@ -20,7 +20,8 @@ Default (the dismax fixes):
 (real = 1, fake = 0); L_D = mean L1(softmax D(real), onehot 1) + mean L1(softmax D(fake), onehot 0); G's
 term is mean L1(softmax D(fake), onehot 1) computed on detached argmax species and detached positions
 (no gradient to G); real structures get uniform noise; species loss over all atoms; G updated every batch,
-D when (batch index + epoch) mod ``faithful_d_every`` (10) = 0.
+D when (batch index + epoch) mod ``faithful_d_every`` (10) = 0; G's inputs masked the reference's biased way
+(L3, :mod:`dismax.ssl.corruption`).
 """
 
 from __future__ import annotations
@@ -45,14 +46,17 @@ from dismax.ssl import pretrain
 from dismax.ssl.backbone import N_EMBEDDINGS, Backbone
 from dismax.ssl.corruption import CorruptionConfig, minimum_distance
 from dismax.ssl.data import DataConfig, load_padded
-from dismax.ssl.steps import Batch, Generator, apply_batch, corrupt_batch, reconstruction_terms, transfer_params
+from dismax.ssl.steps import (Batch, Generator, apply_batch, committed, corrupt_batch, reconstruction_terms,
+                              transfer_params)
 from dismax.training import LoopConfig, Panel, TrainingTask, check_loop_config, load_run_state
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """generator_run: the ``ssl_pretrain`` run of G (its backbone config is used for D too);
-    discriminator_run: an optional ``ssl_finetune`` run that initialises D; see the module docstring."""
+    discriminator_run: an optional ``ssl_finetune`` run that initialises D; discriminator_layers: D's number of
+    interaction layers if not G's (D then starts from G's first layers: a cheaper critic on a CPU); see the
+    module docstring."""
 
     name: str = "ssl_gan"
     generator_run: str = ""
@@ -66,6 +70,7 @@ class ModelConfig:
     critic_steps: int = 5
     faithful: bool = False
     faithful_d_every: int = 10
+    discriminator_layers: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -124,9 +129,10 @@ def check(config: Config) -> None:
     if m.generator_checkpoint not in ("best", "latest"):
         raise DismaxConfigError(f"config key 'model.generator_checkpoint' is {m.generator_checkpoint!r}; use "
                                 "'best' or 'latest'")
-    if min(t.lr_g, t.lr_d) <= 0 or m.critic_steps < 1 or m.faithful_d_every < 1:
+    too_few_layers = m.discriminator_layers is not None and m.discriminator_layers < 1
+    if min(t.lr_g, t.lr_d) <= 0 or m.critic_steps < 1 or m.faithful_d_every < 1 or too_few_layers:
         raise DismaxConfigError("config keys 'train.lr_g' and 'train.lr_d' must be > 0 and 'model.critic_steps', "
-                                "'model.faithful_d_every' at least 1")
+                                "'model.faithful_d_every' and 'model.discriminator_layers' at least 1")
     if min(m.adversarial_weight, m.position_weight, m.gradient_penalty, m.real_sigma_ratio) < 0:
         raise DismaxConfigError("config keys 'model.adversarial_weight', 'model.position_weight', "
                                 "'model.gradient_penalty' and 'model.real_sigma_ratio' must be >= 0")
@@ -228,8 +234,10 @@ def discriminator_loss(setup: Setup, d_params, g_params, batch: Batch, key):
     _, _, fake_frac, fake_species, _ = generate(setup, g_params, batch, g_key)
     fake_frac, fake_species = jax.lax.stop_gradient(fake_frac), jax.lax.stop_gradient(fake_species)
     real_frac, real_species = real_inputs(setup, batch, real_key)
-    real_scores = critic(setup, d_params, real_frac, batch.lattice, real_species, batch.atom_mask)
-    fake_scores = critic(setup, d_params, fake_frac, batch.lattice, fake_species, batch.atom_mask)
+    # real and fake through one critic call (one copy of the network in the compiled graph for both)
+    both = critic(setup, d_params, jnp.concatenate([real_frac, fake_frac]), jnp.concatenate([batch.lattice] * 2),
+                  jnp.concatenate([real_species, fake_species]), jnp.concatenate([batch.atom_mask] * 2))
+    real_scores, fake_scores = jnp.split(both, 2)
     if m.faithful:
         loss = l1_to_label(real_scores, 1) + l1_to_label(fake_scores, 0)
         accuracy = 0.5 * (jnp.mean(jnp.argmax(real_scores, -1) == 1) + jnp.mean(jnp.argmax(fake_scores, -1) == 0))
@@ -274,7 +282,10 @@ def build(config: Config, abstract: bool = False):
     m, t = config.model, config.train
     generator = pretrain.restore_generator(RunDir(m.generator_run), m.generator_checkpoint)
     g_params = generator.params
-    discriminator = Backbone(generator.network.config, n_outputs=2 if m.faithful else 1)
+    d_backbone = generator.network.config
+    if m.discriminator_layers is not None:
+        d_backbone = dataclasses.replace(d_backbone, n_layers=m.discriminator_layers)
+    discriminator = Backbone(d_backbone, n_outputs=2 if m.faithful else 1)
     d_params = pretrain.initial_params(discriminator, jax.random.PRNGKey(config.seed))
     source = g_params
     if m.discriminator_run:
@@ -283,11 +294,15 @@ def build(config: Config, abstract: bool = False):
         source = finetune.restore_params(RunDir(m.discriminator_run))
     d_params = transfer_params(source, d_params)
     g_optimizer, d_optimizer = optimizers(t.lr_g, t.lr_d, t.beta1_d)
+    if m.faithful:  # the reference's biased masking too (L3)
+        m = dataclasses.replace(m, corruption=dataclasses.replace(m.corruption, faithful=True))
     setup = Setup(generator.network, discriminator, g_optimizer, d_optimizer, m)
     state = GanState(g_params, d_params, g_optimizer.init(g_params), d_optimizer.init(d_params),
                      jnp.zeros((), jnp.int32), jax.random.PRNGKey(config.seed + 7))
     if abstract:
         state = jax.eval_shape(lambda: state)
+    else:
+        state = committed(state)  # else every step compiles twice: minutes for the critic's second-order graph
     return setup, state, config.data or generator.data
 
 

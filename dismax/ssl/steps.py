@@ -27,9 +27,16 @@ class Batch(NamedTuple):
 
 
 def corrupt_batch(key, batch: Batch, config: CorruptionConfig) -> Corrupted:
-    """Corrupt every structure of ``batch`` with its own key (Corrupted with a leading batch axis)."""
+    """Corrupt every structure of ``batch`` with its own key (Corrupted with a leading batch axis); with
+    ``config.faithful`` one coin decides the masking mode of the whole batch, as in the reference."""
     keys = jax.random.split(key, batch.frac.shape[0])
-    return jax.vmap(partial(corrupt, config=config))(keys, batch.frac, batch.lattice, batch.species, batch.atom_mask)
+    whole_species = None
+    if config.faithful:
+        coin = jax.random.uniform(jax.random.fold_in(key, 1))
+        whole_species = jnp.broadcast_to(coin < config.species_mask_probability,
+                                         batch.frac.shape[:1])
+    return jax.vmap(partial(corrupt, config=config))(keys, batch.frac, batch.lattice, batch.species, batch.atom_mask,
+                                                     whole_species=whole_species)
 
 
 def apply_batch(network, params, frac, lattice, species, atom_mask):
@@ -91,3 +98,9 @@ def transfer_params(source, target):
         return jnp.array(found, copy=True) if found is not None and found.shape == leaf.shape else leaf
 
     return jax.tree_util.tree_map_with_path(pick, target)
+
+
+def committed(state):
+    """``state`` with every array committed to this process's first device. A state mixing restored (committed)
+    and fresh (uncommitted) arrays makes a jitted step compile twice: its outputs are all committed."""
+    return jax.device_put(state, jax.local_devices()[0])

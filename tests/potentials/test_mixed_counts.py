@@ -68,6 +68,7 @@ def potential():
                                                  radial_hidden=8, avg_neighbors=8.0))
 
 
+@pytest.mark.slow  # ~55 s of CPU: the network's init and three energy+forces compiles
 def test_padded_frames_give_the_unpadded_energies_and_forces(potential):
     frames = mixed_frames()
     batch = trainer.frame_arrays(frames, potential.cutoff, n_atoms=32)  # both frames padded, 8 and 16 extra
@@ -94,6 +95,7 @@ def per_frame_reference(potential, frames: Frames, energy_weight: float, force_w
     return loss, np.mean(np.abs(de)), np.mean(np.abs(df))
 
 
+@pytest.mark.slow  # ~20-60 s of CPU: the per-frame compiles (shared with the test above) and two more
 def test_loss_and_validation_maes_of_a_mixed_batch_equal_the_per_frame_computation(potential):
     frames = mixed_frames()
     weights = trainer.TrainConfig(energy_weight=3.0, force_weight=0.5)

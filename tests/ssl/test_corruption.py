@@ -1,5 +1,5 @@
 """Corruption statistics (spec ssl_gan.md §4 with fixes L3–L5): exact counts without replacement, every
-atom reachable, whole-species masking, periodic σ, the one-atom cell."""
+atom reachable, whole-species masking, periodic σ, the one-atom cell; the faithful mode's reference bias."""
 
 import math
 
@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dismax.ssl.corruption import (CorruptionConfig, corrupt, count_mask, masked_count, minimum_distance,
-                                   species_mask)
+                                   reference_count_mask, reference_species_mask, species_mask)
+from dismax.ssl.steps import Batch, corrupt_batch
 
 ONE_KEYS = jax.random.split(jax.random.PRNGKey(0), 2000)
 
@@ -82,3 +83,43 @@ def test_noise_has_the_requested_scale_and_positions_wrap():
     assert (noisy >= 0).all() and (noisy < 1).all()
     moved = (noisy - np.asarray(frac)) - np.round(noisy - np.asarray(frac))
     np.testing.assert_allclose(moved @ np.asarray(lattice), np.asarray(out.noise), atol=1e-4)
+
+
+def test_faithful_count_masking_reproduces_the_reference_bias():
+    n_real, n_pad = 20, 4
+    atom_mask = jnp.arange(n_real + n_pad) < n_real
+    masks = np.asarray(jax.jit(jax.vmap(lambda k: reference_count_mask(k, atom_mask, 0.15)))(ONE_KEYS))
+    counts = masks.sum(axis=1)
+    assert not masks[:, n_real - 1:].any()            # randint(0, N − 1): never the last atom, never padding
+    assert counts.max() == 3 and counts.min() < 3     # ⌈0.15·20⌉ = 3 draws, with replacement
+    np.testing.assert_allclose(counts.mean(), 19 * (1 - (18 / 19) ** 3), atol=0.05)
+    np.testing.assert_allclose(masks[:, :n_real - 1].mean(axis=0), 1 - (18 / 19) ** 3, atol=0.03)
+    hundred = jnp.ones(100, bool)                      # torch's float32 ⌈100 · 0.15⌉ is 16 draws
+    most = jax.jit(jax.vmap(lambda k: reference_count_mask(k, hundred, 0.15).sum()))(ONE_KEYS[:200]).max()
+    assert int(most) == 16
+    one = reference_count_mask(ONE_KEYS[0], jnp.array([True, False]), 0.15)
+    np.testing.assert_array_equal(one, [True, False])  # the reference errors on one atom (L4)
+
+
+def test_faithful_species_masking_follows_abundance_and_skips_the_last_atom():
+    species = jnp.array([26, 26, 26, 26, 26, 26, 28, 28, 24, 0])
+    atom_mask = jnp.array([True] * 9 + [False])
+    masks = np.asarray(jax.jit(jax.vmap(lambda k: reference_species_mask(k, species, atom_mask)))(ONE_KEYS))
+    chosen = np.array([np.unique(np.asarray(species)[m]).item() for m in masks])
+    assert not (chosen == 24).any()                    # Cr sits only on the last atom: never drawn
+    np.testing.assert_allclose([np.mean(chosen == 26), np.mean(chosen == 28)], [6 / 8, 2 / 8], atol=0.03)
+    for mask, z in zip(masks[:50], chosen[:50]):
+        np.testing.assert_array_equal(mask, (np.asarray(species) == z) & np.asarray(atom_mask))
+
+
+def test_faithful_batches_share_one_masking_mode():
+    species = jnp.tile(jnp.array([3] * 10 + [8] * 10), (6, 1))
+    batch = Batch(jax.random.uniform(jax.random.PRNGKey(2), (6, 20, 3)), jnp.tile(5.0 * jnp.eye(3), (6, 1, 1)),
+                  species, jnp.ones((6, 20), bool))
+    for faithful in (False, True):
+        config = CorruptionConfig(species_mask_probability=0.5, faithful=faithful)
+        counts = jax.jit(jax.vmap(lambda k: corrupt_batch(k, batch, config).masked.sum(axis=1)))(ONE_KEYS[:40])
+        whole = np.asarray(counts) == 10
+        mixed = np.sum(whole.any(axis=1) & ~whole.all(axis=1))
+        assert (mixed == 0) if faithful else (mixed > 10)
+        assert whole.all(axis=1).any() and (~whole).all(axis=1).any()

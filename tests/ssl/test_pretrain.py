@@ -1,22 +1,29 @@
 """Pre-training through ``python -m dismax.train``: the loss falls, the checkpoint restores, repaired samples
-are written, bad inputs give one ``error:`` line and exit 2."""
+are written, bad inputs give one ``error:`` line and exit 2; the GAN stage trains from the pre-training run and
+both generators are evaluated on the same corrupted inputs."""
 
 import json
 
 import jax
 import numpy as np
 import pytest
+import yaml
 
 from dismax import sample as sample_cli
 from dismax import train as train_cli
 from dismax.bench import __main__ as bench_cli
-from dismax.bench.ssl_eval import sample_masks
+from dismax.bench.ssl_eval import evaluate_setting, sample_masks, visible_majority
 from dismax.cli import main_wrapper
+from dismax.config import load_config
 from dismax.io import read_structure_set
 from dismax.runs import RunDir
+from dismax.ssl import gan
+from dismax.ssl.backbone import Backbone
+from dismax.ssl.corruption import CorruptionConfig
 from dismax.ssl.data import PaddedSet
-from dismax.ssl.pretrain import restore_generator
-from tests.ssl.helpers import rock_salt_set, write_tiny_config
+from dismax.ssl.pretrain import initial_params, restore_generator
+from dismax.ssl.steps import Generator
+from tests.ssl.helpers import TINY_BACKBONE, rock_salt_set, write_tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +83,7 @@ def test_bench_ssl_evaluation_writes_every_setting(trained, capsys):
     assert rows[0]["n_samples"] == 4 * 2 and rows[2]["n_samples"] == 4 * 2   # 2 species; 2 repeats
     for row in rows:
         for key in ("structural_validity", "compositional_validity", "compositional_similarity", "novelty",
-                    "masked_species_accuracy"):
+                    "masked_species_accuracy", "prior_accuracy"):
             assert 0.0 <= row[key] <= 1.0
         assert row["position_rms_input"] > 0
     assert rows[1]["position_rms_input"] > rows[0]["position_rms_input"]
@@ -90,6 +97,49 @@ def test_evaluation_masks_follow_the_protocol(tmp_path, capsys):
     indices, masks = sample_masks(test, "gamma", 5, np.random.default_rng(0))
     assert len(indices) == 15 and (masks.sum(axis=1) == np.repeat([3, 2, 3], 5)).all()
     assert not (masks & ~test.atom_mask[indices]).any()
+    species = np.array([[26, 26, 28, 0], [24, 28, 28, 26], [28, 26, 24, 24]])
+    visible = np.array([[True, True, True, False], [False] * 4, [True, True, False, False]])
+    assert visible_majority(species, visible).tolist() == [26, 0, 26]   # ties: the lowest Z
     code = main_wrapper(bench_cli.main, ["ssl", "--run-dir", str(tmp_path), "--data", "x.extxyz"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "not a run directory" in err[0]
+
+
+def test_two_generators_are_evaluated_on_the_same_corrupted_inputs():
+    test = PaddedSet(*rock_salt_set(3).padded())
+    network = Backbone(TINY_BACKBONE)
+    rows = [evaluate_setting(Generator(network, initial_params(network, jax.random.PRNGKey(seed)), CorruptionConfig(),
+                                       None), test, "beta", 0.2, 2, 4, seed=5)[0] for seed in (0, 1)]
+    assert rows[0]["position_rms_input"] == rows[1]["position_rms_input"] > 0     # same noise
+    assert rows[0]["prior_accuracy"] == rows[1]["prior_accuracy"]                 # same masks
+    assert rows[0]["position_rms_after"] != rows[1]["position_rms_after"]         # different repairs
+    other_seed = evaluate_setting(Generator(network, initial_params(network, jax.random.PRNGKey(0)),
+                                            CorruptionConfig(), None), test, "beta", 0.2, 2, 4, seed=6)[0]
+    assert other_seed["position_rms_input"] != rows[0]["position_rms_input"]
+
+
+@pytest.mark.slow  # the critic step's second-order graph: minutes of compilation on a loaded CPU
+def test_gan_stage_trains_from_the_pretraining_run_and_is_evaluated_on_the_same_inputs(trained, capsys):
+    config = {"model": {"name": "ssl_gan", "generator_run": str(trained / "run"), "generator_checkpoint": "latest",
+                        "discriminator_layers": 1, "critic_steps": 2, "position_weight": 10.0},
+              "train": {"epochs": 1, "batch_size": 4}, "seed": 0}
+    path = trained / "gan.yaml"
+    path.write_text(yaml.safe_dump(config))
+    compiled_before = gan.discriminator_step._cache_size(), gan.generator_step._cache_size()
+    assert main_wrapper(train_cli.main, ["--config", str(path), "--run-dir", str(trained / "gan")]) == 0
+    # each step compiled once (a first state mixing committed and uncommitted arrays compiled them twice)
+    assert (gan.discriminator_step._cache_size(), gan.generator_step._cache_size()) == tuple(
+        n + 1 for n in compiled_before)
+    rows = RunDir(trained / "gan").read_metrics()
+    assert len(rows) == 1 and np.isfinite(rows[0]["val_g_loss"]) and np.isfinite(rows[0]["val_critic"])
+    setup, state, _ = gan.build(load_config(path, config_class=gan.Config), abstract=True)
+    assert sorted(k for k in state.d_params["params"] if k.startswith("interaction")) == ["interaction_0"]
+    assert setup.generator.config.n_layers == TINY_BACKBONE.n_layers
+    reports = []
+    for run in ("run", "gan"):
+        args = ["ssl", "--run-dir", str(trained / run), "--data", str(trained / "val.extxyz"), "--mask", "beta",
+                "--noise", "0.2", "--repeats", "2", "--batch-size", "4", "--out", str(trained / f"eval_{run}")]
+        assert main_wrapper(bench_cli.main, args) == 0
+        reports.append(json.loads((trained / f"eval_{run}" / "metrics.json").read_text())["settings"][0])
+    assert reports[0]["position_rms_input"] == reports[1]["position_rms_input"]
+    assert reports[0]["position_rms_after"] != reports[1]["position_rms_after"]
