@@ -66,44 +66,50 @@ def relax_one(crystals: Crystals, calculator, fmax: float, max_steps: int):
     return frames, np.asarray(energies), np.stack(forces), converged
 
 
-def relax_command(args) -> None:
-    import torch  # the teacher is torch; it is imported only here
+def limit_torch_threads(calculator: str, threads: int) -> None:
+    """One torch thread (by default) for a torch teacher, to share the CPU."""
+    if calculator in ("chgnet", "sevennet"):
+        import torch  # a torch teacher; imported only then
 
-    torch.set_num_threads(args.threads)
-    calculator = labeller(args.calculator).calculator
+        torch.set_num_threads(threads)
+
+
+def unfinished_interfaces(args, prefix: str):
+    """(output path, structure, info) of every random interface ``start..count-1`` without an output file."""
     args.dir.mkdir(parents=True, exist_ok=True)
     for index in range(args.start, args.count):
-        out = args.dir / f"seed{args.seed}-{index:04d}.extxyz"
-        if out.exists():
-            continue
-        crystals, (info,) = random_interfaces(args.seed, [index])
+        out = args.dir / f"{prefix}seed{args.seed}-{index:04d}.extxyz"
+        if not out.exists():
+            crystals, (info,) = random_interfaces(args.seed, [index])
+            yield out, crystals, info
+
+
+def write_frames(out: Path, frames: Crystals, energies, forces, infos) -> None:
+    text = io.StringIO()
+    write_labelled_frames(text, frames, energies, forces, infos)
+    atomic_write_text(out, text.getvalue())
+
+
+def relax_command(args) -> None:
+    limit_torch_threads(args.calculator, args.threads)
+    calculator = labeller(args.calculator).calculator
+    for out, crystals, info in unfinished_interfaces(args, ""):
         started = time.perf_counter()
         frames, energies, forces, converged = relax_one(crystals, calculator, args.fmax, args.max_steps)
         seconds = time.perf_counter() - started
         n_steps = len(energies) - 1
-        infos = [dict(info, step=s, n_steps=n_steps, converged=converged, teacher=args.calculator)
-                 for s in range(len(energies))]
-        text = io.StringIO()
-        write_labelled_frames(text, frames, energies, forces, infos)
-        atomic_write_text(out, text.getvalue())
-        print(json.dumps({"index": index, "steps": n_steps, "converged": converged, "seconds": round(seconds, 1),
-                          "e_initial": float(energies[0] / crystals.n_atoms),
+        write_frames(out, frames, energies, forces, [dict(info, step=s, n_steps=n_steps, converged=converged,
+                                                          teacher=args.calculator) for s in range(len(energies))])
+        print(json.dumps({"index": info["index"], "steps": n_steps, "converged": converged,
+                          "seconds": round(seconds, 1), "e_initial": float(energies[0] / crystals.n_atoms),
                           "e_final": float(energies[-1] / crystals.n_atoms)}), flush=True)
 
 
 def explore_command(args) -> None:
-    if args.calculator in ("chgnet", "sevennet"):
-        import torch  # a torch teacher; imported only then
-
-        torch.set_num_threads(args.threads)
+    limit_torch_threads(args.calculator, args.threads)
     teacher = labeller(args.calculator)
     student = Calculator(potential=get_potential(args.student))
-    args.dir.mkdir(parents=True, exist_ok=True)
-    for index in range(args.start, args.count):
-        out = args.dir / f"explore-seed{args.seed}-{index:04d}.extxyz"
-        if out.exists():
-            continue
-        crystals, (info,) = random_interfaces(args.seed, [index])
+    for out, crystals, info in unfinished_interfaces(args, "explore-"):
         started = time.perf_counter()
         frames, student_energies, _, converged = relax_one(crystals, student, args.fmax, args.max_steps)
         last = len(frames) - 1
@@ -111,12 +117,10 @@ def explore_command(args) -> None:
         labels = [teacher(frames[s:s + 1]) for s in steps]
         energies = np.concatenate([energy for energy, _ in labels])
         forces = np.concatenate([force for _, force in labels])
-        infos = [dict(info, step=s, n_steps=last, converged=converged, teacher=args.calculator, student=args.student,
-                      student_energy=float(student_energies[s])) for s in steps]
-        text = io.StringIO()
-        write_labelled_frames(text, frames[np.asarray(steps)], energies, forces, infos)
-        atomic_write_text(out, text.getvalue())
-        print(json.dumps({"index": index, "student_steps": last, "converged": converged,
+        write_frames(out, frames[np.asarray(steps)], energies, forces,
+                     [dict(info, step=s, n_steps=last, converged=converged, teacher=args.calculator,
+                           student=args.student, student_energy=float(student_energies[s])) for s in steps])
+        print(json.dumps({"index": info["index"], "student_steps": last, "converged": converged,
                           "seconds": round(time.perf_counter() - started, 1),
                           "error_meV_per_atom": [round(1e3 * float(student_energies[s] - e) / crystals.n_atoms, 1)
                                                  for s, e in zip(steps, energies)],
