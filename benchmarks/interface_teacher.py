@@ -14,8 +14,9 @@ Steps (the README gives the exact commands):
    alone goes wrong; a few rounds of explore and refit make it relax random interfaces. Resumable.
 3. ``frames --dir DIR --out FILE --test-out FILE``: the frames, as the paper sampled its DFT relaxations:
    every ``--every``-th step from step ``--first`` on, plus both end points of every relaxation, and every
-   explored frame whose largest force is at most ``--max-force``; a random 10 % go to the held-out test file (``--test-structures 2000-14 ...`` instead holds
-   out every frame of those structures, so the test measures structures the fit never saw). ``python -m dismax.train --config configs/potential_interface_small.yaml``
+   explored frame whose largest force is at most ``--max-force``; a random 10 % go to the held-out test file
+   (``--test-structures 2000-14 ...`` instead holds out every frame of those structures, so the test measures
+   structures the fit never saw). ``python -m dismax.train --config configs/potential_interface_small.yaml``
    fits the potential (its own 1/9 validation split of the rest: 80/10/10 overall).
 4. ``evaluate --potential run:DIR --frames TEST``: held-out MAEs against the teacher;
    ``export --run DIR --out dismax/potentials/weights/interface_chgnet.msgpack`` writes the shipped file.
@@ -85,6 +86,7 @@ def unfinished_interfaces(args, prefix: str):
 
 
 def write_frames(out: Path, frames: Crystals, energies, forces, infos) -> None:
+    """Labelled frames (energies eV, forces eV/Å) with their info dicts, written atomically to ``out``."""
     text = io.StringIO()
     write_labelled_frames(text, frames, energies, forces, infos)
     atomic_write_text(out, text.getvalue())
@@ -129,8 +131,8 @@ def explore_command(args) -> None:
 
 
 def frames_command(args) -> None:
-    """Collect the selected frames of every finished relaxation into a training file and a held-out test
-    file (``--test-fraction`` of the frames, chosen by ``--seed``)."""
+    """Collect the selected frames of every finished relaxation and exploration into a training file and a
+    held-out test file (the frames of ``--test-structures``, else ``--test-fraction`` chosen by ``--seed``)."""
     import ase.io
 
     selected, held_out = [], []
@@ -161,7 +163,8 @@ def evaluate_command(args) -> None:
     crystals, energies, forces = read_labelled_extxyz(args.frames)
     predicted_e, predicted_f = get_potential(args.potential).energies_and_forces(crystals)
     print(json.dumps({"frames": len(energies),
-                      "energy_mae_meV_per_atom": 1e3 * float(np.mean(np.abs(predicted_e - energies))) / crystals.n_atoms,
+                      "energy_mae_meV_per_atom":
+                          1e3 * float(np.mean(np.abs(predicted_e - energies))) / crystals.n_atoms,
                       "force_mae_meV_per_A": 1e3 * float(np.mean(np.abs(predicted_f - forces)))}))
 
 
@@ -188,7 +191,8 @@ def main(argv=None) -> int:
     explore.add_argument("--seed", type=int, default=2000)
     explore.add_argument("--start", type=int, default=0)
     explore.add_argument("--count", type=int, default=16)
-    explore.add_argument("--calculator", default="chgnet", help="the teacher: chgnet | sevennet | any dismax.data label name")
+    explore.add_argument("--calculator", default="chgnet",
+                         help="the teacher: chgnet | sevennet | any dismax.data label name")
     explore.add_argument("--fmax", type=float, default=0.05)
     explore.add_argument("--max-steps", type=int, default=400)
     explore.add_argument("--steps", type=int, nargs="+", default=[0, 25, 50, 100, 200],

@@ -19,7 +19,8 @@ def write_trajectory(path, n_frames: int, largest_force: float = 1.0) -> None:
     forces = np.full((n_frames, 2, 3), 0.1)
     forces[-1, 0] = [largest_force, 0.0, 0.0]
     text = io.StringIO()
-    write_labelled_frames(text, crystals, np.arange(n_frames, dtype=float), forces, [{"step": s} for s in range(n_frames)])
+    write_labelled_frames(text, crystals, np.arange(n_frames, dtype=float), forces,
+                          [{"step": s} for s in range(n_frames)])
     path.write_text(text.getvalue())
 
 
