@@ -24,6 +24,11 @@ final energies within 1.04e-4 eV/atom of ASE's, the same steps per structure as 
 0.4-1.4, four cells of the small a-Si set): dismax 1,895 structure-steps in 5.99 s wall / 8.59 s CPU against
 ASE + matscipy 1,812 in 390 s / 387 s: 68.1x wall-clock, 47.1x per CPU second, energies within 3.5e-4 eV/atom;
 roofline 1.0 % of a 130 GFLOP/s matmul probe, 9.4 % of a 40.1 GB/s streaming probe.
+``--n 32`` with freshly melt-quenched cells, before the per-slot forces, per-structure rebuilds and shrinking
+batches (load average 0.5-8.0): 1,889 structure-steps in 18.5 s wall / 8.8 s CPU against ASE 1,850 in 814 s /
+361 s, 44.9x wall-clock, 41.7x per CPU second, energies within 1.9e-3 eV/atom; after (load average 6.8-5.2):
+2,028 in 3.22 s / 1.98 s against 1,910 in 362 s / 283 s, 119.4x wall-clock, 151.5x per CPU second, energies
+within 2.2e-3 eV/atom (different local minima of the two FIRE variants on a few structures).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Energy models for relaxation, MD and labelling.
 
 A potential provides ``cutoff`` (Å), ``name``, ``check_species(species)``, the pure-JAX
-``energy_from_displacements(dR (N, K, 3), mask (N, K)) -> eV`` of one structure, and
-``potential(crystals) -> (B,)`` energies. :mod:`dismax.potentials.evaluate` evaluates any potential on
+``energy_from_displacements(dR (N, K, 3), mask (N, K)) -> eV`` of one structure (optionally also
+``energy_from_components(dx, dy, dz, mask)`` on the (N, K) components, which the relaxation differentiates
+faster), and ``potential(crystals) -> (B,)`` energies. :mod:`dismax.potentials.evaluate` evaluates any potential on
 Crystals (energies, forces); :mod:`dismax.potentials.jaxmd` is the neighbour-list plumbing shared by the
 relaxation driver and the a-Si MD.
 """

@@ -11,12 +11,15 @@ atoms within the reach is an *overflow*: that structure stops and the host rerun
 larger table, so no result is ever computed with a truncated table.
 
 The whole chunk advances in one ``lax.while_loop`` over a vmapped FIRE step (jax-md's ``fire_descent``
-with a per-step displacement cap like ASE's ``maxstep``); finished structures are frozen by masks. A
-step that leaves some structure's table stale rebuilds the tables of those structures only (a ``lax.map``
-over the chunk with a per-structure ``lax.cond``). Forces of pair-slot potentials (``energy_from_displacements``)
-are per-slot gradients summed over each atom's row minus the same gradients read from the other end of
-every pair through :func:`dismax.geometry.reverse_slots`: a gather, where differentiating through the
-table gather would give a scatter-add, which is slow on CPU.
+with a per-step displacement cap like ASE's ``maxstep``); finished structures are frozen by masks, and
+once at most half of the batch is running, the running structures continue in a batch of half the size
+(down to ``SMALLEST_BATCH``), so the stragglers of a chunk do not pay for the finished ones. A step that
+leaves some structures' tables stale rebuilds those tables only (a ``lax.map`` over the batch with a
+per-structure ``lax.cond``). Forces of pair-slot potentials (``energy_from_displacements``) are per-slot
+gradients summed over each atom's row minus the same gradients read from the other end of every pair
+through :func:`dismax.geometry.reverse_slots`: a gather, where differentiating through the table gather
+would give a scatter-add, which is slow on CPU; Stillinger–Weber is differentiated per Cartesian
+component (``energy_from_components``).
 A non-finite energy or force freezes that structure at its last finite state and marks it ``failed``.
 """
 
@@ -32,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dismax.geometry import gather_reverse, knn, reverse_slots
-from dismax.potentials.evaluate import cell_width_problem, neighbor_table
+from dismax.geometry import gather_reverse, knn, pairwise_minimum_image_distances, reverse_slots
+from dismax.potentials.evaluate import cell_width_problem
 from dismax.runs import progress as runs_progress
 from dismax.structures import Crystals
 
@@ -41,6 +44,7 @@ RUNNING, CONVERGED, MAX_STEPS, FAILED, OVERFLOW = 0, 1, 2, 3, 4
 STATUS_NAMES = {CONVERGED: "converged", MAX_STEPS: "max_steps", FAILED: "failed"}
 DEFAULT_FMAX = 0.05  # eV/Å: stop when every atomic force is below this (the dataset spec's criterion)
 DEFAULT_MAX_STEPS = 1000
+SMALLEST_BATCH = 4  # structures: the running ones of a chunk move to ever smaller batches down to this size
 DEFAULT_CHUNK_SIZE = 32  # structures per compiled chunk in bench configs (relax() alone picks default_chunk_size)
 
 
@@ -179,16 +183,11 @@ def _relax_program(potential, settings: FireSettings, capacity: int):
         return jax.tree_util.tree_map(
             lambda n, o: jnp.where(mask.reshape(mask.shape + (1,) * (n.ndim - 1)), n, o), new, old)
 
-    def run(R, lattice, species, max_steps, fmax):
-        tables, build_overflow = build(R, lattice)
-        e_initial = batch_energy(R, tables.indices, tables.shifts, species)
-        state = jax.vmap(fire_init)(R, **tables.slots(), species=species)
-        f0 = largest_force(state.force)
-        finite = jnp.all(jnp.isfinite(state.force), axis=(1, 2)) & jnp.isfinite(e_initial)
-        status = step_status(finite, build_overflow, f0, jnp.zeros_like(max_steps), max_steps, fmax)
+    def relax_until(carry, lattice, species, max_steps, fmax, leave_at):
+        """FIRE steps of the batch in ``carry`` until at most ``leave_at`` of its structures are running."""
 
         def keep_going(carry):
-            return jnp.any(carry[3] == RUNNING)
+            return jnp.sum(carry[3] == RUNNING) > leave_at
 
         def fire_step(carry):
             state, tables, steps, status, f_old, rebuilds = carry
@@ -225,8 +224,33 @@ def _relax_program(potential, settings: FireSettings, capacity: int):
                     jnp.where(running, new_steps, steps), jnp.where(running, new_status, status),
                     jnp.where(accept, f, f_old), rebuilds + (accept & stale))
 
+        return jax.lax.while_loop(keep_going, fire_step, carry)
+
+    def run(R, lattice, species, max_steps, fmax):
+        tables, build_overflow = build(R, lattice)
+        e_initial = batch_energy(R, tables.indices, tables.shifts, species)
+        state = jax.vmap(fire_init)(R, **tables.slots(), species=species)
+        f0 = largest_force(state.force)
+        finite = jnp.all(jnp.isfinite(state.force), axis=(1, 2)) & jnp.isfinite(e_initial)
+        status = step_status(finite, build_overflow, f0, jnp.zeros_like(max_steps), max_steps, fmax)
         carry = (state, tables, jnp.zeros_like(max_steps), status, f0, jnp.zeros_like(max_steps))
-        state, tables, steps, status, f, rebuilds = jax.lax.while_loop(keep_going, fire_step, carry)
+        inputs = (lattice, species, max_steps)
+        # The whole chunk runs until at most half of it is still running; then those structures move to a
+        # batch of half the size, and so on down to SMALLEST_BATCH: finished structures stop costing steps
+        # (a masked structure costs as much as a running one), at the price of one compiled loop per size.
+        sizes = [R.shape[0]]
+        while sizes[-1] // 2 >= SMALLEST_BATCH:
+            sizes.append(sizes[-1] // 2)
+        for level, size in enumerate(sizes):
+            leave_at = sizes[level + 1] if level + 1 < len(sizes) else 0
+            if level == 0:
+                carry = relax_until(carry, *inputs, fmax, leave_at)
+                continue
+            chosen = jnp.argsort(jnp.where(carry[3] == RUNNING, 0, 1), stable=True)[:size]  # running first
+            part = relax_until(jax.tree_util.tree_map(lambda x: x[chosen], carry), *(x[chosen] for x in inputs),
+                               fmax, leave_at)
+            carry = jax.tree_util.tree_map(lambda whole, x: whole.at[chosen].set(x), carry, part)
+        state, tables, steps, status, f, rebuilds = carry
         e_final = batch_energy(state.position, tables.indices, tables.shifts, species)
         return state.position, status, steps, e_initial, e_final, f, rebuilds
 
@@ -234,11 +258,18 @@ def _relax_program(potential, settings: FireSettings, capacity: int):
 
 
 # ---------------------------------------------------------------------- host side
-def _capacity(frac: np.ndarray, lattice: np.ndarray, cutoff: float, settings: FireSettings) -> int:
-    """Table size of one structure from its densest atom within the reach (cutoff + skin), with head room."""
-    n = frac.shape[0]
-    most = int((neighbor_table(frac, lattice, cutoff + settings.skin) < n).sum(axis=1).max())
-    return min(n - 1, -(-(int(np.ceil(most * settings.capacity_multiplier)) + 2) // 4) * 4)
+def _capacities(frac: np.ndarray, lattice: np.ndarray, cutoff: float, settings: FireSettings) -> np.ndarray:
+    """Table sizes (B,) from each structure's densest atom within the reach (cutoff + skin), with head room;
+    minimum-image distances of a few structures per call (B·N² ≤ ~16M), not one call per structure."""
+    b, n = frac.shape[:2]
+    group = max(1, 2**24 // (n * n))
+    most = np.zeros(b, int)
+    for start in range(0, b, group):
+        part = slice(start, start + group)
+        r = np.asarray(pairwise_minimum_image_distances(jnp.asarray(frac[part]), jnp.asarray(lattice[part])))
+        within = (r < cutoff + settings.skin) & ~np.eye(n, dtype=bool)
+        most[part] = within.sum(axis=2).max(axis=1)
+    return np.minimum(n - 1, -(-(np.ceil(most * settings.capacity_multiplier).astype(int) + 2) // 4) * 4)
 
 
 def _grown(capacity: int, n_atoms: int) -> int:
@@ -284,15 +315,16 @@ def _relax_chunk(c: Crystals, potential, fmax, max_steps, chunk_size, settings, 
     e1 = np.full(b, np.nan)
     fmax_out = np.full(b, np.nan)
 
-    sizes = np.zeros(b, int)
     for i in range(b):
         reason = _invalid_reason(c.frac[i], c.lattice[i], potential.cutoff)
         if reason:
             print(f"structure {ids[i]}: {reason}; marked failed", file=sys.stderr)
             status[i] = FAILED
-        else:
-            sizes[i] = _capacity(np.asarray(c.frac[i], float), np.asarray(c.lattice[i], float), potential.cutoff,
-                                 settings)
+    valid = np.flatnonzero(status != FAILED)
+    sizes = np.zeros(b, int)
+    if len(valid):
+        sizes[valid] = _capacities(np.asarray(c.frac[valid], float), np.asarray(c.lattice[valid], float),
+                                   potential.cutoff, settings)
 
     while np.any(status == OVERFLOW):
         # One program for the chunk: the largest table any pending structure needs.
@@ -318,8 +350,8 @@ def _relax_chunk(c: Crystals, potential, fmax, max_steps, chunk_size, settings, 
 def _chunk_program(c: Crystals, potential, settings: FireSettings):
     """The program for one chunk ``c`` (table size from its densest structure) and its float32 Cartesian
     positions (B, N, 3), lattices (B, 3, 3), int32 species (B, N) and the table size."""
-    capacity = max(_capacity(np.asarray(c.frac[i], float), np.asarray(c.lattice[i], float), potential.cutoff,
-                             settings) for i in range(c.batch_size))
+    capacity = int(_capacities(np.asarray(c.frac, float), np.asarray(c.lattice, float), potential.cutoff,
+                               settings).max())
     lattice = jnp.asarray(c.lattice, jnp.float32)
     R = jnp.asarray(np.einsum("bni,bij->bnj", c.frac, c.lattice), jnp.float32)
     species = jnp.asarray(c.species, jnp.int32)

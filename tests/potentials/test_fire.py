@@ -188,3 +188,18 @@ def test_rebuilding_only_stale_tables_gives_the_trajectory_of_rebuilding_every_s
     assert np.all(rarely["rebuilds"] >= 0) and np.all(rarely["rebuilds"] < every["steps"] // 10)
     np.testing.assert_allclose(every["e_final"], rarely["e_final"], rtol=1e-6)
     np.testing.assert_allclose(every["positions"], rarely["positions"], atol=1e-4)  # Å
+
+
+def test_structures_that_outlast_the_chunk_give_the_results_of_relaxing_them_alone():
+    """The running structures of a chunk move to smaller batches as the others finish (8 -> 4 here); each
+    structure's steps and minimum are the ones it reaches in a chunk of its own."""
+    atoms = perturbed_diamond(8, noise=0.05, seed=20)
+    atoms[5].positions += np.random.default_rng(21).normal(0.0, 0.2, atoms[5].positions.shape)  # slow ones
+    atoms[6].positions += np.random.default_rng(22).normal(0.0, 0.25, atoms[6].positions.shape)
+    crystals = Crystals.from_ase(atoms)
+    together = relax(crystals, original_sw(), fmax=1e-3, chunk_size=8)
+    alone = relax(crystals, original_sw(), fmax=1e-3, chunk_size=1)
+    assert list(together.status) == ["converged"] * 8
+    assert np.sum(together.steps > np.sort(together.steps)[3]) >= 2  # some outlast half of the chunk
+    np.testing.assert_array_equal(together.steps, alone.steps)
+    np.testing.assert_allclose(together.e_final, alone.e_final, atol=1e-6)
