@@ -40,7 +40,8 @@ ORDERED_FROM_DISORDERED = ("disordered_demo",)
 class DataConfig:
     """Where the structures come from (see module docstring); max_train/max_val cap the sets;
     max_atoms: the padded atom count (None: the largest structure of the sets); max_buckets: size buckets of
-    the training batches (1: every batch padded to max_atoms)."""
+    the pre-training batches (1: every batch padded to max_atoms; the GAN stage always pads to one shape, since
+    each shape compiles its critic step, minutes on a CPU)."""
 
     dataset: str = "alloy_300K_wide"
     size: str = "small"
