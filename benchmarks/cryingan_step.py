@@ -5,8 +5,9 @@ the Fe–Ni–Cr alloy (N = 256, λ = 0.1). The PyTorch side is dismax.gan.refer
 the parity test checks against dismax), with the reference's convolution layout and with dense per-atom
 layers (brute-force kNN over the 27-image cloud, autograd gradient penalties, Adam); it runs only when
 torch is installed (``pip install -e .[dev]``). Prints medians in milliseconds, the
-torch/dismax ratio, and achieved GFLOP/s (XLA's flop count of the dismax step) next to a float32 matmul
-measured in the same run.
+torch/dismax ratio, the dismax step's process CPU time (≈ 2 × wall when it had both cores), and its
+achieved GFLOP/s (XLA's flop count of the step) as a fraction of a float32 matmul timed alternately with
+the step (one matmul before every timed step), so both rates are measured under the same machine load.
 
     python benchmarks/cryingan_step.py [--repeats 3] [--threads 2] [--matmul 4096]
 """
@@ -45,6 +46,33 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def matmul_fn(size: int):
+    """(call, flop count) of a jitted float32 size × size matmul, compiled and warmed up."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(f(a))
+    return (lambda: jax.block_until_ready(f(a))), 2.0 * size ** 3
+
+
+def alternate_with_matmul(fn, matmul, repeats: int) -> dict:
+    """Time ``fn`` ``repeats`` times after a warm-up, each call preceded by a timed matmul.
+
+    Returns medians: ``seconds`` (wall) and ``cpu`` (process CPU seconds) of ``fn``, ``matmul`` flop/s.
+    """
+    call, matmul_flops = matmul
+    fn()  # warm-up (compilation)
+    walls, cpus, rates = [], [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        rates.append(matmul_flops / (time.perf_counter() - start))
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - start_cpu)
+    return {"seconds": statistics.median(walls), "cpu": statistics.median(cpus), "matmul": statistics.median(rates)}
+
+
 def real_batch(counts, lattice, seed=0):
     """Jittered grid positions (no overlapping atoms) in the cell, (B, N, 3) fractional."""
     rng = np.random.default_rng(seed)
@@ -55,7 +83,8 @@ def real_batch(counts, lattice, seed=0):
 
 
 # ------------------------------------------------------------------------------------------- dismax
-def time_dismax(problem, repeats):
+def time_dismax(problem, repeats, matmul):
+    """{step: alternate_with_matmul timings} and {step: XLA flop count} of the critic and generator steps."""
     setup = GanSetup(counts=problem["counts"], lattice=tuple(map(tuple, problem["lattice"].tolist())))
     state = init_state(setup, jax.random.PRNGKey(0), problem["w_dist"])
     real = jnp.asarray(real_batch(problem["counts"], problem["lattice"]))
@@ -63,24 +92,17 @@ def time_dismax(problem, repeats):
     critic = jax.jit(lambda s, r, d: critic_update(setup, s, r, d, 1.0))
     generator = jax.jit(lambda s: generator_update(setup, s, BATCH, 1.0))
     flops = {"critic": _flops(critic, state, real, dists), "generator": _flops(generator, state)}
-    seconds = {
-        "critic": median_seconds(lambda: jax.block_until_ready(critic(state, real, dists)), repeats),
-        "generator": median_seconds(lambda: jax.block_until_ready(generator(state)), repeats),
+    timings = {
+        "critic": alternate_with_matmul(lambda: jax.block_until_ready(critic(state, real, dists)), matmul, repeats),
+        "generator": alternate_with_matmul(lambda: jax.block_until_ready(generator(state)), matmul, repeats),
     }
-    return seconds, flops
+    return timings, flops
 
 
 def _flops(jitted, *args) -> float:
     cost = jitted.lower(*args).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost.get("flops", float("nan")))
-
-
-def time_matmul(size: int, repeats: int) -> float:
-    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    seconds = median_seconds(lambda: jax.block_until_ready(f(a)), repeats)
-    return 2 * size ** 3 / seconds / 1e9
 
 
 # ------------------------------------------------------------------------------------------ PyTorch
@@ -118,24 +140,26 @@ def main():
     except ImportError:
         have_torch = False
         print("torch is not installed: timing dismax only (pip install -e .[dev] for the comparison)")
-    matmul = time_matmul(args.matmul, args.repeats)
-    print(f"jax float32 matmul {args.matmul}^3: {matmul:.1f} GFLOP/s")
+    matmul = matmul_fn(args.matmul)
+    print(f"matmul = jax float32 {args.matmul}^3 matmul timed before every dismax step (median GFLOP/s); "
+          "% matmul = the step's GFLOP/s over it; cpu s = process CPU seconds of the dismax step")
     print("torch conv = the reference's layout (Conv2d / ConvTranspose2d / BatchNorm2d on NCHW tensors); "
           "torch dense = the same maths with Linear layers; ratio = torch time / dismax time")
-    print(f"{'problem':<18}{'step':<11}{'dismax ms':>11}{'GFLOP':>8}{'GFLOP/s':>9}{'% matmul':>10}"
-          f"{'conv ms':>10}{'ratio':>8}{'dense ms':>10}{'ratio':>8}")
+    print(f"{'problem':<18}{'step':<11}{'dismax ms':>11}{'cpu s':>7}{'GFLOP':>8}{'GFLOP/s':>9}{'matmul':>8}"
+          f"{'% matmul':>10}{'conv ms':>10}{'ratio':>8}{'dense ms':>10}{'ratio':>8}")
     for name, problem in PROBLEMS.items():
-        seconds, flops = time_dismax(problem, args.repeats)
+        timings, flops = time_dismax(problem, args.repeats, matmul)
         torch_seconds = {layout: time_torch(problem, args.repeats, args.threads, layout == "conv")
                          for layout in ("conv", "dense")} if have_torch else {}
         for step in ("critic", "generator"):
-            rate = flops[step] / seconds[step] / 1e9
-            line = (f"{name:<18}{step:<11}{1e3 * seconds[step]:11.0f}{flops[step] / 1e9:8.1f}{rate:9.1f}"
-                    f"{100 * rate / matmul:9.0f}%")
+            seconds, machine = timings[step]["seconds"], timings[step]["matmul"] / 1e9
+            rate = flops[step] / seconds / 1e9
+            line = (f"{name:<18}{step:<11}{1e3 * seconds:11.0f}{timings[step]['cpu']:7.1f}{flops[step] / 1e9:8.1f}"
+                    f"{rate:9.1f}{machine:8.1f}{100 * rate / machine:9.0f}%")
             for layout in ("conv", "dense"):
                 if layout in torch_seconds:
                     other = torch_seconds[layout][step]
-                    line += f"{1e3 * other:10.0f}{other / seconds[step]:8.2f}"
+                    line += f"{1e3 * other:10.0f}{other / seconds:8.2f}"
                 else:
                     line += f"{'-':>10}{'-':>8}"
             print(line, flush=True)
