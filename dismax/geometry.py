@@ -551,3 +551,37 @@ def neighbor_list(frac: jax.Array, lattice: jax.Array, cutoff: float, capacity: 
     padding = jnp.int32(n)
     return NeighborList(jnp.where(mask, centers, padding), jnp.where(mask, neighbors, padding), images,
                         vectors, _safe_norm(vectors), mask, count, count > capacity)
+
+
+# ------------------------------------------------------------------------------------ neighbour tables
+def reverse_slots(indices: jax.Array, images: jax.Array) -> jax.Array:
+    """For each slot of a per-atom neighbour table, the slot of the same pair seen from the other end.
+
+    ``indices`` (..., N, K) neighbour atom j of atom i in slot k and ``images`` (..., N, K, 3) its integer
+    image. Returns (..., N, K) int32: the slot s with ``indices[j, s] == i`` and ``images[j, s] == -image``,
+    or K where j's row does not hold that pair. With it, a sum over the pairs that *point at* atom j is a
+    gather over j's own row (``values[indices, reverse]``) instead of a scatter-add over all rows, which is
+    what makes per-slot gradients (forces) cheap on CPU. O(N·K²) per structure; no gradient.
+    """
+    k = indices.shape[-1]
+
+    def one(indices, images):
+        n = indices.shape[0]
+        back_indices = indices[indices]  # (N, K, K): row of atom j = indices[i, k]
+        back_images = images[indices]  # (N, K, K, 3)
+        centres = jnp.arange(n, dtype=indices.dtype)[:, None, None]
+        match = (back_indices == centres) & jnp.all(back_images == -images[:, :, None, :], axis=-1)
+        return jnp.where(jnp.any(match, axis=-1), jnp.argmax(match, axis=-1), k).astype(jnp.int32)
+
+    batch_shape = indices.shape[:-2]
+    flat = jax.vmap(one)(indices.reshape((-1,) + indices.shape[-2:]), images.reshape((-1,) + images.shape[-3:]))
+    return flat.reshape(batch_shape + indices.shape[-2:])
+
+
+def gather_reverse(values: jax.Array, indices: jax.Array, reverse: jax.Array) -> jax.Array:
+    """``values`` (N, K, ...) of one structure's neighbour table read from the other end of each pair:
+    result[i, k] = values[indices[i, k], reverse[i, k]], zero where the reverse slot is absent (K)."""
+    n, k = indices.shape
+    present = reverse < k
+    gathered = values.reshape((n * k,) + values.shape[2:])[indices * k + jnp.where(present, reverse, 0)]
+    return jnp.where(present.reshape(present.shape + (1,) * (values.ndim - 2)), gathered, 0)

@@ -10,6 +10,10 @@ Two uses:
   ``rejected_overlap``) so a command can count it in "% failed" instead of silently dropping it or
   passing it through.
 
+A sampler that cannot turn every sample into a structure (the U-Net baselines decode a wrong composition)
+writes the others and a sample summary (:func:`write_sample_summary`) beside its file; the bench pipeline
+gives each missing structure the status ``failed_decode`` (:func:`with_sample_failures`).
+
 Checks: finite coordinates and cell, a periodic cell of non-zero volume, optionally a required atom count
 and composition, and a minimum interatomic (minimum-image) distance. The distance thresholds per family
 (:data:`MIN_DISTANCE`) flag atoms that overlap (no physical structure of the family has them), far below
@@ -18,14 +22,17 @@ the post-processing distance (1.5 Å, which generated structures are moved apart
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from dismax.errors import DismaxInputError
 from dismax.geometry import pairwise_minimum_image_distances
 from dismax.io import DEGENERATE_CELL_TOLERANCE
+from dismax.runs import atomic_write_text
 from dismax.structures import Crystals, StructureSet, as_structure_set
 
 # Minimum interatomic distance in Å below which two atoms overlap. Nearest-neighbour distances are
@@ -114,6 +121,72 @@ def merge_status_rows(rows: list[dict], ids: list[int], rejected: list[dict]) ->
 def count_failed(verdicts: list[Verdict]) -> dict[str, int]:
     """Number of structures per non-ok status (for "% failed" summaries)."""
     return dict(Counter(v.status for v in verdicts if not v.ok))
+
+
+SAMPLE_FAILURE = "failed_decode"
+
+
+@dataclass(frozen=True)
+class SampleSummary:
+    """What a sampler that writes only the structures it could decode (the U-Net baselines) generated:
+    ``n_requested`` structures with IDs 0..n_requested − 1, of which ``failed_ids`` produced no structure
+    (``reason``); the file holds the others, in increasing ID order."""
+
+    n_requested: int
+    failed_ids: tuple[int, ...]
+    reason: str
+
+    @property
+    def written_ids(self) -> list[int]:
+        failed = set(self.failed_ids)
+        return [i for i in range(self.n_requested) if i not in failed]
+
+
+def sample_summary_path(path) -> Path:
+    """``<path>.summary.json``: the sample summary beside a generated structure file."""
+    path = Path(path)
+    return path.with_name(path.name + ".summary.json")
+
+
+def write_sample_summary(path, n_requested: int, failed_ids, reason: str) -> Path:
+    """Write the :class:`SampleSummary` of the generated file ``path`` (also the counts and % failed, for
+    people) to :func:`sample_summary_path`, atomically."""
+    failed = sorted(int(i) for i in failed_ids)
+    summary = {"n_requested": n_requested, "n_written": n_requested - len(failed), "n_failed": len(failed),
+               "percent_failed": 100.0 * len(failed) / n_requested, "failure": reason, "failed_ids": failed}
+    target = sample_summary_path(path)
+    atomic_write_text(target, json.dumps(summary, indent=1))
+    return target
+
+
+def read_sample_summary(path) -> SampleSummary | None:
+    """The :class:`SampleSummary` beside the generated file ``path``, or None when there is none."""
+    target = sample_summary_path(path)
+    if not target.is_file():
+        return None
+    try:
+        entry = json.loads(target.read_text())
+        summary = SampleSummary(int(entry["n_requested"]), tuple(int(i) for i in entry["failed_ids"]),
+                                str(entry.get("failure", "")))
+    except (ValueError, KeyError, TypeError) as error:
+        raise DismaxInputError(f"{target}: not a sample summary (needs n_requested and failed_ids): {error}")
+    if summary.n_requested < 1 or len(set(summary.failed_ids)) != len(summary.failed_ids) or \
+            not all(0 <= i < summary.n_requested for i in summary.failed_ids):
+        raise DismaxInputError(f"{target}: failed_ids must be distinct IDs in 0..{summary.n_requested - 1}")
+    return summary
+
+
+def with_sample_failures(rows: list[dict], summary: SampleSummary, source: str) -> list[dict]:
+    """Status rows of the frames of the sampled file ``source`` (``rows[k]["id"]`` = frame k) renumbered to
+    their generation IDs, plus one ``failed_decode`` row per structure the sampler could not decode, in ID
+    order."""
+    written = summary.written_ids
+    if len(rows) != len(written):
+        raise DismaxInputError(f"{source}: its sample summary lists {len(written)} written structures but the "
+                               f"file has {len(rows)}")
+    renumbered = [{**row, "id": written[int(row["id"])]} for row in rows]
+    failed = [{"id": i, "status": SAMPLE_FAILURE, "reason": summary.reason} for i in summary.failed_ids]
+    return sorted(renumbered + failed, key=lambda row: row["id"])
 
 
 def _basic_verdict(frac, lattice, species, n_atoms, composition) -> Verdict | None:

@@ -2,6 +2,7 @@
 that use them (bench postprocess keeps a NaN structure's ID with status rejected_nan)."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -85,3 +86,28 @@ def test_postprocess_gives_a_nan_structure_status_rejected_nan(family, tmp_path,
     cleaned = read_structure_set(tmp_path / "pp" / "gen_clean.extxyz")
     assert len(cleaned) == 2 and all(np.isfinite(c.frac).all() for c in cleaned.groups)
     assert "2/3 structures accepted" in capsys.readouterr().out
+
+
+def test_sample_summary_round_trip_and_failed_decode_rows(tmp_path):
+    from dismax.validation import read_sample_summary, with_sample_failures, write_sample_summary
+
+    gen = tmp_path / "gen.extxyz"
+    assert read_sample_summary(gen) is None
+    write_sample_summary(gen, 5, [3, 0], "wrong composition")
+    summary = read_sample_summary(gen)
+    assert (summary.n_requested, summary.failed_ids, summary.written_ids) == (5, (0, 3), [1, 2, 4])
+    written = json.loads((tmp_path / "gen.extxyz.summary.json").read_text())
+    assert (written["n_failed"], written["percent_failed"]) == (2, 40.0)
+    frames = [{"id": 0, "status": "ok"}, {"id": 1, "status": "rejected_nan"}, {"id": 2, "status": "ok"}]
+    rows = with_sample_failures(frames, summary, "gen.extxyz")
+    assert [(r["id"], r["status"]) for r in rows] == [(0, "failed_decode"), (1, "ok"), (2, "rejected_nan"),
+                                                      (3, "failed_decode"), (4, "ok")]
+    with pytest.raises(DismaxInputError, match="gen.extxyz: its sample summary lists 3 written structures but "
+                                               "the file has 2"):
+        with_sample_failures(frames[:2], summary, "gen.extxyz")
+    write_sample_summary(gen, 2, [2], "wrong composition")
+    with pytest.raises(DismaxInputError, match=r"failed_ids must be distinct IDs in 0..1"):
+        read_sample_summary(gen)
+    (tmp_path / "gen.extxyz.summary.json").write_text('{"n_failed": 1}')
+    with pytest.raises(DismaxInputError, match="not a sample summary"):
+        read_sample_summary(gen)

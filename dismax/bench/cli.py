@@ -94,16 +94,24 @@ def write_postprocessed(out: Path, accepted: StructureSet | None, rows: list[dic
 def postprocess_file(family: str, path: str | Path, reference_compatible: bool = False,
                      alignment: str = DEFAULTS.alignment, variant: str = DEFAULTS.reference_variant,
                      min_dist: float = MIN_DIST, max_iter: int = MAX_ITER) -> tuple[StructureSet | None, list[dict], int]:
-    """Post-process the structures of an extxyz file: (accepted or None, one status row per frame, frames).
+    """Post-process the structures of an extxyz file: (accepted or None, one status row per generated
+    structure, number generated).
 
-    Frames with NaN/inf coordinates keep their ID with status ``rejected_nan``."""
-    structures = read_structure_set(path, allow_nonfinite=True)
-    usable, ids, rejected = validation.partition(structures)
-    accepted, rows = None, []
-    if usable is not None:
-        accepted, rows = postprocess(family, usable, reference_compatible, alignment, variant, min_dist, max_iter,
-                                     source=str(path))
-    return accepted, validation.merge_status_rows(rows, ids, rejected), len(structures)
+    Frames with NaN/inf coordinates keep their ID with status ``rejected_nan``. With a sample summary beside
+    the file (:func:`dismax.validation.read_sample_summary`) IDs are generation indices and every structure
+    the sampler could not decode is a ``failed_decode`` row (the file may then be empty)."""
+    summary = validation.read_sample_summary(path)
+    accepted, rows, n_frames = None, [], 0
+    if summary is None or summary.written_ids:
+        structures = read_structure_set(path, allow_nonfinite=True)
+        usable, ids, rejected = validation.partition(structures)
+        if usable is not None:
+            accepted, rows = postprocess(family, usable, reference_compatible, alignment, variant, min_dist,
+                                         max_iter, source=str(path))
+        rows, n_frames = validation.merge_status_rows(rows, ids, rejected), len(structures)
+    if summary is None:
+        return accepted, rows, n_frames
+    return accepted, validation.with_sample_failures(rows, summary, str(path)), summary.n_requested
 
 
 def run_postprocess(args: argparse.Namespace) -> int:

@@ -1,8 +1,9 @@
 """Dismai-Bench scoring pipeline: generated vs training structures -> metrics with bootstrap CIs.
 
 Every generated structure keeps its ID (0-based index in the generated file, or the ``id`` of a status
-file from earlier steps) and a status (``ok``, ``rejected_*`` from post-processing, ``failed_*`` from
-relaxation ...); % failed is computed from these statuses and ``n_generated``, never from row counts.
+file from earlier steps) and a status (``failed_decode`` for what a sampler could not decode, see
+:func:`dismax.validation.read_sample_summary`; ``rejected_*`` from post-processing; ``failed_*`` from
+relaxation; ``ok``); % failed is computed from these statuses and ``n_generated``, never from row counts.
 Metric names follow the paper: alloy ``d_cluster``, ``pct_vacancy``, ``pct_failed``; a-Si ``d_motif``,
 ``d_rdf``, ``d_angle`` (+ ``d_angle_cutoff``, the fast cutoff-neighbour variant); interface ``d_Li``,
 ``d_Co``, ``d_Sc``, ``d_all``; cosine distances as ``<name>_cosine``.

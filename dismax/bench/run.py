@@ -8,7 +8,9 @@ An output directory ``DIR`` holds::
     DIR/<model>/ensemble/train/        instead, when the model trains ensembles (``seed_ensemble`` of its
                                        module) and ``ensemble`` is true: one run, a vmapped ensemble whose
                                        member k is seed k, shared by every seed's later stages
-    DIR/<model>/<seed>/sample/         gen.extxyz: n_generated structures
+    DIR/<model>/<seed>/sample/         gen.extxyz: n_generated structures (a sampler that cannot decode some
+                                       leaves them out and lists them in gen.extxyz.summary.json; they count
+                                       as failed_decode, and an all-failed sample is an empty file)
     DIR/<model>/<seed>/postprocess/    gen_clean.extxyz, status.csv (move apart / lattice-site assignment)
     DIR/<model>/<seed>/relax/          relaxed.extxyz, results.csv (nothing when relax.potential is none)
     DIR/<model>/<seed>/score/          gen.extxyz + status.csv (exactly what ``bench metrics`` reads), then
@@ -60,6 +62,7 @@ from dismax.models import model_module
 from dismax.potentials import POTENTIALS
 from dismax.runs import RunDir, atomic_write_bytes, atomic_write_text, exclusive_lock, log, progress
 from dismax.train import prepare_run
+from dismax.validation import read_sample_summary, sample_summary_path
 
 STAGES = ("train", "sample", "postprocess", "relax", "score")
 DONE, FAILED = "done.json", "failed.json"
@@ -222,7 +225,7 @@ def validate(config: BenchConfig, base: Path, out: Path) -> None:
         if (entry.config is None) == (entry.generated is None):
             raise DismaxConfigError(f"model '{entry.name}' needs exactly one of 'config' or 'generated'")
         if entry.generated is not None:
-            check_family(config.family, read_structure_set(entry.generated), entry.generated)
+            read_generated(entry.generated, config.family)
             continue
         if not _model_config_path(entry, base).is_file():
             raise DismaxConfigError(f"model '{entry.name}': config file '{_model_config_path(entry, base)}' "
@@ -356,22 +359,35 @@ def stage_train(bench: Bench, entry: ModelEntry, seed: int, directory: Path) -> 
     return {"model": config.model.name, "seeds": list(bench.config.seeds) if ensemble is not None else [seed]}
 
 
+def read_generated(path: str | Path, family: str):
+    """(structures or None, sample summary or None) of a generated file: None structures when its sample
+    summary says every structure failed (the file is then empty); checked against the family's elements."""
+    summary = read_sample_summary(path)
+    if summary is not None and not summary.written_ids:
+        return None, summary
+    structures = read_structure_set(path)
+    check_family(family, structures, str(path))
+    return structures, summary
+
+
 def stage_sample(bench: Bench, entry: ModelEntry, seed: int, directory: Path) -> dict:
-    """n_generated structures into gen.extxyz, as ``dismax.sample`` writes them (or the external file)."""
+    """n_generated structures into gen.extxyz, as ``dismax.sample`` writes them (or the external file, with
+    its sample summary if it has one). A sampler that cannot decode some structures leaves them out and says
+    so in gen.extxyz.summary.json; post-processing counts them as failed (all of them, if the file is empty)."""
     target = directory / "gen.extxyz"
     if entry.generated is not None:
-        structures = read_structure_set(entry.generated)
-        check_family(bench.config.family, structures, entry.generated)
-        write_extxyz(structures, target)
-        return {"n": len(structures)}
-    run = RunDir(bench.stage_dir(entry.name, seed, "train"))
-    config = load_config(run.config_path)
-    checkpoint = "best" if bench.config.eval.best_by else "latest"
-    model_module(config.model.name).sample(run, bench.config.n_generated, target, seed,
-                                           member=bench.member(entry.name, seed), checkpoint=checkpoint)
-    structures = read_structure_set(target)
-    check_family(bench.config.family, structures, str(target))
-    return {"n": len(structures)}
+        _copy(entry.generated, target)
+        if sample_summary_path(entry.generated).is_file():
+            _copy(sample_summary_path(entry.generated), sample_summary_path(target))
+    else:
+        run = RunDir(bench.stage_dir(entry.name, seed, "train"))
+        config = load_config(run.config_path)
+        checkpoint = "best" if bench.config.eval.best_by else "latest"
+        model_module(config.model.name).sample(run, bench.config.n_generated, target, seed,
+                                               member=bench.member(entry.name, seed), checkpoint=checkpoint)
+    structures, summary = read_generated(target, bench.config.family)
+    record = {"n": 0 if structures is None else len(structures)}
+    return record if summary is None else {**record, "n_failed_decode": len(summary.failed_ids)}
 
 
 def stage_postprocess(bench: Bench, entry: ModelEntry, seed: int, directory: Path) -> dict:
@@ -646,7 +662,8 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gen", required=True, help="generated structures (extxyz), from any model")
     parser.add_argument("--relax", default="none", help=f"potential: none or one of {', '.join(sorted(POTENTIALS))}")
     parser.add_argument("--n-generated", type=int, default=None,
-                        help="number of structures originally generated (default: the frames of --gen)")
+                        help="number of structures originally generated (default: n_requested of the sample "
+                             "summary GEN.summary.json, else the frames of --gen)")
     parser.add_argument("--out", required=True, help="output directory (resumable)")
     parser.add_argument("--replicates", type=int, default=ScoreOptions.n_replicates, help="bootstrap replicates")
     parser.add_argument("--workers", type=int, default=None, help="CrystalNN processes (default: all cores)")
@@ -656,8 +673,9 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_score(args: argparse.Namespace) -> int:
     """Post-process, relax, score and report structures generated by any model."""
-    n_frames = len(read_structure_set(args.gen))
-    n_generated = n_frames if args.n_generated is None else args.n_generated
+    structures, summary = read_generated(args.gen, args.family)
+    n_frames = 0 if structures is None else len(structures)
+    n_generated = (summary.n_requested if summary else n_frames) if args.n_generated is None else args.n_generated
     if n_generated < n_frames:
         raise DismaxInputError(f"--n-generated {n_generated} is smaller than the {n_frames} structures in {args.gen}")
     config = BenchConfig(family=args.family, dataset=DatasetSection(train_file=str(Path(args.train).resolve())),

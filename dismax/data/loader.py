@@ -72,6 +72,14 @@ def saved_step(state: dict, expected: dict) -> int:
     return int(state["step"])
 
 
+def process_rows(batch_size: int, part: int, n_parts: int) -> slice:
+    """Rows [part·B/n_parts, (part+1)·B/n_parts) of a global batch of ``batch_size``: the share of one
+    process when several processes each feed their local devices."""
+    if batch_size % n_parts or not 0 <= part < n_parts:
+        raise DismaxConfigError(f"batch_size {batch_size} cannot be split into part {part} of {n_parts}")
+    return slice(part * batch_size // n_parts, (part + 1) * batch_size // n_parts)
+
+
 @dataclass
 class BatchLoader:
     """Serves ``batch_size`` structures per step from ``data`` (host NumPy ``Crystals`` or a pytree of arrays
@@ -152,14 +160,10 @@ class BatchLoader:
         return samples, np.zeros_like(samples)
 
     def batch(self, step: int, part: int = 0, n_parts: int = 1):
-        """The batch at ``step`` (a pure function of seed and step), NumPy arrays shaped like ``data``.
-
-        ``part``/``n_parts``: only rows [part·B/n_parts, (part+1)·B/n_parts) of the global batch, the share
-        of one process when several processes each feed their local devices."""
-        if self.batch_size % n_parts or not 0 <= part < n_parts:
-            raise DismaxConfigError(f"batch_size {self.batch_size} cannot be split into part {part} of {n_parts}")
+        """The batch at ``step`` (a pure function of seed and step), NumPy arrays shaped like ``data``, or
+        only this process's ``part`` of ``n_parts`` (:func:`process_rows`)."""
+        rows = process_rows(self.batch_size, part, n_parts)
         structures, translation = self.indices(step)
-        rows = slice(part * self.batch_size // n_parts, (part + 1) * self.batch_size // n_parts)
         structures, translation = structures[rows], translation[rows]
         shifts = self.translations[translation]
 
@@ -267,10 +271,9 @@ class BucketedLoader:
 
     def batch(self, step: int, part: int = 0, n_parts: int = 1):
         """The batch at ``step``: the bucket's pytree with (B, ...) leaves (or this process's ``part``)."""
-        if self.batch_size % n_parts or not 0 <= part < n_parts:
-            raise DismaxConfigError(f"batch_size {self.batch_size} cannot be split into part {part} of {n_parts}")
+        part_rows = process_rows(self.batch_size, part, n_parts)
         bucket, rows = self.indices(step)
-        rows = rows[part * self.batch_size // n_parts:(part + 1) * self.batch_size // n_parts]
+        rows = rows[part_rows]
         return jax.tree.map(lambda leaf: leaf[rows], self.data[bucket])
 
     def state(self) -> dict:

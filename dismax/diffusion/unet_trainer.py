@@ -21,13 +21,14 @@ selects the best checkpoint.
 
 ``sample(run, n, out)`` decodes generated images/videos with the ground-truth lattice of validation
 structure ``sample.reference_index``; structures whose composition differs from the dataset's are failed.
-The valid ones are written to ``out`` (extxyz) and ``<out>.summary.json`` records how many failed.
+The valid ones are written to ``out`` (extxyz, each frame's ``id`` its index among the generated; an empty
+file when all failed) and ``<out>.summary.json`` (:func:`dismax.validation.write_sample_summary`) records
+which failed, so the bench pipeline counts them as ``failed_decode``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from functools import partial
 from pathlib import Path
@@ -47,10 +48,11 @@ from dismax.diffusion.unet_diffusion import Cascade, eval_losses, init_state, ma
 from dismax.diffusion.unimat import (check_species_order, composition_matches, coordinate_ranges, from_unimat,
                                      to_unimat)
 from dismax.errors import DismaxConfigError, DismaxInputError
-from dismax.io import write_extxyz
+from dismax.io import read_structure_set, write_extxyz
 from dismax.devices import barrier, is_primary
 from dismax.runs import RunDir, atomic_write_text, log, write_in_parts
 from dismax.structures import Crystals
+from dismax.validation import write_sample_summary
 from dismax.training import (LoopConfig, Panel, TrainingTask, check_data_source, check_loop_config,
                              load_run_state, train_loop)
 
@@ -315,7 +317,8 @@ def generate(params, rep: Representation, cascade: Cascade, key, n_structures: i
 
 def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, checkpoint: str = "latest",
            batch_size: int | None = None, **options) -> Path:
-    """Write the valid ones of ``n`` generated structures to ``out`` (see the module docstring)."""
+    """Write the valid ones of ``n`` generated structures to ``out`` (see the module docstring); ``out`` is
+    empty when every structure failed. Each frame's ``id`` is its index among the ``n`` generated."""
     config = load_config(run.config_path, config_class=Config)
     if member != 0:
         raise DismaxInputError(f"--member {member}: run '{run.path}' has a single {config.model.name} model")
@@ -336,22 +339,27 @@ def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, check
                                         config.sample.n_steps)
         valid = np.asarray(valid)[:keep]
         frac, species = np.asarray(frac)[:keep][valid], np.asarray(species)[:keep][valid]
+        ids = i * chunk + np.flatnonzero(valid)
         if len(frac):
-            write_extxyz(Crystals(frac, np.repeat(reference.lattice, len(frac), 0), species), path)
+            write_extxyz(Crystals(frac, np.repeat(reference.lattice, len(frac), 0), species), path,
+                         info=[{"id": int(k)} for k in ids])
         else:
             atomic_write_text(path, "")  # every structure of this chunk failed
 
     out = Path(out)
     write_in_parts(out, math.ceil(n / chunk), write_chunk, desc=f"sampling {config.model.name}")
-    n_written = out.read_text().count("Lattice=")
-    n_failed = n - n_written
+    written = written_ids(out)
+    failed = sorted(set(range(n)) - set(written))
     if is_primary():
-        if not n_written:
-            out.unlink()
-        summary = {"n_requested": n, "n_failed": n_failed, "percent_failed": 100.0 * n_failed / n,
-                   "failure": "decoded composition differs from the training data"}
-        atomic_write_text(out.with_name(out.name + ".summary.json"), json.dumps(summary, indent=1))
+        write_sample_summary(out, n, failed, "decoded composition differs from the training data")
     barrier(f"summary of {out}")
-    log.info("%s: %d of %d structures failed (wrong composition); %d written to %s", config.model.name, n_failed, n,
-             n_written, out)
+    log.info("%s: %d of %d structures failed (wrong composition); %d written to %s", config.model.name, len(failed),
+             n, len(written), out)
     return out
+
+
+def written_ids(path: Path) -> list[int]:
+    """The ``id`` of every frame of a sampled extxyz file (none for an empty file)."""
+    if Path(path).stat().st_size == 0:
+        return []
+    return [int(info["id"]) for info in read_structure_set(path, with_info=True)[1]]

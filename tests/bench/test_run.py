@@ -86,6 +86,41 @@ def test_alloy_score_report_equals_bench_metrics_by_hand(tmp_path, alloy_files):
     assert "rejected_too_many_removed" in (far / "generated" / "0" / "score" / "status.csv").read_text()
 
 
+def test_decode_failures_of_the_sampler_count_as_failed(tmp_path, alloy_files):
+    """A sampler that left out structures it could not decode (sample summary beside its file): they are
+    failed_decode rows with their generation IDs, and % failed counts them, also when all of them failed."""
+    from dismax.io import read_extxyz
+    from dismax.validation import write_sample_summary
+
+    train, _ = alloy_files
+    cells = read_extxyz(train)
+    gen = tmp_path / "partial.extxyz"
+    write_extxyz(cells[np.array([0, 2])], gen)
+    write_sample_summary(gen, 4, [1, 3], "decoded composition differs from the training data")
+    out = tmp_path / "partial"
+    assert main(["score", "--family", "alloy", "--train", str(train), "--gen", str(gen), "--replicates", "30",
+                 "--out", str(out)]) == 0
+    metrics = _metrics(out)["models"]["generated"]["metrics"]
+    assert metrics["pct_failed"]["mean"] == 50.0 and metrics["d_cluster"]["mean"] >= 0.0
+    assert _metrics(out)["n_generated"] == 4
+    statuses = (out / "generated" / "0" / "score" / "status.csv").read_text().splitlines()[1:]
+    assert [line.split(",")[:2] for line in statuses] == [["0", "ok"], ["1", "failed_decode"], ["2", "ok"],
+                                                          ["3", "failed_decode"]]
+    sample_record = json.loads((out / "generated" / "0" / "sample" / "done.json").read_text())
+    assert (sample_record["n"], sample_record["n_failed_decode"]) == (2, 2)
+
+    empty = tmp_path / "none.extxyz"
+    empty.write_text("")
+    write_sample_summary(empty, 3, [0, 1, 2], "decoded composition differs from the training data")
+    out = tmp_path / "none"
+    assert main(["score", "--family", "alloy", "--train", str(train), "--gen", str(empty), "--replicates", "30",
+                 "--out", str(out)]) == 0
+    metrics = _metrics(out)["models"]["generated"]["metrics"]
+    assert metrics["pct_failed"]["mean"] == 100.0 and metrics["d_cluster"] is None
+    assert "## Failures" not in (out / "report.md").read_text()
+    assert not list(out.glob("generated/0/*/failed.json")) and (out / "generated/0/score/done.json").is_file()
+
+
 def _bench_config(tmp_path, train, name="bench", **changes):
     config = {"family": "alloy", "dataset": {"train_file": str(train), "val_file": str(train)},
               "models": [{"name": "given", "generated": str(train)}], "n_generated": 3,

@@ -147,3 +147,19 @@ def test_bucketed_loader_serves_one_bucket_per_batch_and_covers_every_frame():
     assert resumed.step == 5
     with pytest.raises(DismaxConfigError, match="settings differ"):
         BucketedLoader(buckets, batch_size=1, seed=3).restore(loader.state())
+
+
+def test_process_parts_concatenate_to_the_global_batch():
+    data = alloy_like(10)
+    loader = BatchLoader(data, batch_size=4, seed=2, augment="online")
+    parts = [loader.batch(3, part=p, n_parts=2).frac for p in range(2)]
+    np.testing.assert_array_equal(np.concatenate(parts), loader.batch(3).frac)
+    buckets = [{"x": np.arange(6)[:, None] * np.ones((1, 8))}]
+    bucketed = BucketedLoader(buckets, batch_size=4, seed=1)
+    np.testing.assert_array_equal(np.concatenate([bucketed.batch(2, p, 4)["x"] for p in range(4)]),
+                                  bucketed.batch(2)["x"])
+    for bad in [(0, 3), (2, 2), (-1, 2)]:
+        with pytest.raises(DismaxConfigError, match="cannot be split"):
+            loader.batch(0, *bad)
+        with pytest.raises(DismaxConfigError, match="cannot be split"):
+            bucketed.batch(0, *bad)
