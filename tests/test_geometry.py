@@ -239,6 +239,40 @@ def test_knn_gradients_finite_with_overlapping_atoms_and_match_finite_difference
         np.testing.assert_allclose(gradient_frac[b, i, axis], numerical, rtol=2e-2, atol=2e-2)
 
 
+def test_reverse_slots_find_each_pair_from_its_other_end(batch):
+    """Brute force on kNN tables (not symmetric; small cells hold an atom's own images and repeated atoms)."""
+    frac, lattice, _ = batch
+    found = geometry.knn(frac, lattice, 6, 1)
+    indices, images = np.asarray(found.indices), np.asarray(found.images)
+    reverse = np.asarray(geometry.reverse_slots(found.indices, found.images))
+    assert reverse.shape == indices.shape and reverse.dtype == np.int32
+    present = 0
+    for b, i, k in np.ndindex(indices.shape):
+        j = indices[b, i, k]
+        back = [s for s in range(6) if indices[b, j, s] == i and np.all(images[b, j, s] == -images[b, i, k])]
+        assert reverse[b, i, k] == (back[0] if back else 6)
+        present += bool(back)
+    assert 0 < present < indices.size  # both cases occur
+
+
+def test_gather_reverse_equals_the_scatter_add_of_pairs_within_a_radius(batch):
+    """Within a radius every pair is in both rows of a complete table, so summing each row's reverse values
+    gives the sum over the pairs pointing at that atom (what the gradient of a table gather needs)."""
+    frac, lattice, _ = batch
+    k = 40
+    found = geometry.knn(frac, lattice, k, 2)
+    radius = 0.9 * np.asarray(found.distances[..., -1]).min()
+    values = np.random.default_rng(3).normal(size=found.indices.shape + (3,)).astype(np.float32)
+    values = np.where((np.asarray(found.distances) < radius)[..., None], values, 0.0)
+    reverse = geometry.reverse_slots(found.indices, found.images)
+    for b in range(frac.shape[0]):
+        gathered = geometry.gather_reverse(jnp.asarray(values[b]), found.indices[b], reverse[b])
+        scattered = np.zeros((N_ATOMS, 3), np.float32)
+        np.add.at(scattered, np.asarray(found.indices[b]).ravel(), values[b].reshape(-1, 3))
+        np.testing.assert_allclose(np.asarray(gathered).sum(axis=1), scattered, atol=1e-5)
+        assert np.abs(scattered).max() > 0.5
+
+
 def test_knn_under_jit_and_vmap(batch):
     frac, lattice, _ = batch
     direct = geometry.knn(frac, lattice, 6, 1)

@@ -112,6 +112,7 @@ def test_parameter_injection_overrides_the_defaults():
     assert tags[index - 1] == ["parameters"] and nb.cells[index].source == "EPOCHS = 1\nOVERRIDES = ['a=1']"
 
 
+@pytest.mark.slow  # about 1 min of CPU: the longest test of the default run
 def test_quickstart_runs_top_to_bottom_on_a_tiny_training_set(tmp_path):
     train = alloy_file(tmp_path / "train.extxyz")
     work = tmp_path / "work"

@@ -11,8 +11,12 @@ atoms within the reach is an *overflow*: that structure stops and the host rerun
 larger table, so no result is ever computed with a truncated table.
 
 The whole chunk advances in one ``lax.while_loop`` over a vmapped FIRE step (jax-md's ``fire_descent``
-with a per-step displacement cap like ASE's ``maxstep``); finished structures are frozen by masks, the
-table rebuild is one batch-level ``lax.cond`` (taken only when some structure crossed its threshold).
+with a per-step displacement cap like ASE's ``maxstep``); finished structures are frozen by masks. A
+step that leaves some structure's table stale rebuilds the tables of those structures only (a ``lax.map``
+over the chunk with a per-structure ``lax.cond``). Forces of pair-slot potentials (``energy_from_displacements``)
+are per-slot gradients summed over each atom's row minus the same gradients read from the other end of
+every pair through :func:`dismax.geometry.reverse_slots`: a gather, where differentiating through the
+table gather would give a scatter-add, which is slow on CPU.
 A non-finite energy or force freezes that structure at its last finite state and marks it ``failed``.
 """
 
@@ -28,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dismax.geometry import knn
+from dismax.geometry import gather_reverse, knn, reverse_slots
 from dismax.potentials.evaluate import cell_width_problem, neighbor_table
 from dismax.runs import progress as runs_progress
 from dismax.structures import Crystals
@@ -85,9 +89,26 @@ def _displacements(R, indices, shifts):
     return jnp.take(R, indices, axis=0) - R[:, None, :] + shifts
 
 
+class Tables(NamedTuple):
+    """Neighbour tables of a batch (C structures of N atoms, K slots): slot atoms ``indices`` (C, N, K),
+    Cartesian image ``shifts`` (C, N, K, 3) in Å, the ``reverse`` slots of each pair
+    (:func:`dismax.geometry.reverse_slots`, (C, N, K)) and the ``reference`` positions (C, N, 3) in Å
+    they were built at."""
+
+    indices: jax.Array
+    shifts: jax.Array
+    reverse: jax.Array
+    reference: jax.Array
+
+    def slots(self) -> dict:
+        """The per-slot arrays as keyword arguments of the force."""
+        return {"indices": self.indices, "shifts": self.shifts, "reverse": self.reverse}
+
+
 class Program(NamedTuple):
     """Compiled pieces for one (potential, settings, table size): ``run`` relaxes a chunk,
-    ``force(R, indices, shifts, species)`` and ``build(R, lattice)`` are its per-step parts."""
+    ``force(R, indices, shifts, reverse, species)`` and ``build(R, lattice) -> (Tables, overflow)`` are
+    its per-step parts."""
 
     run: Callable
     force: Callable
@@ -97,21 +118,38 @@ class Program(NamedTuple):
 @lru_cache(maxsize=None)
 def _relax_program(potential, settings: FireSettings, capacity: int):
     """``run``: (R (C,N,3) Å, lattice (C,3,3), species (C,N), max_steps (C,), fmax) -> per-structure
-    results."""
+    (positions, status, steps, initial and final energy in eV, largest force, table rebuilds)."""
     from jax_md import minimize  # jax_md takes ~6 s to import; only a relaxation needs it
 
     reach = potential.cutoff + settings.skin
 
+    message_passing = hasattr(potential, "energy_from_table")  # needs each neighbour's identity
+    by_components = hasattr(potential, "energy_from_components")
+
     def energy_one(R, indices, shifts, species):
         dR = _displacements(R, indices, shifts)
-        if hasattr(potential, "energy_from_table"):  # message passing needs each neighbour's identity
+        if message_passing:
             return potential.energy_from_table(dR, indices, species)
         return potential.energy_from_displacements(dR, jnp.ones(dR.shape[:2], bool))
 
-    def force_one(R, indices, shifts, species, **unused):
+    def force_one(R, indices, shifts, reverse, species, **unused):
         # A non-finite energy makes the whole force non-finite, so the step is detected and discarded.
-        e, gradient = jax.value_and_grad(energy_one)(R, indices, shifts, species)
-        return jnp.where(jnp.isfinite(e), -gradient, jnp.nan)
+        if message_passing:
+            e, gradient = jax.value_and_grad(energy_one)(R, indices, shifts, species)
+            return jnp.where(jnp.isfinite(e), -gradient, jnp.nan)
+        # A pair potential of the slots: F_m = Σ_k ∂E/∂dR[m, k] − Σ over the slots pointing at m, read
+        # from m's own row through the reverse slots (a gather, where the gradient of the table gather
+        # would be a much slower scatter-add). Exact because every pair within the cutoff is in both rows.
+        if by_components:  # per Cartesian component (N, K): a trailing axis of 3 is slow in XLA's CPU code
+            components = [jnp.take(R[:, a], indices) - R[:, a, None] + shifts[..., a] for a in range(3)]
+            e, slot_gradients = jax.value_and_grad(potential.energy_from_components, argnums=(0, 1, 2))(
+                *components, jnp.ones(indices.shape, bool))
+        else:
+            e, slot_gradient = jax.value_and_grad(potential.energy_from_displacements)(
+                _displacements(R, indices, shifts), jnp.ones(indices.shape, bool))
+            slot_gradients = [slot_gradient[..., a] for a in range(3)]
+        force = jnp.stack([jnp.sum(g - gather_reverse(g, indices, reverse), axis=1) for g in slot_gradients], -1)
+        return jnp.where(jnp.isfinite(e), force, jnp.nan)
 
     def capped_shift(R, dR, **unused):
         longest = jnp.max(jnp.sqrt(jnp.sum(dR**2, axis=-1)))
@@ -123,12 +161,12 @@ def _relax_program(potential, settings: FireSettings, capacity: int):
     batch_force = jax.vmap(force_one)
 
     def build(R, lattice):
-        """Tables (indices, Cartesian image shifts, reference positions) at R for the batch; overflow (C,)
-        where the reach holds more than ``capacity`` atoms."""
+        """Tables at R for the batch and overflow (C,) where the reach holds more than ``capacity`` atoms."""
         frac = jnp.einsum("bni,bij->bnj", R, jnp.linalg.inv(lattice))
         found = knn(frac, lattice, capacity)
         shifts = jnp.einsum("bnki,bij->bnkj", found.images.astype(R.dtype), lattice)
-        return found.indices, shifts, R, jnp.any(found.distances[..., -1] <= reach, axis=-1)
+        tables = Tables(found.indices, shifts, reverse_slots(found.indices, found.images), R)
+        return tables, jnp.any(found.distances[..., -1] <= reach, axis=-1)
 
     def largest_force(force):
         return jnp.max(jnp.sqrt(jnp.sum(force**2, axis=-1)), axis=-1)
@@ -142,9 +180,9 @@ def _relax_program(potential, settings: FireSettings, capacity: int):
             lambda n, o: jnp.where(mask.reshape(mask.shape + (1,) * (n.ndim - 1)), n, o), new, old)
 
     def run(R, lattice, species, max_steps, fmax):
-        indices, shifts, reference, build_overflow = build(R, lattice)
-        e_initial = batch_energy(R, indices, shifts, species)
-        state = jax.vmap(fire_init)(R, indices=indices, shifts=shifts, species=species)
+        tables, build_overflow = build(R, lattice)
+        e_initial = batch_energy(R, tables.indices, tables.shifts, species)
+        state = jax.vmap(fire_init)(R, **tables.slots(), species=species)
         f0 = largest_force(state.force)
         finite = jnp.all(jnp.isfinite(state.force), axis=(1, 2)) & jnp.isfinite(e_initial)
         status = step_status(finite, build_overflow, f0, jnp.zeros_like(max_steps), max_steps, fmax)
@@ -153,20 +191,27 @@ def _relax_program(potential, settings: FireSettings, capacity: int):
             return jnp.any(carry[3] == RUNNING)
 
         def fire_step(carry):
-            state, tables, steps, status, f_old = carry
-            indices, shifts, reference = tables
+            state, tables, steps, status, f_old, rebuilds = carry
             running = status == RUNNING
-            new = jax.vmap(fire_apply)(state, indices=indices, shifts=shifts, species=species)
-            moved = jnp.max(jnp.sum((new.position - reference) ** 2, axis=-1), axis=-1)
+            new = jax.vmap(fire_apply)(state, **tables.slots(), species=species)
+            moved = jnp.max(jnp.sum((new.position - tables.reference) ** 2, axis=-1), axis=-1)
             stale = running & (moved > (0.5 * settings.skin) ** 2)
 
             def rebuild(new):
-                # New tables at the new positions, and the force there recomputed with them.
-                *fresh, overflow = build(new.position, lattice)
-                fresh_tables = select(stale, tuple(fresh), tables)
-                force = batch_force(new.position, *fresh_tables[:2], species)
-                return new.set(force=jnp.where(stale[:, None, None], force, new.force)), fresh_tables, \
-                    stale & overflow
+                # New tables at the new positions and the force there, only for the stale structures (one
+                # at a time: a batched build would cost the whole batch for every structure that crossed).
+                def one(inputs):
+                    R, cell, kinds, old_tables, old_force, is_stale = inputs
+
+                    def fresh(_):
+                        built, overflow = build(R[None], cell[None])
+                        built = jax.tree_util.tree_map(lambda x: x[0], built)
+                        return built, force_one(R, **built.slots(), species=kinds), overflow[0]
+
+                    return jax.lax.cond(is_stale, fresh, lambda _: (old_tables, old_force, jnp.array(False)), None)
+
+                fresh, force, overflow = jax.lax.map(one, (new.position, lattice, species, tables, new.force, stale))
+                return new.set(force=force), fresh, overflow
 
             new, new_tables, build_overflow = jax.lax.cond(
                 jnp.any(stale), rebuild, lambda new: (new, tables, jnp.zeros_like(stale)), new)
@@ -178,12 +223,12 @@ def _relax_program(potential, settings: FireSettings, capacity: int):
             accept = running & ok
             return (select(accept, new, state), select(accept, new_tables, tables),
                     jnp.where(running, new_steps, steps), jnp.where(running, new_status, status),
-                    jnp.where(accept, f, f_old))
+                    jnp.where(accept, f, f_old), rebuilds + (accept & stale))
 
-        carry = (state, (indices, shifts, reference), jnp.zeros_like(max_steps), status, f0)
-        state, tables, steps, status, f = jax.lax.while_loop(keep_going, fire_step, carry)
-        e_final = batch_energy(state.position, *tables[:2], species)
-        return state.position, status, steps, e_initial, e_final, f
+        carry = (state, tables, jnp.zeros_like(max_steps), status, f0, jnp.zeros_like(max_steps))
+        state, tables, steps, status, f, rebuilds = jax.lax.while_loop(keep_going, fire_step, carry)
+        e_final = batch_energy(state.position, tables.indices, tables.shifts, species)
+        return state.position, status, steps, e_initial, e_final, f, rebuilds
 
     return Program(jax.jit(run), jax.jit(batch_force), jax.jit(build))
 
@@ -259,7 +304,7 @@ def _relax_chunk(c: Crystals, potential, fmax, max_steps, chunk_size, settings, 
         cart = np.einsum("bni,bij->bnj", np.asarray(c.frac[pad], np.float64), c.lattice[pad])
         out = program(jnp.asarray(cart, jnp.float32), jnp.asarray(lattice), jnp.asarray(c.species[pad], jnp.int32),
                       jnp.asarray(limit), jnp.float32(fmax))
-        pos, st, sp, ei, ef, f = (np.asarray(x)[: len(pending)] for x in out)
+        pos, st, sp, ei, ef, f, _ = (np.asarray(x)[: len(pending)] for x in out)
         frac_out[pending] = np.einsum("bnj,bji->bni", pos.astype(np.float64), np.linalg.inv(c.lattice[pending]))
         status[pending] = st
         steps[pending] = sp
@@ -285,10 +330,11 @@ def step_cost(crystals: Crystals, potential, settings: FireSettings = FireSettin
     """XLA-counted flops and bytes of one batched force evaluation on ``crystals`` and the measured time of
     the pieces of a FIRE step (force, table rebuild), for roofline and profile reports."""
     program, R, lattice, species, capacity = _chunk_program(crystals.to_numpy(), potential, settings)
-    indices, shifts, _, _ = program.build(R, lattice)
-    cost = program.force.lower(R, indices, shifts, species).compile().cost_analysis()
+    tables, _ = program.build(R, lattice)
+    slots = (tables.indices, tables.shifts, tables.reverse)
+    cost = program.force.lower(R, *slots, species).compile().cost_analysis()
     timings = {}
-    for piece, call in (("force evaluation", lambda: program.force(R, indices, shifts, species)),
+    for piece, call in (("force evaluation", lambda: program.force(R, *slots, species)),
                         ("neighbour-table rebuild", lambda: program.build(R, lattice))):
         jax.block_until_ready(call())
         start = time.perf_counter()

@@ -38,7 +38,6 @@ import numpy as np
 import optax
 
 from dismax.config import load_config
-from dismax.data.loader import BatchLoader
 from dismax.errors import DismaxConfigError
 from dismax.geometry import cart_to_frac, frac_to_cart, wrap, wrap_centered
 from dismax.runs import RunDir, log
@@ -350,7 +349,7 @@ def make_task(config: Config, run: RunDir) -> TrainingTask:
         raise DismaxConfigError(f"config key 'train.batch_size' is {t.batch_size} but the validation set has only "
                                 f"{len(val_set)} structures")
     return TrainingTask(
-        name="ssl_gan", state=state, loaders=[BatchLoader(tuple(train_set), t.batch_size, seed=config.seed)],
+        name="ssl_gan", state=state, loaders=[pretrain.training_loader(train_set, data, t.batch_size, config.seed)],
         step=step, members=[{"member": 0, "seed": config.seed}], evaluate=evaluate, eval_columns=EVAL_COLUMNS,
         monitor=lambda v: float(v["val_g_loss"][0]) if np.isfinite(v["val_g_loss"][0]) else None,
         panels=PANELS)

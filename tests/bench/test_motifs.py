@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dismax.bench import motifs as M
-from tests.bench.published import published_crystalnn_angles
+from tests.bench.published import published_crystalnn_angles, published_interface_fingerprint
 
 
 def diamond(noise=0.0, seed=0, repeats=1):
@@ -60,6 +60,30 @@ def test_interface_fingerprint_species_block():
     cation_sites = np.flatnonzero(np.isin(numbers, [3, 27]))
     for row in (0, 5):
         np.testing.assert_array_equal(values[row, :61], reference.featurize(structure, int(cation_sites[row])))
+
+
+def test_interface_fingerprint_equals_the_published_computation():
+    """A random 264-atom Li3ScCl6 | LiCoO2 interface (unrelaxed, so the interface region has odd
+    coordinations): the 109 values of the first Li, Sc and Co atoms of the interface region and of the slabs
+    equal the published custom fingerprint, labels included."""
+    pytest.importorskip("matminer")
+    from dismax.data.interface import random_interface
+
+    interface = random_interface(seed=0, index=0)
+    frac, lattice, numbers = interface.frac, interface.lattice, interface.species
+    structure = M._to_structure(frac, lattice, numbers, M.INTERFACE_OXIDATION)
+    fingerprinter = M.MotifFingerprinter(cation_anion=True, species_fractions=M.INTERFACE_ANIONS)
+    mixed = 0
+    for z in (3, 21, 27):
+        block = np.flatnonzero(numbers == z)
+        for site in block[[0, 1, len(block) // 2, -1]]:   # interface-region atoms come first in each block
+            ours = fingerprinter.site(structure, int(site))
+            values, labels = published_interface_fingerprint(structure, int(site))
+            np.testing.assert_allclose(ours, values, rtol=0, atol=1e-12, err_msg=f"atom {site}")
+            fractions = np.reshape(ours[61:], (24, 2))
+            mixed += np.any((fractions > 0).all(axis=1))
+    assert mixed > 0   # some site has both Cl and O neighbours
+    assert M.motif_labels(M.INTERFACE_ANIONS) == labels
 
 
 def test_bond_angles_equal_published_computation_and_diamond():

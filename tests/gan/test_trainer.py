@@ -50,7 +50,7 @@ def test_training_data_is_sorted_into_blocks_and_translations_keep_distances(tmp
     np.testing.assert_array_equal(loader.batch(3)[0].frac, trainer.make_loader(data, config, 0).batch(3)[0].frac)
 
 
-def test_translation_check_accepts_the_site_lattice_and_counts_interstitial_shifts(tmp_path, caplog):
+def test_translation_check_accepts_the_site_lattice_and_counts_interstitial_shifts(tmp_path):
     """2×2×2 FCC cell: the 8 shifts by the cube edge (grid 2) map sites onto sites; of the 64 quarter-cell
     shifts (grid 4, steps of a/2) the 32 with an odd sum of steps are not FCC vectors and move atoms onto
     octahedral holes (the 32 with an even sum are the cell's FCC translations)."""
@@ -59,6 +59,12 @@ def test_translation_check_accepts_the_site_lattice_and_counts_interstitial_shif
     data = load_training_data(tiny_config(path))
     assert trainer.translations_off_positions(data, 2) == 0
     assert trainer.translations_off_positions(data, 4) == 32
+
+
+@pytest.mark.slow  # builds and compiles the networks
+def test_training_task_warns_about_translations_off_the_site_lattice(tmp_path, caplog):
+    path = write_fcc_dataset(tmp_path / "fcc.extxyz", n_structures=4, repeats=(2, 2, 2), counts=(20, 12),
+                             noise=0.0)
     config = from_dict(Config, {**to_dict(tiny_config(path)), "data": {"train_file": str(path),
                                                                         "augmentation": "online",
                                                                         "translation_grid": 4}})

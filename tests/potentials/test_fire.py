@@ -100,7 +100,7 @@ def test_non_finite_energy_freezes_and_fails_one_structure():
     stretched.positions += np.random.default_rng(4).normal(0.0, 0.1, stretched.positions.shape)
     crystals = Crystals.from_ase([stretched] + perturbed_diamond(1, seed=4))
     result = relax(crystals, FailsWhenStretched(), fmax=1e-3, chunk_size=CHUNK)
-    reference = relax(crystals[1:2], original_sw(), fmax=1e-3, chunk_size=CHUNK)
+    reference = relax(crystals[1:2], FailsWhenStretched(), fmax=1e-3, chunk_size=CHUNK)  # never stretched
     assert result.status[0] == "failed" and result.steps[0] > 0
     assert np.all(np.isfinite(np.asarray(result.crystals.frac[0])))  # frozen at its last finite state
     assert np.isfinite(result.e_final[0]) and result.e_final[0] < result.e_initial[0]
@@ -140,8 +140,51 @@ def test_compiled_relaxation_and_step_cost_describe_the_relax_loop():
     crystals = Crystals.from_ase(perturbed_diamond(2))
     result = relax(crystals, original_sw(), fmax=1e-3, max_steps=60, chunk_size=2)
     compiled, arguments = compiled_relaxation(crystals, original_sw(), fmax=1e-3, max_steps=60)
-    _, status, steps, _, e_final, _ = (np.asarray(x) for x in compiled(*arguments))
+    _, status, steps, _, e_final, _, rebuilds = (np.asarray(x) for x in compiled(*arguments))
     np.testing.assert_array_equal(steps, result.steps)
     np.testing.assert_allclose(e_final / crystals.n_atoms, result.e_final, rtol=1e-6)
     cost = step_cost(crystals, original_sw(), repeats=1)
     assert cost["flops"] > 0 and cost["bytes"] > 0 and 4 <= cost["capacity"] < crystals.n_atoms
+
+
+def test_table_forces_match_the_reference_until_the_skin_is_used_up():
+    """Forces from the skin tables (per-slot gradients, reverse-slot gathers) equal the independent
+    evaluation at the build positions and after every atom moved by up to half the skin."""
+    import jax.numpy as jnp
+
+    from dismax.potentials.evaluate import energies_and_forces
+    from dismax.potentials.fire import _chunk_program
+
+    settings = FireSettings()
+    crystals = Crystals.from_ase(perturbed_diamond(2, noise=0.2, seed=3)).to_numpy()
+    program, R, lattice, species, _ = _chunk_program(crystals, original_sw(), settings)
+    tables, overflow = program.build(R, lattice)
+    assert not np.any(overflow)
+    direction = np.random.default_rng(8).normal(size=R.shape)
+    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
+    for length in (0.0, 0.49 * settings.skin):
+        moved = np.asarray(R, np.float64) + length * direction
+        forces = program.force(jnp.asarray(moved, jnp.float32), tables.indices, tables.shifts, tables.reverse,
+                               species)
+        frac = np.einsum("bnj,bji->bni", moved, np.linalg.inv(crystals.lattice)) % 1.0
+        _, reference = energies_and_forces(original_sw(), Crystals(frac, crystals.lattice, crystals.species))
+        np.testing.assert_allclose(np.asarray(forces), np.asarray(reference), atol=2e-4)
+
+
+def test_rebuilding_only_stale_tables_gives_the_trajectory_of_rebuilding_every_step():
+    """A zero skin rebuilds every structure's table at every step; the default skin rebuilds rarely and
+    per structure, with the same steps and minima."""
+    crystals = Crystals.from_ase(perturbed_diamond(3, noise=0.15, seed=12))
+    runs = {}
+    for skin in (0.0, FireSettings().skin):
+        compiled, arguments = compiled_relaxation(crystals, original_sw(), fmax=1e-3, max_steps=400,
+                                                  settings=FireSettings(skin=skin))
+        names = ("positions", "status", "steps", "e_initial", "e_final", "fmax", "rebuilds")
+        runs[skin] = dict(zip(names, (np.asarray(x) for x in compiled(*arguments))))
+    every, rarely = runs[0.0], runs[FireSettings().skin]
+    assert np.all(every["status"] == 1) and np.all(rarely["status"] == 1)  # converged
+    np.testing.assert_array_equal(every["steps"], rarely["steps"])
+    np.testing.assert_array_equal(every["rebuilds"], every["steps"])
+    assert np.all(rarely["rebuilds"] >= 0) and np.all(rarely["rebuilds"] < every["steps"] // 10)
+    np.testing.assert_allclose(every["e_final"], rarely["e_final"], rtol=1e-6)
+    np.testing.assert_allclose(every["positions"], rarely["positions"], atol=1e-4)  # Å
