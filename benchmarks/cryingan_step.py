@@ -4,11 +4,15 @@ Sizes of the paper: B = 32; the interface composition Li72 Sc12 Co36 Cl72 O72 (N
 the Fe–Ni–Cr alloy (N = 256, λ = 0.1). The PyTorch side is dismax.gan.reference_torch (the implementation
 the parity test checks against dismax), with the reference's convolution layout and with dense per-atom
 layers (brute-force kNN over the 27-image cloud, autograd gradient penalties, Adam); it runs only when
-torch is installed (``pip install -e .[dev]``). Prints medians in milliseconds, the
-torch/dismax ratio, and achieved GFLOP/s (XLA's flop count of the dismax step) next to a float32 matmul
-measured in the same run.
+torch is installed (``pip install -e .[dev]``). The float32 matmul, the dismax step and the torch steps
+are timed in turn, round after round, so all see the same machine load. Prints medians in milliseconds,
+the dismax step's process CPU seconds, its achieved GFLOP/s (XLA's flop count of the step) as a fraction
+of the matmul's from wall times and from CPU seconds, and the torch/dismax ratios.
 
-    python benchmarks/cryingan_step.py [--repeats 3] [--threads 2] [--matmul 4096]
+    python benchmarks/cryingan_step.py [--repeats 3] [--threads 2] [--matmul 4096] [--profile]
+
+``--profile`` first prints, for the interface problem, where each step spends its time: the traced XLA
+operation time summed per JAX operation (``dot_general`` = the matrix products) and the top operations.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dismax.gan.steps import GanSetup, critic_update, generator_update, init_state
+from roofline import trace_by_source, trace_summary  # benchmarks/roofline.py
 
 # Interface cell: the published in-plane cell (a = 12.470 Å, b = 17.200 Å, γ = 75.67°); the out-of-plane
 # length is not public, 30 Å is used (it does not change the amount of arithmetic).
@@ -35,14 +40,26 @@ PROBLEMS = {
 BATCH = 32
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up (compilation)
-    times = []
+def matmul_fn(size: int):
+    """(call, flop count) of a jitted float32 size × size matmul."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    return (lambda: jax.block_until_ready(f(a))), 2.0 * size ** 3
+
+
+def interleaved(calls: dict, repeats: int) -> dict:
+    """Time every call of ``calls`` ({name: fn}) once per round, ``repeats`` rounds after a warm-up, so all
+    see the same machine load. Returns {name: (median wall seconds, median process CPU seconds)}."""
+    for fn in calls.values():
+        fn()  # warm-up (compilation)
+    walls, cpus = {name: [] for name in calls}, {name: [] for name in calls}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in calls.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            walls[name].append(time.perf_counter() - start)
+            cpus[name].append(time.process_time() - start_cpu)
+    return {name: (statistics.median(walls[name]), statistics.median(cpus[name])) for name in calls}
 
 
 def real_batch(counts, lattice, seed=0):
@@ -55,19 +72,35 @@ def real_batch(counts, lattice, seed=0):
 
 
 # ------------------------------------------------------------------------------------------- dismax
-def time_dismax(problem, repeats):
+def dismax_steps(problem):
+    """{step: (jitted function, its arguments)} of the critic and generator steps of ``problem``."""
     setup = GanSetup(counts=problem["counts"], lattice=tuple(map(tuple, problem["lattice"].tolist())))
     state = init_state(setup, jax.random.PRNGKey(0), problem["w_dist"])
     real = jnp.asarray(real_batch(problem["counts"], problem["lattice"]))
     dists = jax.jit(setup.distances)(real)
-    critic = jax.jit(lambda s, r, d: critic_update(setup, s, r, d, 1.0))
-    generator = jax.jit(lambda s: generator_update(setup, s, BATCH, 1.0))
-    flops = {"critic": _flops(critic, state, real, dists), "generator": _flops(generator, state)}
-    seconds = {
-        "critic": median_seconds(lambda: jax.block_until_ready(critic(state, real, dists)), repeats),
-        "generator": median_seconds(lambda: jax.block_until_ready(generator(state)), repeats),
-    }
-    return seconds, flops
+    return {"critic": (jax.jit(lambda s, r, d: critic_update(setup, s, r, d, 1.0)), (state, real, dists)),
+            "generator": (jax.jit(lambda s: generator_update(setup, s, BATCH, 1.0)), (state,))}
+
+
+def profile_dismax(problem, top: int = 8):
+    """Print each step's traced time per JAX operation and its ``top`` XLA operations (one traced call)."""
+    for step, (jitted, arguments) in dismax_steps(problem).items():
+        compiled = jitted.lower(*arguments).compile()
+        jax.block_until_ready(compiled(*arguments))  # warm-up
+        print(f"{step} step, traced XLA operation time per JAX operation:")
+        for line in trace_by_source(lambda: compiled(*arguments), compiled, top):
+            print("   ", line)
+        print(f"{step} step, top XLA operations:")
+        for line in trace_summary(lambda: compiled(*arguments), compiled, top):
+            print("   ", line, flush=True)
+
+
+def dismax_calls(problem):
+    """({step: blocking call} of the critic and generator steps, {step: XLA flop count})."""
+    steps = dismax_steps(problem)
+    calls = {step: (lambda jitted=jitted, arguments=arguments: jax.block_until_ready(jitted(*arguments)))
+             for step, (jitted, arguments) in steps.items()}
+    return calls, {step: _flops(jitted, *arguments) for step, (jitted, arguments) in steps.items()}
 
 
 def _flops(jitted, *args) -> float:
@@ -76,16 +109,9 @@ def _flops(jitted, *args) -> float:
     return float(cost.get("flops", float("nan")))
 
 
-def time_matmul(size: int, repeats: int) -> float:
-    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    seconds = median_seconds(lambda: jax.block_until_ready(f(a)), repeats)
-    return 2 * size ** 3 / seconds / 1e9
-
-
 # ------------------------------------------------------------------------------------------ PyTorch
-def time_torch(problem, repeats, threads, conv):
-    """Critic and generator step times of dismax.gan.reference_torch (conv or dense layout)."""
+def torch_calls(problem, threads, conv):
+    """{step: call} of the critic and generator steps of dismax.gan.reference_torch (conv or dense layout)."""
     import torch  # optional dependency: the comparison runs only where torch is installed
 
     from dismax.gan.reference_torch import ReferenceGan
@@ -103,7 +129,7 @@ def time_torch(problem, repeats, threads, conv):
     def generator_step():
         reference.generator_step(torch.randn(BATCH, 64))
 
-    return {"critic": median_seconds(critic_step, repeats), "generator": median_seconds(generator_step, repeats)}
+    return {"critic": critic_step, "generator": generator_step}
 
 
 def main():
@@ -111,33 +137,44 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="PyTorch intra-op threads")
     parser.add_argument("--matmul", type=int, default=4096, help="size of the reference float32 matmul")
+    parser.add_argument("--profile", action="store_true", help="first print where the interface steps spend time")
     args = parser.parse_args()
+    if args.profile:
+        profile_dismax(PROBLEMS["interface N=264"])
     try:
         import torch  # noqa: F401
         have_torch = True
     except ImportError:
         have_torch = False
         print("torch is not installed: timing dismax only (pip install -e .[dev] for the comparison)")
-    matmul = time_matmul(args.matmul, args.repeats)
-    print(f"jax float32 matmul {args.matmul}^3: {matmul:.1f} GFLOP/s")
+    matmul, matmul_flops = matmul_fn(args.matmul)
+    print(f"Per step, one round times in turn: a jax float32 {args.matmul}^3 matmul, the dismax step, the torch "
+          f"steps; medians of {args.repeats} rounds. % matmul = the dismax step's GFLOP/s (XLA's flop count) over "
+          "the matmul's, from wall times (wall) and from process CPU seconds (cpu: flops per CPU-second, "
+          "insensitive to how many cores the machine load left the process)")
     print("torch conv = the reference's layout (Conv2d / ConvTranspose2d / BatchNorm2d on NCHW tensors); "
-          "torch dense = the same maths with Linear layers; ratio = torch time / dismax time")
-    print(f"{'problem':<18}{'step':<11}{'dismax ms':>11}{'GFLOP':>8}{'GFLOP/s':>9}{'% matmul':>10}"
-          f"{'conv ms':>10}{'ratio':>8}{'dense ms':>10}{'ratio':>8}")
+          "torch dense = the same maths with Linear layers; ratio = torch time / dismax time (wall, and cpu)")
+    print(f"{'problem':<18}{'step':<11}{'dismax ms':>10}{'cpu s':>7}{'GFLOP':>7}{'GFLOP/s':>8}{'matmul':>8}"
+          f"{'%mm wall':>9}{'%mm cpu':>8}{'conv ms':>9}{'ratio':>7}{'cpu':>6}{'dense ms':>9}{'ratio':>7}{'cpu':>6}")
     for name, problem in PROBLEMS.items():
-        seconds, flops = time_dismax(problem, args.repeats)
-        torch_seconds = {layout: time_torch(problem, args.repeats, args.threads, layout == "conv")
-                         for layout in ("conv", "dense")} if have_torch else {}
+        dismax, flops = dismax_calls(problem)
+        torch_steps = {layout: torch_calls(problem, args.threads, layout == "conv")
+                       for layout in ("conv", "dense")} if have_torch else {}
         for step in ("critic", "generator"):
-            rate = flops[step] / seconds[step] / 1e9
-            line = (f"{name:<18}{step:<11}{1e3 * seconds[step]:11.0f}{flops[step] / 1e9:8.1f}{rate:9.1f}"
-                    f"{100 * rate / matmul:9.0f}%")
+            calls = {"matmul": matmul, "dismax": dismax[step]}
+            calls.update({layout: steps[step] for layout, steps in torch_steps.items()})
+            times = interleaved(calls, args.repeats)
+            (wall, cpu), (matmul_wall, matmul_cpu) = times["dismax"], times["matmul"]
+            rate, machine = flops[step] / wall / 1e9, matmul_flops / matmul_wall / 1e9
+            rate_cpu, machine_cpu = flops[step] / cpu, matmul_flops / matmul_cpu
+            line = (f"{name:<18}{step:<11}{1e3 * wall:10.0f}{cpu:7.1f}{flops[step] / 1e9:7.1f}{rate:8.1f}"
+                    f"{machine:8.1f}{100 * rate / machine:8.0f}%{100 * rate_cpu / machine_cpu:7.0f}%")
             for layout in ("conv", "dense"):
-                if layout in torch_seconds:
-                    other = torch_seconds[layout][step]
-                    line += f"{1e3 * other:10.0f}{other / seconds[step]:8.2f}"
+                if layout in times:
+                    other_wall, other_cpu = times[layout]
+                    line += f"{1e3 * other_wall:9.0f}{other_wall / wall:7.2f}{other_cpu / cpu:6.2f}"
                 else:
-                    line += f"{'-':>10}{'-':>8}"
+                    line += f"{'-':>9}{'-':>7}{'-':>6}"
             print(line, flush=True)
 
 

@@ -147,9 +147,18 @@ def _to_cart(frac: jax.Array, lattice: jax.Array) -> jax.Array:
     return frac[..., 0:1] * lattice[0] + frac[..., 1:2] * lattice[1] + frac[..., 2:3] * lattice[2]
 
 
+def _squared_norm(vectors: jax.Array) -> jax.Array:
+    """x² + y² + z² of (..., 3) vectors, as element-wise adds.
+
+    (A reduction over the 3-long minor axis runs several times slower on CPU: it dominated the kNN
+    selection of a 32 × 264 × 264 batch.)
+    """
+    return vectors[..., 0] * vectors[..., 0] + vectors[..., 1] * vectors[..., 1] + vectors[..., 2] * vectors[..., 2]
+
+
 def _safe_norm(vectors: jax.Array) -> jax.Array:
     """Euclidean norm over the last axis with a zero (not NaN) gradient at the zero vector."""
-    squared = jnp.sum(vectors * vectors, axis=-1)
+    squared = _squared_norm(vectors)
     positive = squared > 0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
 
@@ -190,7 +199,7 @@ def _closest_offset_index(centred: jax.Array, lattice: jax.Array, offsets: np.nd
     def step(carry, inputs):
         best_squared, best_index = carry
         index, shift = inputs
-        squared = jnp.sum((centred_cart + shift) ** 2, axis=-1)
+        squared = _squared_norm(centred_cart + shift)
         better = squared < best_squared
         return (jnp.where(better, squared, best_squared), jnp.where(better, index, best_index)), None
 
@@ -343,7 +352,7 @@ def _select_knn_centred(frac: jax.Array, lattice: jax.Array, atom_mask: jax.Arra
     """
     n = frac.shape[0]
     centred, _ = _centred_difference(frac)
-    squared = jnp.sum(_to_cart(centred, lattice) ** 2, axis=-1)
+    squared = _squared_norm(_to_cart(centred, lattice))
     squared = jnp.where(jnp.eye(n, dtype=bool) | ~atom_mask[None, :], jnp.inf, squared)
     _, indices = jax.lax.top_k(-squared, k)
     images = -_pair_shift(frac, jnp.arange(n)[:, None], indices)
@@ -363,7 +372,7 @@ def _select_knn_images(frac: jax.Array, lattice: jax.Array, atom_mask: jax.Array
     def step(carry, inputs):
         best_squared, best_code = carry
         index, offset = inputs
-        squared = jnp.sum((centred_cart + offset) ** 2, axis=-1)
+        squared = _squared_norm(centred_cart + offset)
         squared = jnp.where((is_self & (index == 0)) | ~atom_mask[None, :], jnp.inf, squared)
         codes = jnp.broadcast_to(index * n + columns, (n, n))
         merged_squared = jnp.concatenate([best_squared, squared], axis=-1)
@@ -495,7 +504,7 @@ def _select_pairs(frac: jax.Array, lattice: jax.Array, cutoff: jax.Array, capaci
     n, n_offsets = frac.shape[0], len(offsets)
     centred, _ = _centred_difference(frac)
     offset_cart = _to_cart(jnp.asarray(offsets, frac.dtype), lattice)
-    squared = jnp.sum((_to_cart(centred, lattice)[:, :, None, :] + offset_cart) ** 2, axis=-1)
+    squared = _squared_norm(_to_cart(centred, lattice)[:, :, None, :] + offset_cart)
     is_self = jnp.eye(n, dtype=bool)[:, :, None] & (jnp.arange(n_offsets) == 0)
     within = (squared <= jnp.asarray(cutoff, frac.dtype) ** 2) & ~is_self
     running_count = jnp.cumsum(within.reshape(-1), dtype=jnp.int32)

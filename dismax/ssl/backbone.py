@@ -14,6 +14,12 @@ Heads (the reference's EquiformerV2 node block and force head):
   so the vector rotates with the structure and the logits do not;
 - a structure head (``n_outputs > 0``): the mean over real atoms of per-atom scalars, then a linear map to
   ``n_outputs`` values (the discriminator's 2 classes or critic score, a property, a stability class).
+
+With ``composition_context`` the scalar heads also see the structure's visible composition (the fraction of
+each species among the real, unmasked atoms; masked atoms and padding count for nothing) through a linear map
+added to the head's hidden layer: a masked atom's local environment alone cannot tell which of the species
+present it is when the message passing has a short range, the composition can. It is invariant, so the
+logits stay invariant and the noise head is unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from dataclasses import dataclass
 
 import e3nn_jax as e3nn
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from dismax.geometry import knn
@@ -37,7 +44,8 @@ MASK_TOKEN = 0
 class BackboneConfig:
     """Hyperparameters (lengths in Å). n_neighbors: fixed neighbour slots per atom; n_images: periodic image
     range of the neighbour search (2 for cells narrower than about the cutoff); avg_neighbors: constant
-    normalisation of the neighbour sum; head_hidden: width of the scalar heads."""
+    normalisation of the neighbour sum; head_hidden: width of the scalar heads; composition_context: the
+    heads see the visible composition (module docstring)."""
 
     cutoff: float = 5.0
     n_neighbors: int = 24
@@ -49,6 +57,15 @@ class BackboneConfig:
     radial_hidden: int = 32
     avg_neighbors: float = 12.0
     head_hidden: int = 64
+    composition_context: bool = False
+
+
+def visible_composition(species, atom_mask):
+    """(118,) fraction of each species (class c ↔ Z = c + 1) among the real atoms that are not masked;
+    ``species`` ints (N,) or probabilities (N, 119) whose column 0 is the mask token. Zeros if none is visible."""
+    probabilities = species if species.ndim == 2 else jax.nn.one_hot(species, N_EMBEDDINGS)
+    counts = jnp.sum(probabilities[:, 1:] * atom_mask[:, None], axis=0)
+    return counts / jnp.maximum(jnp.sum(counts), 1.0)
 
 
 class Backbone(nn.Module):
@@ -78,7 +95,11 @@ class Backbone(nn.Module):
         for i in range(c.n_layers):
             h = Convolution(c.hidden_irreps, c.radial_hidden, c.avg_neighbors, 1, name=f"interaction_{i}")(
                 h, sh, radial, envelope, indices, self_index)
-        scalars = nn.silu(nn.Dense(c.head_hidden, name="head_hidden")(h.filter(keep=["0e"]).array))
+        hidden = nn.Dense(c.head_hidden, name="head_hidden")(h.filter(keep=["0e"]).array)
+        if c.composition_context:
+            hidden = hidden + nn.Dense(c.head_hidden, use_bias=False, name="composition_context")(
+                visible_composition(species, atom_mask))
+        scalars = nn.silu(hidden)
         if self.n_outputs:
             weights = atom_mask.astype(scalars.dtype)[:, None]
             pooled = jnp.sum(scalars * weights, axis=0) / jnp.maximum(jnp.sum(weights), 1.0)

@@ -9,7 +9,9 @@ One structure per call (vmap over a batch), pure JAX so it runs inside the jitte
 - **positional noise**: Gaussian, σ = ``sigma_ratio`` × the minimum periodic (minimum-image) distance
   between the real atoms, per Cartesian component in Å, added to the Cartesian positions and wrapped into
   the cell. The reference's in-cell distance misses close pairs across the boundary (L5); a one-atom cell
-  has no pair, so σ = ``sigma_ratio`` × ``single_atom_distance``.
+  has no pair, so σ = ``sigma_ratio`` × ``single_atom_distance``. With ``sigma_ratio_max`` set (training
+  only), every structure draws its own σ̃ uniformly from [``sigma_ratio``, ``sigma_ratio_max``], so a model
+  meets every noise level of the evaluation (σ̃ 0.1 and 0.2) during training.
 
 ``faithful=True`` reproduces the reference's biased masking (``src/mask.py``): one coin per batch decides the
 mode for every structure (:func:`dismax.ssl.steps.corrupt_batch`); count mode draws ⌈N·ratio⌉ (float32,
@@ -24,7 +26,7 @@ The noise is returned in Cartesian Å, the frame of the backbone's equivariant v
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -37,13 +39,15 @@ from dismax.ssl.backbone import MASK_TOKEN
 class CorruptionConfig:
     """mask_ratio: fraction of atoms masked in count mode; species_mask_probability: chance of masking a
     whole species; sigma_ratio: σ̃ (σ in units of the minimum pair distance); single_atom_distance: the
-    distance (Å) standing in for the minimum pair distance of one-atom cells; faithful: the reference's biased
+    distance (Å) standing in for the minimum pair distance of one-atom cells; sigma_ratio_max: if set, σ̃ is
+    drawn per structure uniformly from [sigma_ratio, sigma_ratio_max]; faithful: the reference's biased
     masking (module docstring)."""
 
     mask_ratio: float = 0.15
     species_mask_probability: float = 0.5
     sigma_ratio: float = 0.1
     single_atom_distance: float = 2.0
+    sigma_ratio_max: Optional[float] = None
     faithful: bool = False
 
 
@@ -135,7 +139,11 @@ def add_noise(key, frac, lattice, atom_mask, sigma):
 
 def corrupt_with_mask(key, frac, lattice, species, atom_mask, masked, config: CorruptionConfig) -> Corrupted:
     """Mask the atoms ``masked`` (N,) bool (e.g. the evaluation's fixed masks) and add positional noise."""
-    sigma = config.sigma_ratio * minimum_distance(frac, lattice, atom_mask, config.single_atom_distance)
+    ratio = config.sigma_ratio
+    if config.sigma_ratio_max is not None:
+        key, ratio_key = jax.random.split(key)
+        ratio = jax.random.uniform(ratio_key, (), minval=config.sigma_ratio, maxval=config.sigma_ratio_max)
+    sigma = ratio * minimum_distance(frac, lattice, atom_mask, config.single_atom_distance)
     noisy, noise = add_noise(key, frac, lattice, atom_mask, sigma)
     return Corrupted(noisy, jnp.where(masked, MASK_TOKEN, species), masked, noise, sigma)
 

@@ -7,10 +7,14 @@ Sources (``DataConfig``), first match wins:
   reference's proportions; the last 10 % is the test set);
 - ``dataset``: a registered or buildable dismax dataset (``train.extxyz``/``val.extxyz``). The VAE demo's
   ``disordered_demo`` (partial occupancies) is turned into ordered crystals of varied composition and size by
-  drawing every site's species from its occupancies (vacancies drop the site), with ``split_seed``.
+  drawing every site's species from its occupancies (vacancies drop the site), with ``split_seed``. The first
+  read writes the ordered split next to the CIFs (``ordered-split{split_seed}/{train,val,test}.extxyz``); later
+  reads (a GAN stage using 64 structures, an evaluation's test set) load those files instead of every CIF.
 
 Every set is padded to one atom count, ``max_atoms`` or its largest structure, with an atom mask
-(:meth:`dismax.structures.StructureSet.padded`).
+(:meth:`dismax.structures.StructureSet.padded`). With ``max_buckets`` > 1 the training set is also split into
+size buckets (:func:`dismax.data.loader.choose_buckets`) for a :class:`dismax.data.loader.BucketedLoader`: a
+set of mostly small cells padded to its few largest ones spends most of each step on padding.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from dismax.data.loader import assign_buckets, choose_buckets
 from dismax.data.registry import dataset_dir, dataset_files, ensure_dataset
 from dismax.errors import DismaxInputError
-from dismax.io import CIF_SUFFIXES, read_cif, read_cif_structures, read_structure_set
+from dismax.io import CIF_SUFFIXES, read_cif, read_cif_structures, read_structure_set, write_extxyz
 from dismax.runs import progress
 from dismax.structures import Crystals, StructureSet
 
@@ -34,7 +39,9 @@ ORDERED_FROM_DISORDERED = ("disordered_demo",)
 @dataclass(frozen=True)
 class DataConfig:
     """Where the structures come from (see module docstring); max_train/max_val cap the sets;
-    max_atoms: the padded atom count (None: the largest structure of the sets)."""
+    max_atoms: the padded atom count (None: the largest structure of the sets); max_buckets: size buckets of
+    the pre-training batches (1: every batch padded to max_atoms; the GAN stage always pads to one shape, since
+    each shape compiles its critic step, minutes on a CPU)."""
 
     dataset: str = "alloy_300K_wide"
     size: str = "small"
@@ -46,6 +53,7 @@ class DataConfig:
     max_train: Optional[int] = None
     max_val: Optional[int] = None
     max_atoms: Optional[int] = None
+    max_buckets: int = 1
 
 
 class PaddedSet(NamedTuple):
@@ -112,6 +120,25 @@ def _split(structures: StructureSet, seed: int) -> tuple[StructureSet, Structure
     return tuple(structures.select(part) for part in split_indices(len(structures), seed))
 
 
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def ordered_split(directory: Path, seed: int) -> tuple[StructureSet, StructureSet, StructureSet]:
+    """(train, val, test) ordered decorations of the disordered CIFs in ``directory`` (drawn and split with
+    ``seed``), read from ``directory/ordered-split{seed}/`` when an earlier call wrote them there."""
+    cache = directory / f"ordered-split{seed}"
+    files = [cache / f"{name}.extxyz" for name in SPLIT_NAMES]
+    if all(f.is_file() for f in files):
+        return tuple(read_structure_set(f) for f in files)
+    cifs = sorted(p for p in directory.iterdir() if p.suffix.lower() in CIF_SUFFIXES)
+    structures = [structure for p in progress(cifs, desc=f"reading {directory.name}", unit="CIF")
+                  for structure in read_cif_structures(p, allow_partial=True)]
+    cache.mkdir(exist_ok=True)
+    for part, path in zip(_split(ordered_decoration(structures, seed), seed), files):
+        write_extxyz(part, path)
+    return tuple(read_structure_set(f) for f in files)   # every call sees the same (written) numbers
+
+
 def read_any(path: str | Path) -> StructureSet:
     """Every structure of an extxyz file, a folder of CIF files or a CDVAE-format CSV."""
     path = Path(path).expanduser()
@@ -136,11 +163,7 @@ def read_sets(config: DataConfig) -> tuple[StructureSet, StructureSet, Structure
     if config.path:
         return _split(read_any(config.path), config.split_seed)
     if config.dataset in ORDERED_FROM_DISORDERED:
-        directory = ensure_dataset(config.dataset, config.size, config.dataset_seed)
-        cifs = sorted(p for p in directory.iterdir() if p.suffix.lower() in CIF_SUFFIXES)
-        structures = [structure for p in progress(cifs, desc=f"reading {config.dataset}", unit="CIF")
-                      for structure in read_cif_structures(p, allow_partial=True)]
-        return _split(ordered_decoration(structures, config.split_seed), config.split_seed)
+        return ordered_split(ensure_dataset(config.dataset, config.size, config.dataset_seed), config.split_seed)
     dataset_dir(config.dataset, config.size, config.dataset_seed)  # a clear error for unknown names
     train, val = dataset_files(config.dataset, config.size, config.dataset_seed)
     return read_structure_set(train), read_structure_set(val), None
@@ -155,3 +178,18 @@ def load_padded(config: DataConfig) -> tuple[PaddedSet, PaddedSet]:
         val = val.select(range(min(config.max_val, len(val))))
     n_atoms = config.max_atoms or int(max(train.atom_counts.max(), val.atom_counts.max()))
     return PaddedSet(*train.padded(n_atoms)), PaddedSet(*val.padded(n_atoms))
+
+
+def size_buckets(padded: PaddedSet, max_buckets: int) -> list[PaddedSet]:
+    """``padded`` split into at most ``max_buckets`` sets by atom count, each cut to its largest structure
+    (real atoms come first in every row, padding after them)."""
+    counts = padded.atom_mask.sum(axis=1)
+    buckets = choose_buckets(counts, max_buckets)
+    which = assign_buckets(counts, buckets)
+    parts = []
+    for index, n_atoms in enumerate(buckets):
+        part = padded.take(np.flatnonzero(which == index))
+        c = part.crystals
+        parts.append(PaddedSet(Crystals(c.frac[:, :n_atoms], c.lattice, c.species[:, :n_atoms]),
+                               part.atom_mask[:, :n_atoms]))
+    return parts

@@ -350,6 +350,7 @@ def make_task(config: Config, run: RunDir) -> TrainingTask:
         raise DismaxConfigError(f"config key 'train.batch_size' is {t.batch_size} but the validation set has only "
                                 f"{len(val_set)} structures")
     return TrainingTask(
+        # one padded shape whatever data.max_buckets says: every shape compiles the critic's second-order step
         name="ssl_gan", state=state, loaders=[BatchLoader(tuple(train_set), t.batch_size, seed=config.seed)],
         step=step, members=[{"member": 0, "seed": config.seed}], evaluate=evaluate, eval_columns=EVAL_COLUMNS,
         monitor=lambda v: float(v["val_g_loss"][0]) if np.isfinite(v["val_g_loss"][0]) else None,

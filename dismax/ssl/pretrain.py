@@ -25,13 +25,13 @@ import numpy as np
 import optax
 
 from dismax.config import load_config
-from dismax.data.loader import BatchLoader
+from dismax.data.loader import BatchLoader, BucketedLoader
 from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.io import write_extxyz
 from dismax.runs import RunDir, exclusive_lock, log
 from dismax.ssl.backbone import Backbone, BackboneConfig
 from dismax.ssl.corruption import CorruptionConfig
-from dismax.ssl.data import DataConfig, PaddedSet, load_padded
+from dismax.ssl.data import DataConfig, PaddedSet, load_padded, size_buckets
 from dismax.ssl.steps import Batch, Generator, apply_batch, corrupt_batch, reconstruct, reconstruction_terms
 from dismax.structures import Crystals, StructureSet
 from dismax.training import (LoopConfig, Panel, TrainingTask, check_data_source, check_loop_config,
@@ -93,6 +93,9 @@ def check_model(model: ModelConfig) -> None:
     if c.sigma_ratio < 0 or c.single_atom_distance <= 0 or model.position_weight < 0:
         raise DismaxConfigError("config keys 'model.corruption.sigma_ratio' and 'model.position_weight' must be "
                                 ">= 0 and 'model.corruption.single_atom_distance' > 0")
+    if c.sigma_ratio_max is not None and c.sigma_ratio_max < c.sigma_ratio:
+        raise DismaxConfigError(f"config key 'model.corruption.sigma_ratio_max' is {c.sigma_ratio_max}; it must be "
+                                f">= 'model.corruption.sigma_ratio' ({c.sigma_ratio})")
 
 
 def check(config: Config) -> None:
@@ -102,6 +105,8 @@ def check(config: Config) -> None:
     if config.train.lr <= 0:
         raise DismaxConfigError(f"config key 'train.lr' is {config.train.lr}; it must be > 0")
     d = config.data
+    if d.max_buckets < 1:
+        raise DismaxConfigError(f"config key 'data.max_buckets' is {d.max_buckets}; it must be at least 1")
     if not d.path:
         check_data_source(d.dataset, d.size, d.dataset_seed, d.train_file, d.val_file)
     elif not Path(d.path).expanduser().exists():
@@ -181,6 +186,15 @@ EVAL_COLUMNS = ("val_loss", "val_species_loss", "val_position_loss", "val_accura
                 "val_input_rms", "val_majority_accuracy")
 
 
+def training_loader(train_set: PaddedSet, data: DataConfig, batch_size: int, seed: int):
+    """Shuffled training batches: one padded shape, or one per size bucket (``data.max_buckets`` > 1; each
+    bucket's shape compiles the step once)."""
+    if data.max_buckets > 1:
+        return BucketedLoader([tuple(part) for part in size_buckets(train_set, data.max_buckets)], batch_size,
+                              seed=seed)
+    return BatchLoader(tuple(train_set), batch_size, seed=seed)
+
+
 def make_task(config: Config, run: RunDir) -> TrainingTask:
     """Pre-training as a task of the shared training loop (reads the data)."""
     train_set, val_set = load_padded(config.data)
@@ -207,7 +221,7 @@ def make_task(config: Config, run: RunDir) -> TrainingTask:
                                          majority)
 
     return TrainingTask(
-        name="ssl_pretrain", state=state, loaders=[BatchLoader(tuple(train_set), t.batch_size, seed=config.seed)],
+        name="ssl_pretrain", state=state, loaders=[training_loader(train_set, config.data, t.batch_size, config.seed)],
         step=step, members=[{"member": 0, "seed": config.seed}], evaluate=evaluate, eval_columns=EVAL_COLUMNS,
         monitor=lambda v: float(v["val_loss"][0]) if np.isfinite(v["val_loss"][0]) else None,
         loss_column="train_loss", panels=PANELS)

@@ -238,14 +238,15 @@ def test_sigkill_in_every_stage_then_rerun_gives_identical_results(tmp_path, all
     assert {"data", "tiny/0/train", "given/0/score", "report", "total"} <= set(timings)
 
 
-@pytest.mark.parametrize("name", ["a_si_small", "alloy_small", "alloy", "a_si", "interface"])
+@pytest.mark.parametrize("name", ["a_si_small", "alloy_small", "alloy", "a_si", "interface", "unet_a_si_small",
+                                  "unet_alloy_small"])
 def test_shipped_bench_configs_load_with_their_model_configs(name, tmp_path):
     from pathlib import Path
 
     from dismax.bench.run import load_bench_config, model_config
 
     config, base = load_bench_config(Path(__file__).parents[2] / "configs" / "bench" / f"{name}.yaml")
-    assert name.startswith(config.family.split("_")[0])
+    assert name.removeprefix("unet_").startswith(config.family.split("_")[0])
     for entry in config.models:
         assert model_config(entry, base, config.seeds[-1], tmp_path).seed == config.seeds[-1]
     assert (config.n_generated, len(config.seeds)) == ((1000, 3) if "small" not in name else (config.n_generated, 1))

@@ -26,12 +26,14 @@ def rock_salt_set(n: int, seed: int = 0) -> StructureSet:
     return StructureSet.from_structures(structures)
 
 
-def write_tiny_config(folder, n_train: int = 12, **train) -> str:
-    """train.extxyz/val.extxyz and an ssl_pretrain config with the tiny backbone; returns the config path."""
+def write_tiny_config(folder, n_train: int = 12, data: dict | None = None, **train) -> str:
+    """train.extxyz/val.extxyz and an ssl_pretrain config with the tiny backbone (``data``: extra data keys);
+    returns the config path."""
     write_extxyz(rock_salt_set(n_train, seed=1), folder / "train.extxyz")
     write_extxyz(rock_salt_set(4, seed=2), folder / "val.extxyz")
     config = {"model": {"name": "ssl_pretrain", "backbone": TINY_BACKBONE.__dict__, "position_weight": 10.0},
-              "data": {"train_file": str(folder / "train.extxyz"), "val_file": str(folder / "val.extxyz")},
+              "data": {"train_file": str(folder / "train.extxyz"), "val_file": str(folder / "val.extxyz"),
+                       **(data or {})},
               "train": {"epochs": 2, "batch_size": 4, "lr": 3e-3, **train}, "seed": 0}
     path = folder / "ssl.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -61,3 +61,32 @@ def test_soft_species_equal_integer_species_for_one_hot_input():
     soft_logits, soft_noise = APPLY(PARAMS, FRAC, LATTICE, one_hot, MASK)
     np.testing.assert_allclose(soft_logits, logits, atol=1e-5)
     np.testing.assert_allclose(soft_noise, noise, atol=1e-5)
+
+
+def test_composition_context_sees_visible_atoms_beyond_the_receptive_field():
+    from dataclasses import replace
+
+    from dismax.ssl.backbone import visible_composition
+
+    composition = visible_composition(jnp.array([26, 0, 28, 28, 24]), jnp.array([1, 1, 1, 1, 0], bool))
+    np.testing.assert_allclose(composition[np.array([25, 27, 23])], [1 / 3, 2 / 3, 0.0])   # Z = class + 1
+    assert float(composition.sum()) == 1.0
+    # two atoms 1 Å apart, a third 12 Å away in a long cell: beyond the cutoff and the neighbour slots
+    frac = jnp.array([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0], [0.0, 0.0, 0.5]])
+    lattice = jnp.diag(jnp.array([10.0, 10.0, 24.0]))
+    mask = jnp.ones(3, bool)
+    for context in (False, True):
+        network = Backbone(replace(TINY_BACKBONE, n_neighbors=1, n_images=0, composition_context=context))
+        params = initial_params(network, jax.random.PRNGKey(5))
+        if context:   # the fresh context weights are random; the shared weights do not depend on the flag
+            assert "composition_context" in params["params"]
+        logits = [network.apply(params, frac, lattice, jnp.array([0, 26, far]), mask)[0][0] for far in (28, 24)]
+        changed = float(jnp.abs(logits[0] - logits[1]).max())
+        assert (changed > 1e-4) == context, (context, changed)
+        rotated = network.apply(params, frac, lattice @ jnp.asarray(Rotation.from_euler("z", 0.4).as_matrix(),
+                                                                     jnp.float32).T, jnp.array([0, 26, 28]), mask)[0]
+        np.testing.assert_allclose(rotated[0], logits[0], atol=1e-4)
+        padded = network.apply(params, jnp.concatenate([frac, frac[:1]]), lattice, jnp.array([0, 26, 28, 24]),
+                               jnp.array([True, True, True, False]))[0]
+        np.testing.assert_allclose(padded[:3], network.apply(params, frac, lattice, jnp.array([0, 26, 28]), mask)[0],
+                                   atol=1e-5)

@@ -123,3 +123,17 @@ def test_faithful_batches_share_one_masking_mode():
         mixed = np.sum(whole.any(axis=1) & ~whole.all(axis=1))
         assert (mixed == 0) if faithful else (mixed > 10)
         assert whole.all(axis=1).any() and (~whole).all(axis=1).any()
+
+
+def test_sigma_ratio_range_draws_each_structure_its_own_level():
+    lattice = 10.0 * jnp.eye(3)
+    frac = jnp.array([[0.0, 0.0, 0.0], [0.2, 0.0, 0.0], [0.5, 0.5, 0.5]])   # minimum distance 2 Å
+    atom_mask = jnp.ones(3, bool)
+    config = CorruptionConfig(sigma_ratio=0.05, sigma_ratio_max=0.25)
+    out = jax.vmap(lambda k: corrupt(k, frac, lattice, jnp.ones(3, jnp.int32), atom_mask, config))(ONE_KEYS)
+    ratios = np.asarray(out.sigma) / 2.0
+    assert ratios.min() >= 0.05 - 1e-6 and ratios.max() <= 0.25 + 1e-6
+    assert ratios.min() < 0.07 and ratios.max() > 0.23                     # the whole range is used
+    np.testing.assert_allclose(ratios.mean(), 0.15, atol=0.01)             # uniform
+    fixed = corrupt(ONE_KEYS[0], frac, lattice, jnp.ones(3, jnp.int32), atom_mask, CorruptionConfig(sigma_ratio=0.1))
+    np.testing.assert_allclose(fixed.sigma, 0.2, rtol=1e-6)                # without the range σ̃ is fixed

@@ -29,7 +29,9 @@ from tests.ssl.helpers import TINY_BACKBONE, rock_salt_set, write_tiny_config
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ssl")
-    config = write_tiny_config(folder, n_train=16, epochs=12, val_every=12, checkpoint_every=12)
+    # 6- and 8-atom cells in two size buckets
+    config = write_tiny_config(folder, n_train=16, data={"max_buckets": 2}, epochs=12, val_every=12,
+                               checkpoint_every=12)
     assert main_wrapper(train_cli.main, ["--config", config, "--run-dir", str(folder / "run")]) == 0
     return folder
 
@@ -62,6 +64,8 @@ def test_bad_inputs_exit_2_with_one_error_line(tmp_path, capsys):
     config = write_tiny_config(tmp_path)
     cases = [(["model.backbone.hidden_irreps=8x0e"], "vector (1o)"),
              (["model.corruption.mask_ratio=0"], "mask_ratio"),
+             (["model.corruption.sigma_ratio_max=0.01"], "sigma_ratio_max"),
+             (["data.max_buckets=0"], "max_buckets"),
              (["data.train_file=" + str(tmp_path / "missing.extxyz")], "not a readable file"),
              (["data.path=" + str(tmp_path / "nowhere")], "does not exist")]
     for overrides, fragment in cases:
