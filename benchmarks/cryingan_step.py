@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dismax.gan.steps import GanSetup, critic_update, generator_update, init_state
-from roofline import trace_by_source, trace_summary  # benchmarks/roofline.py
+from roofline import Trace  # benchmarks/roofline.py
 
 # Interface cell: the published in-plane cell (a = 12.470 Å, b = 17.200 Å, γ = 75.67°); the out-of-plane
 # length is not public, 30 Å is used (it does not change the amount of arithmetic).
@@ -83,15 +83,16 @@ def dismax_steps(problem):
 
 
 def profile_dismax(problem, top: int = 8):
-    """Print each step's traced time per JAX operation and its ``top`` XLA operations (one traced call)."""
+    """Print each step's traced time per JAX operation and its ``top`` XLA operations (one traced call each)."""
     for step, (jitted, arguments) in dismax_steps(problem).items():
         compiled = jitted.lower(*arguments).compile()
         jax.block_until_ready(compiled(*arguments))  # warm-up
+        trace = Trace(lambda: compiled(*arguments), compiled)
         print(f"{step} step, traced XLA operation time per JAX operation:")
-        for line in trace_by_source(lambda: compiled(*arguments), compiled, top):
+        for line in trace.by_source(top):
             print("   ", line)
         print(f"{step} step, top XLA operations:")
-        for line in trace_summary(lambda: compiled(*arguments), compiled, top):
+        for line in trace.operations(top):
             print("   ", line, flush=True)
 
 

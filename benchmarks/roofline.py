@@ -71,44 +71,47 @@ def operation_sources(compiled) -> dict[str, str]:
     return sources
 
 
-def _traced_times(call, compiled):
-    """Run ``call()`` (which executes ``compiled``) under the JAX profiler: (total microseconds per leaf
-    instruction, calls per instruction, instruction → JAX operation)."""
-    with tempfile.TemporaryDirectory() as directory:
-        jax.profiler.start_trace(directory, create_perfetto_trace=True)
-        jax.block_until_ready(call())
-        jax.profiler.stop_trace()
-        trace = next(Path(directory).rglob("*.json.gz"))
-        events = json.load(gzip.open(trace))["traceEvents"]
-    sources = operation_sources(compiled)
-    totals, calls = Counter(), Counter()
-    for event in events:
-        name = event.get("name", "")
-        if event.get("ph") == "X" and name in sources:
-            totals[name] += event.get("dur", 0.0)
-            calls[name] += 1
-    return totals, calls, sources
+class Trace:
+    """One profiled run of a compiled program: total microseconds and calls per leaf XLA instruction, and
+    the JAX operation each instruction came from; summarised per instruction or per JAX operation."""
+
+    def __init__(self, call, compiled):
+        """Run ``call()`` (which executes ``compiled``) under the JAX profiler."""
+        with tempfile.TemporaryDirectory() as directory:
+            jax.profiler.start_trace(directory, create_perfetto_trace=True)
+            jax.block_until_ready(call())
+            jax.profiler.stop_trace()
+            trace = next(Path(directory).rglob("*.json.gz"))
+            events = json.load(gzip.open(trace))["traceEvents"]
+        self.sources = operation_sources(compiled)
+        self.totals, self.calls = Counter(), Counter()
+        for event in events:
+            name = event.get("name", "")
+            if event.get("ph") == "X" and name in self.sources:
+                self.totals[name] += event.get("dur", 0.0)
+                self.calls[name] += 1
+
+    def operations(self, top: int = 8) -> list[str]:
+        """The ``top`` XLA operations by total time, one line each: share of all traced operation time,
+        time, calls, operation and the JAX operation it came from."""
+        everything = sum(self.totals.values()) or 1.0
+        return [f"{100 * microseconds / everything:5.1f} % {microseconds / 1e3:9.2f} ms {self.calls[name]:7d} x "
+                f"{name} <- {self.sources[name]}"
+                for name, microseconds in self.totals.most_common(top)]
+
+    def by_source(self, top: int = 8) -> list[str]:
+        """The traced time summed per JAX operation the XLA operations came from (e.g. all ``dot_general``
+        fusions together), the ``top`` ones: share, time and number of XLA operations."""
+        by_source, count = Counter(), Counter()
+        for name, microseconds in self.totals.items():
+            by_source[self.sources[name]] += microseconds
+            count[self.sources[name]] += 1
+        everything = sum(by_source.values()) or 1.0
+        return [f"{100 * microseconds / everything:5.1f} % {microseconds / 1e3:9.2f} ms {count[source]:5d} ops "
+                f"<- {source}" for source, microseconds in by_source.most_common(top)]
 
 
 def trace_summary(call, compiled, top: int = 8) -> list[str]:
     """Run ``call()`` (which executes ``compiled``) under the JAX profiler and return its ``top`` XLA
-    operations by total time, one line each: share of all traced operation time, time, calls, operation
-    and the JAX operation it came from."""
-    totals, calls, sources = _traced_times(call, compiled)
-    everything = sum(totals.values()) or 1.0
-    return [f"{100 * microseconds / everything:5.1f} % {microseconds / 1e3:9.2f} ms {calls[name]:7d} x "
-            f"{name} <- {sources[name]}"
-            for name, microseconds in totals.most_common(top)]
-
-
-def trace_by_source(call, compiled, top: int = 8) -> list[str]:
-    """Like :func:`trace_summary`, but the traced time summed per JAX operation the XLA operations came
-    from (e.g. all ``dot_general`` fusions together): share, time and number of XLA operations."""
-    totals, _, sources = _traced_times(call, compiled)
-    by_source, count = Counter(), Counter()
-    for name, microseconds in totals.items():
-        by_source[sources[name]] += microseconds
-        count[sources[name]] += 1
-    everything = sum(by_source.values()) or 1.0
-    return [f"{100 * microseconds / everything:5.1f} % {microseconds / 1e3:9.2f} ms {count[source]:5d} ops "
-            f"<- {source}" for source, microseconds in by_source.most_common(top)]
+    operations by total time (:meth:`Trace.operations`)."""
+    return Trace(call, compiled).operations(top)
