@@ -140,7 +140,7 @@ def test_compiled_relaxation_and_step_cost_describe_the_relax_loop():
     crystals = Crystals.from_ase(perturbed_diamond(2))
     result = relax(crystals, original_sw(), fmax=1e-3, max_steps=60, chunk_size=2)
     compiled, arguments = compiled_relaxation(crystals, original_sw(), fmax=1e-3, max_steps=60)
-    _, status, steps, _, e_final, _, rebuilds = (np.asarray(x) for x in compiled(*arguments))
+    _, status, steps, _, e_final, _, _ = (np.asarray(x) for x in compiled(*arguments))
     np.testing.assert_array_equal(steps, result.steps)
     np.testing.assert_allclose(e_final / crystals.n_atoms, result.e_final, rtol=1e-6)
     cost = step_cost(crystals, original_sw(), repeats=1)
