@@ -419,6 +419,29 @@ def minimum_pair_distances(crystals: Crystals) -> np.ndarray:
     return np.array(out)
 
 
+CO_O_BOND = 2.3  # Å: Co-O neighbour cutoff of the coordination check (spec §2.4)
+INTERIOR_DEPTH = (0.7, 3.5)  # Å below the built top LCO plane: the two planes touching neither interface nor vacuum
+
+
+def interior_co_oxygen_counts(crystals: Crystals, recipe: InterfaceRecipe = InterfaceRecipe()) -> list[np.ndarray]:
+    """O neighbours within 2.3 Å (minimum image) of every Co of the two interior LCO planes, one array per
+    structure. Interior means 0.7–3.5 Å below the height at which the builder put the top LCO plane, so a
+    relaxed interface keeps its 18 interior Co; bulk LCO has six O around each (an octahedron)."""
+    z_lco_top = recipe.vacuum / 2 + (recipe.lco_planes - 1) * recipe.lco_a / 2
+    counts = []
+    for b in range(len(crystals)):
+        c = crystals[b : b + 1].to_numpy()
+        frac, lattice, species = c.frac[0], c.lattice[0], c.species[0]
+        cart = frac @ lattice
+        cobalt = np.flatnonzero(species == CO)
+        depth = z_lco_top - cart[cobalt, 2]
+        interior = cobalt[(depth > INTERIOR_DEPTH[0]) & (depth < INTERIOR_DEPTH[1])]
+        oxygen = np.flatnonzero(species == O)
+        d = np.linalg.norm(displacements(cart[interior], cart[oxygen], lattice), axis=-1)
+        counts.append((d < CO_O_BOND).sum(axis=1))
+    return counts
+
+
 def _generate(work: Path, seed: int, n: int, recipe: InterfaceRecipe) -> Path:
     """Stage 1: the random interfaces (``generated.extxyz``), written in resumable parts."""
     out = work / "generated.extxyz"
