@@ -7,14 +7,20 @@ Steps (the README gives the exact commands):
    ``chgnet`` = CHGNet 0.3.0, through ASE FIRE with its defaults, positions only, cell fixed, fmax 0.05 eV/Å,
    at most ``--max-steps``). Every ionic step's energy and forces are written to
    ``DIR/seedS-XXXX.extxyz`` when the relaxation ends (atomic), so a rerun skips finished structures.
+   ``relax --in FILE --count N`` relaxes the first N frames of an extxyz file instead (e.g. a built interface
+   set, relaxed by the student) into ``DIR/from-seedS-XXXX.extxyz``; then ``compare --dir DIR`` prints the teacher
+   energy and largest force of each student-relaxed structure, the teacher-relaxed energy, the gap and the
+   interior Co six-fold coordinated by O in both, and ``crosscheck --dir DIR`` labels both end points with
+   SevenNet-0 and prints how teacher, cross-check and student agree (forces; energies up to an offset).
 2. ``explore --dir DIR --student NAME --seed S --count N``: random interfaces are relaxed with the student
    (a fitted dismax potential, through ASE FIRE) for at most ``--max-steps``; the frames at ``--steps`` (and
    the last one) are labelled with the teacher (single points) into ``DIR/explore-seedS-XXXX.extxyz``. These
    are the configurations the student visits on its own, where a potential fitted on teacher trajectories
    alone goes wrong; a few rounds of explore and refit make it relax random interfaces. Resumable.
 3. ``frames --dir DIR --out FILE --test-out FILE``: the frames, as the paper sampled its DFT relaxations:
-   every ``--every``-th step from step ``--first`` on, plus both end points of every relaxation, and every
-   explored frame whose largest force is at most ``--max-force``; a random 10 % go to the held-out test file
+   every ``--every``-th step from step ``--first`` on, plus both end points of every relaxation (``relax`` and
+   ``relax --in``), and every explored frame, all with a largest force of at most ``--max-force``; a random
+   10 % go to the held-out test file
    (``--test-structures 2000-14 ...`` instead holds out every frame of those structures, so the test measures
    structures the fit never saw). ``python -m dismax.train --config configs/potential_interface_small.yaml``
    fits the potential (its own 1/9 validation split of the rest: 80/10/10 overall).
@@ -36,10 +42,11 @@ from pathlib import Path
 import numpy as np
 
 from dismax.cli import main_wrapper
-from dismax.data.interface import random_interfaces
-from dismax.data.label import labeller
-from dismax.io import read_labelled_extxyz, write_labelled_frames
-from dismax.potentials import Calculator, get_potential, load_potential
+from dismax.data.interface import interior_co_oxygen_counts, random_interfaces
+from dismax.data.label import LABEL_KEYS, labeller
+from dismax.errors import DismaxInputError
+from dismax.io import read_extxyz, read_labelled_extxyz, write_labelled_frames
+from dismax.potentials import Calculator, energies_and_forces, get_potential, load_potential
 from dismax.potentials.fitted import export_potential
 from dismax.runs import atomic_write_text
 from dismax.structures import Crystals
@@ -53,10 +60,16 @@ def relax_one(crystals: Crystals, calculator, fmax: float, max_steps: int):
     atoms.calc = calculator
     positions, energies, forces = [], [], []
 
+    started = time.perf_counter()
+
     def record():
         positions.append(atoms.get_scaled_positions(wrap=True))
         energies.append(atoms.get_potential_energy())
         forces.append(atoms.get_forces())
+        if len(energies) % 10 == 1:  # progress on stderr: the teacher takes seconds per step
+            print(f"step {len(energies) - 1}: E {energies[-1] / len(atoms):.5f} eV/atom, "
+                  f"F_max {np.linalg.norm(forces[-1], axis=-1).max():.3f} eV/Å, "
+                  f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
 
     optimizer = FIRE(atoms, logfile=None)
     optimizer.attach(record, interval=1)
@@ -76,8 +89,20 @@ def limit_torch_threads(calculator: str, threads: int) -> None:
 
 
 def unfinished_interfaces(args, prefix: str):
-    """(output path, structure, info) of every random interface ``start..count-1`` without an output file."""
+    """(output path, structure, info) of every start structure ``start..count-1`` without an output file: the
+    random interfaces of ``--seed``, or with ``--in FILE`` the frames of that extxyz file (e.g. structures relaxed
+    by the student), written as ``DIR/from-seedS-XXXX.extxyz`` after the seed and index in their info."""
     args.dir.mkdir(parents=True, exist_ok=True)
+    given = getattr(args, "input", None)
+    if given is not None:
+        structures, infos = read_extxyz(given, with_info=True)
+        for position in range(args.start, min(args.count, len(structures))):
+            info = dict(infos[position], seed=int(infos[position]["seed"]), index=int(infos[position]["index"]),
+                        source=str(given), source_frame=position)
+            out = args.dir / f"from-seed{info['seed']}-{info['index']:04d}.extxyz"
+            if not out.exists():
+                yield out, structures[position:position + 1], info
+        return
     for index in range(args.start, args.count):
         out = args.dir / f"{prefix}seed{args.seed}-{index:04d}.extxyz"
         if not out.exists():
@@ -136,7 +161,8 @@ def frames_command(args) -> None:
     import ase.io
 
     selected, held_out = [], []
-    for path in sorted(args.dir.glob("seed*-*.extxyz")) + sorted(args.dir.glob("explore-seed*-*.extxyz")):
+    for path in (sorted(args.dir.glob("seed*-*.extxyz")) + teacher_relaxations(args.dir)
+                 + sorted(args.dir.glob("explore-seed*-*.extxyz"))):
         trajectory = ase.io.read(path, index=":")
         last = len(trajectory) - 1
         chosen = [a for s, a in enumerate(trajectory)
@@ -168,6 +194,101 @@ def evaluate_command(args) -> None:
                       "force_mae_meV_per_A": 1e3 * float(np.mean(np.abs(predicted_f - forces)))}))
 
 
+def teacher_relaxations(directory: Path, count: int | None = None) -> list[Path]:
+    """The ``relax --in`` outputs of ``directory`` (``from-seedS-XXXX.extxyz``), sorted, at most ``count``."""
+    return sorted(directory.glob("from-seed*-*.extxyz"))[:count]
+
+
+def end_points(path: Path, at_step: int | None = None):
+    """(Crystals (2, N), teacher energies (2,) eV, teacher forces (2, N, 3) eV/Å, info of the first and the
+    last frame) of one saved teacher relaxation: the start structure and the teacher-relaxed one (or the frame
+    of step ``at_step``, if the relaxation got that far, to compare relaxations cut at one step budget)."""
+    crystals, energies, forces = read_labelled_extxyz(path)
+    _, infos = read_extxyz(path, with_info=True)
+    last = len(energies) - 1 if at_step is None else min(at_step, len(energies) - 1)
+    ends = np.array([0, last])
+    infos = [{k: v for k, v in infos[i].items() if k not in LABEL_KEYS} for i in ends]
+    if last < len(energies) - 1:
+        infos[1].update(n_steps=last, converged=False)
+    return crystals[ends], energies[ends], forces[ends], infos
+
+
+def compare_command(args) -> None:
+    """Per structure relaxed first by the student (the ``relax --in`` start) and then by the teacher: the teacher
+    energy and largest force of the student-relaxed structure, the teacher-relaxed energy, their gap, and the
+    interior Co that O coordinates six-fold (within 2.3 Å) in both; then the mean gap. ``--at-step N`` takes
+    the teacher frame of step N as the end of longer relaxations."""
+    paths = teacher_relaxations(args.dir, args.count)
+    if not paths:
+        raise DismaxInputError(f"no teacher relaxations from-seed*-*.extxyz in {args.dir}; run relax --in first")
+    print("| structure | E_student (eV/atom) | E_teacher(student-relaxed) (eV/atom) | teacher F_max there (eV/Å) "
+          "| teacher steps | converged | E_teacher(teacher-relaxed) (eV/atom) | gap (meV/atom) "
+          "| interior Co six-fold: student / teacher |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    gaps = []
+    for path in paths:
+        crystals, energies, forces, (first, last) = end_points(path, args.at_step)
+        n_atoms = crystals.n_atoms
+        e_student, e_start, e_end = first.get("energy_per_atom", np.nan), energies[0] / n_atoms, energies[1] / n_atoms
+        fmax_start = float(np.linalg.norm(forces[0], axis=-1).max())
+        gap = 1e3 * (e_start - e_end)
+        gaps.append(gap)
+        six_fold = [f"{int(np.sum(c == 6))}/{len(c)}" for c in interior_co_oxygen_counts(crystals)]
+        print(f"| {first['seed']}-{first['index']} | {e_student:.4f} | {e_start:.4f} | {fmax_start:.2f} "
+              f"| {last['n_steps']} | {'yes' if last['converged'] else 'no'} | {e_end:.4f} | {gap:.1f} "
+              f"| {six_fold[0]} / {six_fold[1]} |")
+    print(json.dumps({"structures": len(gaps), "mean_gap_meV_per_atom": float(np.mean(gaps)),
+                      "max_gap_meV_per_atom": float(np.max(gaps))}))
+
+
+def crosscheck_command(args) -> None:
+    """The end points of the first ``--count`` teacher relaxations labelled by a second calculator (each saved
+    as ``DIR/crosscheck-NAME-<relaxation>.extxyz``, so a rerun skips them), then the pairwise agreement of the
+    teacher, the cross-check and the student on those frames: force MAE (meV/Å), energy MAE per atom after
+    removing the mean offset (absolute energies of different potentials have different references) and the
+    raw mean offset, and the MAE of the relaxation energy E(start) − E(teacher-relaxed) of each structure."""
+    paths = teacher_relaxations(args.dir, args.count)
+    if not paths:
+        raise DismaxInputError(f"no teacher relaxations from-seed*-*.extxyz in {args.dir}; run relax --in first")
+    limit_torch_threads(args.calculator, args.threads)
+    cross = None
+    student = get_potential(args.student)
+    models = {"teacher": ([], []), args.calculator: ([], []), "student": ([], [])}
+    for path in paths:
+        crystals, energies, forces, infos = end_points(path)
+        out = args.dir / f"crosscheck-{args.calculator}-{path.name}"
+        if not out.exists():
+            cross = cross or labeller(args.calculator)
+            labels = [cross(crystals[i:i + 1]) for i in range(len(crystals))]
+            write_frames(out, crystals, np.concatenate([e for e, _ in labels]),
+                         np.concatenate([f for _, f in labels]), [dict(i, calculator=args.calculator) for i in infos])
+        _, cross_energies, cross_forces = read_labelled_extxyz(out)
+        student_energies, student_forces = energies_and_forces(student, crystals)
+        for name, e, f in (("teacher", energies, forces), (args.calculator, cross_energies, cross_forces),
+                           ("student", student_energies, student_forces)):
+            models[name][0].append(np.asarray(e, float) / crystals.n_atoms)
+            models[name][1].append(np.asarray(f, float))
+    energy = {name: np.stack(e) for name, (e, _) in models.items()}  # (structures, 2) eV/atom
+    force = {name: np.stack(f) for name, (_, f) in models.items()}
+    print(f"{len(paths)} structures, {energy['teacher'].size} frames (start and teacher-relaxed end of each)")
+    print("| pair | force MAE (meV/Å) | energy MAE, offset removed (meV/atom) | mean offset (meV/atom) "
+          "| relaxation-energy MAE (meV/atom) |")
+    print("|---|---|---|---|---|")
+    names = list(models)
+    for a, b in ((names[1], names[0]), (names[2], names[0]), (names[2], names[1])):
+        difference = energy[a] - energy[b]
+        relaxation = (energy[a][:, 0] - energy[a][:, 1]) - (energy[b][:, 0] - energy[b][:, 1])
+        row = {"pair": f"{a} - {b}", "force_mae": 1e3 * float(np.mean(np.abs(force[a] - force[b]))),
+               "energy_mae_offset_removed": 1e3 * float(np.mean(np.abs(difference - difference.mean()))),
+               "mean_offset": 1e3 * float(difference.mean()),
+               "relaxation_energy_mae": 1e3 * float(np.mean(np.abs(relaxation)))}
+        print(f"| {row['pair']} | {row['force_mae']:.0f} | {row['energy_mae_offset_removed']:.1f} "
+              f"| {row['mean_offset']:.1f} | {row['relaxation_energy_mae']:.1f} |")
+    print("| relaxation energy E(start) - E(teacher-relaxed) per structure (meV/atom) | "
+          + " | ".join(f"{name}: " + ", ".join(f"{1e3 * (e[0] - e[1]):.1f}" for e in energy[name]) for name in names)
+          + " |")
+
+
 def export_command(args) -> None:
     path = export_potential(load_potential(args.run), args.out, description=args.description)
     print(f"{path} ({path.stat().st_size / 1e6:.2f} MB)")
@@ -181,6 +302,9 @@ def main(argv=None) -> int:
     relax.add_argument("--seed", type=int, default=1000)
     relax.add_argument("--start", type=int, default=0)
     relax.add_argument("--count", type=int, default=12)
+    relax.add_argument("--in", dest="input", type=Path,
+                       help="relax frames start..count-1 of this extxyz file (with seed and index in their info) "
+                            "instead of random interfaces")
     relax.add_argument("--calculator", default="chgnet", help="chgnet | sevennet (see dismax.data label)")
     relax.add_argument("--fmax", type=float, default=0.05)
     relax.add_argument("--max-steps", type=int, default=1000)
@@ -213,13 +337,26 @@ def main(argv=None) -> int:
     evaluate = commands.add_parser("evaluate", help="MAEs of a fitted potential on held-out labelled frames")
     evaluate.add_argument("--potential", required=True, help="run:DIR or a shipped potential name")
     evaluate.add_argument("--frames", required=True, type=Path)
+    compare = commands.add_parser("compare", help="teacher energies of student-relaxed structures against the "
+                                                  "teacher-relaxed ones (after relax --in)")
+    compare.add_argument("--dir", required=True, type=Path)
+    compare.add_argument("--count", type=int, default=None, help="only the first COUNT relaxations")
+    compare.add_argument("--at-step", type=int, default=None,
+                         help="end longer teacher relaxations at this step (one budget for all)")
+    crosscheck = commands.add_parser("crosscheck", help="label the relaxations' end points with a second "
+                                                        "calculator; teacher, cross-check and student agreement")
+    crosscheck.add_argument("--dir", required=True, type=Path)
+    crosscheck.add_argument("--count", type=int, default=None, help="only the first COUNT relaxations")
+    crosscheck.add_argument("--calculator", default="sevennet", help="sevennet | any dismax.data label name")
+    crosscheck.add_argument("--student", default="interface_chgnet", help="run:DIR or a shipped potential name")
+    crosscheck.add_argument("--threads", type=int, default=1)
     export = commands.add_parser("export", help="write a fitted run's potential as one shippable file")
     export.add_argument("--run", required=True, type=Path)
     export.add_argument("--out", required=True, type=Path)
     export.add_argument("--description", default="")
     args = parser.parse_args(argv)
     {"relax": relax_command, "explore": explore_command, "frames": frames_command, "evaluate": evaluate_command,
-     "export": export_command}[args.command](args)
+     "compare": compare_command, "crosscheck": crosscheck_command, "export": export_command}[args.command](args)
     return 0
 
 

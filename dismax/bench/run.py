@@ -59,7 +59,7 @@ from dismax.io import read_extxyz, read_structure_set, write_extxyz
 from dismax.relax import cli as relax_cli
 from dismax.potentials.fire import DEFAULT_CHUNK_SIZE, DEFAULT_FMAX, DEFAULT_MAX_STEPS
 from dismax.models import model_module
-from dismax.potentials import POTENTIALS
+from dismax.potentials import POTENTIALS, SHIPPED
 from dismax.runs import RunDir, atomic_write_bytes, atomic_write_text, exclusive_lock, log, progress
 from dismax.train import prepare_run
 from dismax.validation import read_sample_summary, sample_summary_path
@@ -104,7 +104,8 @@ class PostprocessSection:
 
 @dataclass(frozen=True)
 class RelaxSection:
-    """``potential`` none (alloys; no JAX potential for the interface) or a name of ``dismax.potentials.POTENTIALS``."""
+    """``potential`` none (alloys), a name of ``dismax.potentials.POTENTIALS`` or ``SHIPPED`` (the interface's
+    ``interface_chgnet``), or ``run:DIR`` (a fitted potential's run directory)."""
 
     potential: str = "none"
     fmax: float = DEFAULT_FMAX
@@ -210,9 +211,10 @@ def validate(config: BenchConfig, base: Path, out: Path) -> None:
                                 f"{', '.join(EVAL_METRICS[config.family])}")
     if config.n_generated < 1:
         raise DismaxConfigError(f"config key 'n_generated' must be at least 1, got {config.n_generated}")
-    if config.relax.potential != "none" and config.relax.potential not in POTENTIALS:
-        raise DismaxConfigError(f"config key 'relax.potential' is {config.relax.potential!r}; use none or one of "
-                                f"{', '.join(sorted(POTENTIALS))}")
+    potential = config.relax.potential
+    if potential != "none" and potential not in POTENTIALS and potential not in SHIPPED and not potential.startswith("run:"):
+        raise DismaxConfigError(f"config key 'relax.potential' is {potential!r}; use none, run:DIR or one of "
+                                f"{', '.join(sorted(POTENTIALS) + sorted(SHIPPED))}")
     dataset = config.dataset
     if dataset.train_file:
         for file in (dataset.train_file, dataset.val_file):
@@ -660,7 +662,8 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", required=True, choices=FAMILIES)
     parser.add_argument("--train", required=True, help="training structures (extxyz)")
     parser.add_argument("--gen", required=True, help="generated structures (extxyz), from any model")
-    parser.add_argument("--relax", default="none", help=f"potential: none or one of {', '.join(sorted(POTENTIALS))}")
+    parser.add_argument("--relax", default="none",
+                        help=f"potential: none, run:DIR or one of {', '.join(sorted(POTENTIALS) + sorted(SHIPPED))}")
     parser.add_argument("--n-generated", type=int, default=None,
                         help="number of structures originally generated (default: n_requested of the sample "
                              "summary GEN.summary.json, else the frames of --gen)")

@@ -48,11 +48,14 @@ class Generator(nn.Module):
         # ConvTranspose2d(C → 256, kernel (1, 3)): weight (C, 256, 1, 3), PyTorch fans in 256·3 / out C·3
         kernel = self.param("map1_kernel", xavier_uniform(256 * 3, self.channels * 3), (self.channels, 3, 256))
         bias = self.param("map1_bias", nn.initializers.zeros, (256,))
-        h = jnp.einsum("bnc,cwo->bnwo", h, kernel) + bias  # (B, N, 3, 256)
-        h = self._norm_relu(h, train, "bn1")
+        # atoms as rows, then every (structure, atom, coordinate) position as a row: 2-D matrices make the
+        # weight gradients contract one axis without transposed copies of the activations, and BatchNorm's
+        # statistics over the rows are those over (B, N, 3)
+        h = h.reshape(batch * self.n_atoms, self.channels) @ kernel.reshape(self.channels, 3 * 256)
+        h = self._norm_relu(h.reshape(-1, 256) + bias, train, "bn1")
         h = self._norm_relu(dense(512, name="map2")(h), train, "bn2")
         h = self._norm_relu(dense(256, name="map3")(h), train, "bn3")
-        h = dense(1, name="map4")(h)[..., 0]  # (B, N, 3)
+        h = dense(1, name="map4")(h).reshape(batch, self.n_atoms, 3)
         return nn.sigmoid(h)
 
     def _norm_relu(self, h, train, name):
@@ -84,6 +87,54 @@ class Critic(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         features = PerAtomMLP(CRITIC_ATOM_FEATURES, first_kernel_width=x.shape[-1], name="atoms")(x)
         return CriticHead(name="head")(species_pool(features, tuple(self.counts), self.pooling))
+
+
+def critic_input_gradient(params, x: jax.Array, counts: Sequence[int], pooling: str = "mean",
+                          reduction: str = "sum", negative_slope: float = 0.2) -> jax.Array:
+    """Gradient (B, N, F) of each sample's sum (or mean) of the :class:`Critic`'s 10 outputs w.r.t. its
+    input x (B, N, F), written as an explicit backward pass.
+
+    ``params`` is the critic's parameter dict. A forward pass with frozen parameters gives the LeakyReLU
+    slopes (1 where the pre-activation is ≥ 0, ``negative_slope`` elsewhere) and the pooling's choice of
+    atoms; both are piecewise constant in the parameters, so the gradient is a product of the weight
+    matrices and these fixed factors, and its derivative w.r.t. the parameters (the gradient penalty's)
+    is one ordinary backward pass of this function instead of a generic double backward. The per-atom
+    layers act on all B·N atoms as one (B·N, C) matrix.
+    """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    batch, n_atoms, width = x.shape
+    frozen = jax.lax.stop_gradient(params)
+    atom_layers = [f"layer_{i}" for i in range(len(CRITIC_ATOM_FEATURES))]
+    head_layers = [f"fc_{i}" for i in range(len(CRITIC_HEAD_FEATURES))]
+
+    def slopes(pre):
+        return jnp.where(pre >= 0, 1.0, negative_slope).astype(pre.dtype)
+
+    # forward pass: keep the slopes of every LeakyReLU and the pooling's backward map
+    h = jax.lax.stop_gradient(x).reshape(batch * n_atoms, width)
+    atom_slopes = []
+    for name in atom_layers:
+        pre = h @ frozen["atoms"][name]["kernel"] + frozen["atoms"][name]["bias"]
+        atom_slopes.append(slopes(pre))
+        h = pre * atom_slopes[-1]
+    pooled, pool_backward = jax.vjp(lambda f: species_pool(f, tuple(counts), pooling),
+                                    h.reshape(batch, n_atoms, -1))
+    hidden, head_slopes = pooled, []
+    for name in head_layers:
+        pre = hidden @ frozen["head"][name]["kernel"] + frozen["head"][name]["bias"]
+        head_slopes.append(slopes(pre))
+        hidden = pre * head_slopes[-1]
+
+    # backward pass: the output cotangent is the same for every sample (1, or 1/10 for the mean)
+    out_kernel = params["head"]["out"]["kernel"]  # (200, 10)
+    g = out_kernel.sum(axis=1) if reduction == "sum" else out_kernel.mean(axis=1)
+    for name, slope in zip(reversed(head_layers), reversed(head_slopes)):
+        g = (g * slope) @ params["head"][name]["kernel"].T
+    g = pool_backward(g)[0].reshape(batch * n_atoms, -1)
+    for name, slope in zip(reversed(atom_layers), reversed(atom_slopes)):
+        g = (g * slope) @ params["atoms"][name]["kernel"].T
+    return g.reshape(batch, n_atoms, width)
 
 
 class CombinedCritic(nn.Module):

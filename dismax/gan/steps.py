@@ -21,8 +21,8 @@ import optax
 
 from dismax.gan.config import ModelConfig, TrainConfig
 from dismax.gan.features import bond_distances
-from dismax.gan.losses import critic_terms
-from dismax.gan.model import CombinedCritic, Critic, Generator
+from dismax.gan.losses import CriticTerms, critic_terms, interpolate, penalty_from_gradients
+from dismax.gan.model import CombinedCritic, Critic, Generator, critic_input_gradient
 
 
 @flax.struct.dataclass
@@ -140,6 +140,26 @@ def _apply_adam(adam, opt_state, grads, params, learning_rates):
     return params, opt_state
 
 
+def _critic_terms(setup: GanSetup, name: str, params, real: jax.Array, fake: jax.Array,
+                  key: jax.Array) -> CriticTerms:
+    """Scores and gradient penalty of critic ``name`` (:func:`dismax.gan.losses.critic_terms`).
+
+    A :class:`Critic` gets its input gradient from :func:`critic_input_gradient`, so the penalty's
+    parameter gradient is an ordinary backward pass; the combined critic (whose input passes through the
+    neighbour search) uses the generic double backward.
+    """
+    module = setup.critic_modules()[name]
+    critic = functools.partial(module.apply, {"params": params})
+    if not isinstance(module, Critic):
+        return critic_terms(critic, real, fake, key, setup.model.gp_weight, setup.model.gp_on)
+    outputs = critic(jnp.concatenate([real, fake], axis=0))
+    gradients = critic_input_gradient(params, interpolate(real, fake, key), module.counts, module.pooling,
+                                      setup.model.gp_on)
+    batch = real.shape[0]
+    return CriticTerms(real=outputs[:batch].mean(), fake=outputs[batch:].mean(),
+                       penalty=penalty_from_gradients(gradients, setup.model.gp_weight))
+
+
 def critic_loss(setup: GanSetup, critic_params, real_coords, real_dists, fake, fake_dists, w_dist, keys):
     """Joint critic loss L_D = [CD(fake) − CD(real) + GP] + w·[DD(fake) − DD(real) + GP] and its metrics.
 
@@ -147,19 +167,13 @@ def critic_loss(setup: GanSetup, critic_params, real_coords, real_dists, fake, f
     ``keys`` = (PRNG key of the coordinate penalty's α, of the distance penalty's α). Returns (loss,
     metrics) with distance_dis (Wasserstein estimate), cost_dis, D_real, D_fake, D_dist_real, D_dist_fake.
     """
-    modules = setup.critic_modules()
-
-    def critic_fn(name):
-        return lambda x: modules[name].apply({"params": critic_params[name]}, x)
-
     k_coord, k_dist = keys
     first = "comb" if setup.model.critics == "combined" else "coord"
-    coord = critic_terms(critic_fn(first), real_coords, fake, k_coord, setup.model.gp_weight, setup.model.gp_on)
+    coord = _critic_terms(setup, first, critic_params[first], real_coords, fake, k_coord)
     metrics = {"D_real": coord.real, "D_fake": coord.fake}
     loss, wasserstein = coord.loss, coord.wasserstein
     if setup.has_dist_critic:
-        dist = critic_terms(critic_fn("dist"), real_dists, fake_dists, k_dist, setup.model.gp_weight,
-                            setup.model.gp_on)
+        dist = _critic_terms(setup, "dist", critic_params["dist"], real_dists, fake_dists, k_dist)
         loss = loss + w_dist * dist.loss
         wasserstein = wasserstein + w_dist * dist.wasserstein
         metrics.update(D_dist_real=dist.real, D_dist_fake=dist.fake)

@@ -56,6 +56,10 @@ class PerAtomMLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        # all atoms of all structures as the rows of one matrix: the weight gradients then contract one
+        # axis of 2-D arrays, which XLA does without transposed copies of the activations
+        leading = x.shape[:-1]
+        x = x.reshape(-1, x.shape[-1])
         for i, width in enumerate(self.features):
             if i == 0 and self.first_kernel_width is not None:
                 kw = self.first_kernel_width
@@ -63,7 +67,7 @@ class PerAtomMLP(nn.Module):
             else:
                 layer = dense(width, name=f"layer_{i}")
             x = nn.leaky_relu(layer(x), self.negative_slope)
-        return x
+        return x.reshape(leading + x.shape[-1:])
 
 
 def species_pool(features: jax.Array, counts: Sequence[int], mode: str = "mean") -> jax.Array:

@@ -238,8 +238,8 @@ def test_sigkill_in_every_stage_then_rerun_gives_identical_results(tmp_path, all
     assert {"data", "tiny/0/train", "given/0/score", "report", "total"} <= set(timings)
 
 
-@pytest.mark.parametrize("name", ["a_si_small", "alloy_small", "alloy", "a_si", "interface", "unet_a_si_small",
-                                  "unet_alloy_small"])
+@pytest.mark.parametrize("name", ["a_si_small", "alloy_small", "alloy", "a_si", "interface", "interface_small",
+                                  "unet_a_si_small", "unet_alloy_small", "unet_interface_small"])
 def test_shipped_bench_configs_load_with_their_model_configs(name, tmp_path):
     from pathlib import Path
 
@@ -250,6 +250,21 @@ def test_shipped_bench_configs_load_with_their_model_configs(name, tmp_path):
     for entry in config.models:
         assert model_config(entry, base, config.seeds[-1], tmp_path).seed == config.seeds[-1]
     assert (config.n_generated, len(config.seeds)) == ((1000, 3) if "small" not in name else (config.n_generated, 1))
+
+
+def test_relax_potential_may_be_a_shipped_or_fitted_potential(tmp_path):
+    from pathlib import Path
+
+    from dismax.bench.run import load_bench_config, validate
+    from dismax.errors import DismaxConfigError
+
+    path = Path(__file__).parents[2] / "configs" / "bench" / "interface_small.yaml"
+    for potential in ("interface_chgnet", "sw", "run:some/run"):
+        config, base = load_bench_config(path, [f"relax.potential={potential}"])
+        validate(config, base, tmp_path)
+    config, base = load_bench_config(path, ["relax.potential=interface_mace"])
+    with pytest.raises(DismaxConfigError, match="interface_chgnet"):
+        validate(config, base, tmp_path)
 
 
 def test_in_training_benchmark_evaluation_scores_each_member(alloy_files):

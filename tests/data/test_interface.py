@@ -10,6 +10,7 @@ from dismax.data import interface as I
 from dismax.errors import DismaxError
 from dismax.geometry import displacements, pairwise_minimum_image_distances
 from dismax.io import read_extxyz
+from dismax.structures import Crystals
 
 PAPER_CELL = (12.46997, 17.19967, 75.6674)
 
@@ -222,22 +223,30 @@ def test_interface_fingerprint_matches_the_published_settings(interfaces):
     assert ours[-1, M.motif_labels(M.INTERFACE_ANIONS).index("O fraction coord num 6")] == 1.0
 
 
-def _interior_co_oxygen_counts(frac, lattice, species, z_lco_top):
-    """O neighbours within 2.3 Å (spec §2.4) of every Co of the two interior LCO planes."""
-    cart = frac @ lattice
-    co = np.flatnonzero(species == I.CO)
-    depth = z_lco_top - cart[co, 2]
-    interior = co[(depth > 0.7) & (depth < 3.5)]
-    oxygen = np.flatnonzero(species == I.O)
-    d = np.linalg.norm(displacements(cart[interior], cart[oxygen], lattice), axis=-1)
-    return (d < 2.3).sum(axis=1)
-
-
 def test_interior_co_are_octahedral_before_relaxation(interfaces):
-    z_lco_top = I.InterfaceRecipe().vacuum / 2 + 3 * I.LCO_A / 2
     for structure in interfaces:
-        counts = _interior_co_oxygen_counts(structure.frac, structure.lattice, structure.species, z_lco_top)
+        crystals = Crystals(structure.frac[None], structure.lattice[None], structure.species[None])
+        (counts,) = I.interior_co_oxygen_counts(crystals)
         assert len(counts) == 18 and np.all(counts == 6)
+        # the interior Co by atom order are the Co 0.7-3.5 Å below the top LCO plane as built
+        cart = structure.frac @ structure.lattice
+        cobalt = np.flatnonzero(structure.species == I.CO)
+        depth = I.InterfaceRecipe().vacuum / 2 + 3 * I.LCO_A / 2 - cart[cobalt, 2]
+        np.testing.assert_array_equal(np.flatnonzero((depth > 0.7) & (depth < 3.5)), np.arange(9, 27))
+
+
+def test_interior_co_count_sees_a_missing_oxygen(interfaces):
+    structure = interfaces[0]
+    crystals = Crystals(structure.frac[None], structure.lattice[None], structure.species[None])
+    (before,) = I.interior_co_oxygen_counts(crystals)
+    cart = structure.frac @ structure.lattice
+    first_interior = np.flatnonzero(structure.species == I.CO)[9]
+    oxygen = np.flatnonzero(structure.species == I.O)
+    bond = np.linalg.norm(displacements(cart[[first_interior]], cart[oxygen], structure.lattice)[0], axis=-1)
+    frac = structure.frac.copy()
+    frac[oxygen[np.argmin(bond)], 2] = np.mod(frac[oxygen[np.argmin(bond)], 2] + 0.5, 1.0)  # half a cell away
+    (after,) = I.interior_co_oxygen_counts(Crystals(frac[None], structure.lattice[None], structure.species[None]))
+    assert after[0] <= 5 and np.all(before == 6)
 
 
 @pytest.mark.slow  # compiles and runs a batched FIRE relaxation of two 264-atom interfaces (minutes on 2 cores)
@@ -256,8 +265,5 @@ def test_build_relaxes_with_the_shipped_potential(tmp_path):
     for record in kept:
         assert record["relax_status"] == "converged" and record["relax_fmax"] < 0.05
         assert record["min_distance"] >= 1.5 and record["interface_energy"] <= 0.0
-    z_lco_top = I.InterfaceRecipe().vacuum / 2 + 3 * I.LCO_A / 2
-    for b in range(len(structures)):
-        counts = _interior_co_oxygen_counts(np.asarray(structures.frac[b]), np.asarray(structures.lattice[b]),
-                                            np.asarray(structures.species[b]), z_lco_top)
+    for counts in I.interior_co_oxygen_counts(structures):
         assert len(counts) == 18 and np.all(counts == 6)

@@ -1,13 +1,15 @@
 """The interface teacher workflow (benchmarks/interface_teacher.py): frames selected from teacher relaxations and
-student explorations, held-out structures, the collapsed-frame filter, and one exploration (slow)."""
+student explorations, held-out structures, the collapsed-frame filter, teacher relaxations of given structures with
+their comparison and cross-check (cheap stand-in calculators), and one exploration (slow)."""
 
 import io
+import json
 
 import numpy as np
 import pytest
 
 from benchmarks import interface_teacher
-from dismax.io import read_labelled_extxyz, write_labelled_frames
+from dismax.io import read_extxyz, read_labelled_extxyz, write_extxyz, write_labelled_frames
 from dismax.structures import Crystals
 
 
@@ -26,13 +28,14 @@ def write_trajectory(path, n_frames: int, largest_force: float = 1.0) -> None:
 
 def test_frames_take_every_kth_teacher_step_all_explored_frames_and_hold_out_whole_structures(tmp_path):
     write_trajectory(tmp_path / "seed1000-0000.extxyz", 12)       # steps 0, 5, 10, 11 selected
+    write_trajectory(tmp_path / "from-seed0-0001.extxyz", 7)       # a relax --in output: steps 0, 5, 6
     write_trajectory(tmp_path / "explore-seed2000-0000.extxyz", 3)  # all three
     write_trajectory(tmp_path / "explore-seed2000-0001.extxyz", 4, largest_force=80.0)  # held out; last dropped
     out, test = tmp_path / "frames.extxyz", tmp_path / "test.extxyz"
     interface_teacher.main(["frames", "--dir", str(tmp_path), "--out", str(out), "--test-out", str(test),
                             "--every", "5", "--first", "0", "--test-structures", "2000-1"])
     _, energies, _ = read_labelled_extxyz(out)
-    assert energies.tolist() == [0, 5, 10, 11, 0, 1, 2]
+    assert energies.tolist() == [0, 5, 10, 11, 0, 5, 6, 0, 1, 2]
     _, energies, _ = read_labelled_extxyz(test)
     assert energies.tolist() == [0, 1, 2]
 
@@ -54,3 +57,78 @@ def test_explore_labels_the_student_frames_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     interface_teacher.main(argv)  # finished structures are skipped
     assert capsys.readouterr().out == ""
+
+
+LENNARD_JONES = "ase.calculators.lj:LennardJones"  # a cheap ASE "teacher" (sigma 1 Å, epsilon 1 eV, cutoff 3 Å)
+
+
+def student_relaxed_silicon(path, n_structures: int = 2) -> Crystals:
+    """Rattled 64-atom diamond Si cells standing in for a built set: seed and index in their info, and the
+    student energy (eV/atom) the builder records."""
+    from ase.build import bulk
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(n_structures):
+        atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(2)
+        atoms.positions += rng.normal(0, 0.05, atoms.positions.shape)
+        atoms.wrap()
+        frames.append(Crystals.from_ase([atoms]))
+    crystals = Crystals.concatenate(frames)
+    write_extxyz(crystals, path, info=[{"seed": 7, "index": 3 + i, "energy_per_atom": -4.3 - i}
+                                       for i in range(n_structures)])
+    return crystals
+
+
+def test_relax_given_structures_then_compare_and_crosscheck(tmp_path, capsys):
+    given = student_relaxed_silicon(tmp_path / "built.extxyz")
+    relax = ["relax", "--in", str(tmp_path / "built.extxyz"), "--count", "2", "--dir", str(tmp_path / "teacher"),
+             "--calculator", LENNARD_JONES, "--fmax", "1e-6", "--max-steps", "3"]
+    interface_teacher.main(relax)
+    paths = sorted((tmp_path / "teacher").glob("*.extxyz"))
+    assert [p.name for p in paths] == ["from-seed7-0003.extxyz", "from-seed7-0004.extxyz"]
+    crystals, energies, forces = read_labelled_extxyz(paths[0])
+    _, infos = read_extxyz(paths[0], with_info=True)
+    assert len(energies) == 4 and [i["step"] for i in infos] == [0, 1, 2, 3] and not infos[-1]["converged"]
+    np.testing.assert_allclose(np.asarray(crystals.frac[0]), np.asarray(given.frac[0]), atol=1e-6)
+    assert energies[-1] < energies[0]  # FIRE went downhill
+    capsys.readouterr()
+    interface_teacher.main(relax)  # finished relaxations are skipped
+    assert capsys.readouterr().out == ""
+
+    interface_teacher.main(["compare", "--dir", str(tmp_path / "teacher")])
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:4]]
+    gaps = []
+    for row, path, student_energy in zip(rows, paths, (-4.3, -5.3)):
+        _, energies, forces = read_labelled_extxyz(path)
+        gap = 1e3 * (energies[0] - energies[-1]) / 64
+        gaps.append(gap)
+        assert row[0] == f"7-{3 + paths.index(path)}" and float(row[1]) == student_energy
+        assert float(row[2]) == pytest.approx(energies[0] / 64, abs=1e-4)
+        assert float(row[3]) == pytest.approx(np.linalg.norm(forces[0], axis=-1).max(), abs=0.01)
+        assert row[4:6] == ["3", "no"] and float(row[7]) == pytest.approx(gap, abs=0.05)
+        assert row[8] == "0/0 / 0/0"  # no Co in silicon
+    assert json.loads(lines[-1])["mean_gap_meV_per_atom"] == pytest.approx(np.mean(gaps))
+    interface_teacher.main(["compare", "--dir", str(tmp_path / "teacher"), "--at-step", "1"])  # a smaller budget
+    lines = capsys.readouterr().out.strip().splitlines()
+    row = [cell.strip() for cell in lines[2].strip("|").split("|")]
+    _, energies, _ = read_labelled_extxyz(paths[0])
+    assert row[4:6] == ["1", "no"] and float(row[6]) == pytest.approx(energies[1] / 64, abs=1e-4)
+
+    # cross-check: Stillinger-Weber labels the end points and is also the student, so that pair agrees exactly
+    interface_teacher.main(["crosscheck", "--dir", str(tmp_path / "teacher"), "--calculator", "sw", "--student", "sw"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("2 structures, 4 frames")
+    cross_files = sorted((tmp_path / "teacher").glob("crosscheck-sw-*.extxyz"))
+    assert [p.name for p in cross_files] == [f"crosscheck-sw-from-seed7-000{i}.extxyz" for i in (3, 4)]
+    teacher_forces = np.concatenate([read_labelled_extxyz(p)[2][[0, -1]] for p in paths])
+    cross_forces = np.concatenate([read_labelled_extxyz(p)[2] for p in cross_files])
+    sw_vs_teacher, student_vs_teacher, student_vs_sw = (
+        [cell.strip() for cell in line.strip("|").split("|")] for line in lines[3:6])
+    assert sw_vs_teacher[0] == "sw - teacher" and student_vs_sw[0] == "student - sw"
+    assert float(sw_vs_teacher[1]) == pytest.approx(1e3 * np.mean(np.abs(cross_forces - teacher_forces)), abs=0.5)
+    assert student_vs_teacher[1:] == sw_vs_teacher[1:]
+    assert [float(x) for x in student_vs_sw[1:]] == [0.0, 0.0, 0.0, 0.0]
+    interface_teacher.main(["crosscheck", "--dir", str(tmp_path / "teacher"), "--calculator", "sw", "--student", "sw"])
+    assert capsys.readouterr().out.strip().splitlines()[3:6] == lines[3:6]  # the saved labels are reused
