@@ -199,20 +199,25 @@ def teacher_relaxations(directory: Path, count: int | None = None) -> list[Path]
     return sorted(directory.glob("from-seed*-*.extxyz"))[:count]
 
 
-def end_points(path: Path):
+def end_points(path: Path, at_step: int | None = None):
     """(Crystals (2, N), teacher energies (2,) eV, teacher forces (2, N, 3) eV/Å, info of the first and the
-    last frame) of one saved teacher relaxation: the start structure and the teacher-relaxed one."""
+    last frame) of one saved teacher relaxation: the start structure and the teacher-relaxed one (or the frame
+    of step ``at_step``, if the relaxation got that far, to compare relaxations cut at one step budget)."""
     crystals, energies, forces = read_labelled_extxyz(path)
     _, infos = read_extxyz(path, with_info=True)
-    ends = np.array([0, len(energies) - 1])
+    last = len(energies) - 1 if at_step is None else min(at_step, len(energies) - 1)
+    ends = np.array([0, last])
     infos = [{k: v for k, v in infos[i].items() if k not in LABEL_KEYS} for i in ends]
+    if last < len(energies) - 1:
+        infos[1].update(n_steps=last, converged=False)
     return crystals[ends], energies[ends], forces[ends], infos
 
 
 def compare_command(args) -> None:
     """Per structure relaxed first by the student (the ``relax --in`` start) and then by the teacher: the teacher
     energy and largest force of the student-relaxed structure, the teacher-relaxed energy, their gap, and the
-    interior Co that O coordinates six-fold (within 2.3 Å) in both; then the mean gap."""
+    interior Co that O coordinates six-fold (within 2.3 Å) in both; then the mean gap. ``--at-step N`` takes
+    the teacher frame of step N as the end of longer relaxations."""
     paths = teacher_relaxations(args.dir, args.count)
     if not paths:
         raise DismaxInputError(f"no teacher relaxations from-seed*-*.extxyz in {args.dir}; run relax --in first")
@@ -222,7 +227,7 @@ def compare_command(args) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     gaps = []
     for path in paths:
-        crystals, energies, forces, (first, last) = end_points(path)
+        crystals, energies, forces, (first, last) = end_points(path, args.at_step)
         n_atoms = crystals.n_atoms
         e_student, e_start, e_end = first.get("energy_per_atom", np.nan), energies[0] / n_atoms, energies[1] / n_atoms
         fmax_start = float(np.linalg.norm(forces[0], axis=-1).max())
@@ -336,6 +341,8 @@ def main(argv=None) -> int:
                                                   "teacher-relaxed ones (after relax --in)")
     compare.add_argument("--dir", required=True, type=Path)
     compare.add_argument("--count", type=int, default=None, help="only the first COUNT relaxations")
+    compare.add_argument("--at-step", type=int, default=None,
+                         help="end longer teacher relaxations at this step (one budget for all)")
     crosscheck = commands.add_parser("crosscheck", help="label the relaxations' end points with a second "
                                                         "calculator; teacher, cross-check and student agreement")
     crosscheck.add_argument("--dir", required=True, type=Path)

@@ -420,22 +420,21 @@ def minimum_pair_distances(crystals: Crystals) -> np.ndarray:
 
 
 CO_O_BOND = 2.3  # Å: Co-O neighbour cutoff of the coordination check (spec §2.4)
-INTERIOR_DEPTH = (0.7, 3.5)  # Å below the built top LCO plane: the two planes touching neither interface nor vacuum
 
 
 def interior_co_oxygen_counts(crystals: Crystals, recipe: InterfaceRecipe = InterfaceRecipe()) -> list[np.ndarray]:
-    """O neighbours within 2.3 Å (minimum image) of every Co of the two interior LCO planes, one array per
-    structure. Interior means 0.7–3.5 Å below the height at which the builder put the top LCO plane, so a
-    relaxed interface keeps its 18 interior Co; bulk LCO has six O around each (an octahedron)."""
-    z_lco_top = recipe.vacuum / 2 + (recipe.lco_planes - 1) * recipe.lco_a / 2
+    """O neighbours within 2.3 Å (minimum image) of every Co of the interior LCO planes (those touching neither
+    the interface nor the vacuum), one array per structure; bulk LCO has six O around each Co (an octahedron).
+    The planes are found by the atom order (Co block from the interface plane down, the same number per plane),
+    so the count follows the same atoms through a relaxation that moves the slab."""
     counts = []
     for b in range(len(crystals)):
         c = crystals[b : b + 1].to_numpy()
         frac, lattice, species = c.frac[0], c.lattice[0], c.species[0]
         cart = frac @ lattice
         cobalt = np.flatnonzero(species == CO)
-        depth = z_lco_top - cart[cobalt, 2]
-        interior = cobalt[(depth > INTERIOR_DEPTH[0]) & (depth < INTERIOR_DEPTH[1])]
+        per_plane = len(cobalt) // recipe.lco_planes
+        interior = cobalt[per_plane : len(cobalt) - per_plane]
         oxygen = np.flatnonzero(species == O)
         d = np.linalg.norm(displacements(cart[interior], cart[oxygen], lattice), axis=-1)
         counts.append((d < CO_O_BOND).sum(axis=1))

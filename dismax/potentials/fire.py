@@ -10,9 +10,14 @@ cutoff contribute nothing; Stillinger–Weber's three-body sum is linear in the 
 atoms within the reach is an *overflow*: that structure stops and the host reruns it from its start with a
 larger table, so no result is ever computed with a truncated table.
 
-The whole chunk advances in one ``lax.while_loop`` over a vmapped FIRE step (jax-md's ``fire_descent``
-with a per-step displacement cap like ASE's ``maxstep``); finished structures are frozen by masks, and
-once at most half of the batch is running, the running structures continue in a batch of half the size
+The FIRE step is ASE's (``ase.optimize.FIRE``, :func:`fire_update`): the P = F·v test and the velocity
+mixing on whole-structure norms, semi-implicit Euler (v += dt·F, dr = dt·v), ASE's time-step and mixing
+schedule, and ``maxstep`` on the norm of the whole displacement vector, so that with the same forces the
+positions, steps and minima are ASE's (float64 equal to rounding; float32, the default, follows ASE until
+rounding tips a decision).
+
+The whole chunk advances in one ``lax.while_loop`` over the vmapped step; finished structures are frozen
+by masks, and once at most half of the batch is running, the running structures continue in a batch of half the size
 (down to ``SMALLEST_BATCH``), so the stragglers of a chunk do not pay for the finished ones. A step that
 leaves some structures' tables stale rebuilds those tables only (a ``lax.map`` over the batch with a
 per-structure ``lax.cond``). Forces of pair-slot potentials (``energy_from_displacements``) are per-slot
@@ -35,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dismax.errors import DismaxInputError
 from dismax.geometry import gather_reverse, knn, pairwise_minimum_image_distances, reverse_slots
 from dismax.potentials.evaluate import cell_width_problem
 from dismax.runs import progress as runs_progress
@@ -52,16 +58,30 @@ DEFAULT_CHUNK_SIZE = 32  # structures per compiled chunk in bench configs (relax
 class FireSettings:
     """FIRE and neighbour-table settings (time in units of Å·sqrt(amu/eV) with unit mass, lengths in Å).
 
-    ``max_step`` caps the largest atomic displacement of one step (as ASE's FIRE ``maxstep`` does), which
-    keeps the default time steps stable for stiff starting structures. ``skin`` is the extra reach of
-    the neighbour tables; ``capacity_multiplier`` the head room of the table size over the start.
+    The FIRE parameters and their defaults are ASE's (``ase.optimize.FIRE``): initial and largest time
+    step ``dt_start``/``dt_max``, growth by ``f_inc`` after more than ``n_min`` downhill steps, shrinking by
+    ``f_dec`` on an uphill step, velocity mixing ``a_start`` decaying by ``f_a``; ``max_step`` caps the norm
+    of each step's whole (N·3) displacement vector, as ASE's ``maxstep`` does. ``dtype`` is the float type
+    of positions and forces; ``"float64"`` needs JAX's x64 mode.
+    ``skin`` is the extra reach of the neighbour tables; ``capacity_multiplier`` the head room of the table
+    size over the start.
     """
 
     dt_start: float = 0.1
-    dt_max: float = 0.4
+    dt_max: float = 1.0
     max_step: float = 0.2
+    n_min: int = 5
+    f_inc: float = 1.1
+    f_dec: float = 0.5
+    a_start: float = 0.1
+    f_a: float = 0.99
+    dtype: str = "float32"
     skin: float = 0.6
     capacity_multiplier: float = 1.25
+
+    def __post_init__(self):
+        if self.dtype not in ("float32", "float64"):
+            raise DismaxInputError(f"FireSettings.dtype must be 'float32' or 'float64', not {self.dtype!r}")
 
 
 @dataclass
@@ -119,12 +139,52 @@ class Program(NamedTuple):
     build: Callable
 
 
+class FireState(NamedTuple):
+    """One structure's FIRE state, ASE's variables: positions (N, 3) in Å, velocity (N, 3) in Å per time
+    unit, force (N, 3) in eV/Å at the positions, time step ``dt``, mixing ``a``, ``downhill`` steps since the
+    last uphill one (ASE's ``Nsteps``) and ``started`` (False before the first step, which has no P test)."""
+
+    position: jax.Array
+    velocity: jax.Array
+    force: jax.Array
+    dt: jax.Array
+    a: jax.Array
+    downhill: jax.Array
+    started: jax.Array
+
+
+def fire_update(state: FireState, settings: FireSettings) -> tuple[FireState, jax.Array]:
+    """ASE's FIRE step for one structure: (state with the new velocity, dt, a, downhill count; the capped
+    displacement (N, 3) in Å). P = F·v over the whole structure decides: downhill, the velocity is mixed
+    towards the force, v = (1 − a)·v + a·|v|·F/|F|, and after more than ``n_min`` downhill steps dt grows
+    and a decays; uphill, v = 0, a = a_start and dt shrinks. Then semi-implicit Euler, v += dt·F and
+    dr = dt·v, and dr is scaled down to a norm of at most ``max_step``."""
+    F, v = state.force, state.velocity
+    power = jnp.vdot(F, v)
+    force_norm = jnp.sqrt(jnp.vdot(F, F))
+    mixed = (1.0 - state.a) * v + state.a * F / jnp.maximum(force_norm, 1e-30) * jnp.sqrt(jnp.vdot(v, v))
+    downhill = power > 0.0
+    grow = downhill & (state.downhill > settings.n_min)
+    dt = jnp.where(downhill, jnp.where(grow, jnp.minimum(state.dt * settings.f_inc, settings.dt_max), state.dt),
+                   state.dt * settings.f_dec)
+    a = jnp.where(downhill, jnp.where(grow, state.a * settings.f_a, state.a), settings.a_start)
+    count = jnp.where(downhill, state.downhill + 1, 0)
+    v = jnp.where(downhill, mixed, jnp.zeros_like(v))
+    # The first step starts from rest with the initial dt and a (ASE has no velocity to test yet).
+    first = ~state.started
+    v, dt, a, count = (jnp.where(first, old, new) for old, new in
+                       ((state.velocity, v), (state.dt, dt), (state.a, a), (state.downhill, count)))
+    v = v + dt * F
+    dr = dt * v
+    length = jnp.sqrt(jnp.vdot(dr, dr))
+    dr = jnp.where(length > settings.max_step, settings.max_step * dr / jnp.maximum(length, 1e-30), dr)
+    return FireState(state.position, v, F, dt.astype(F.dtype), a.astype(F.dtype), count, jnp.array(True)), dr
+
+
 @lru_cache(maxsize=None)
 def _relax_program(potential, settings: FireSettings, capacity: int):
     """``run``: (R (C,N,3) Å, lattice (C,3,3), species (C,N), max_steps (C,), fmax) -> per-structure
     (positions, status, steps, initial and final energy in eV, largest force, table rebuilds)."""
-    from jax_md import minimize  # jax_md takes ~6 s to import; only a relaxation needs it
-
     reach = potential.cutoff + settings.skin
 
     message_passing = hasattr(potential, "energy_from_table")  # needs each neighbour's identity
@@ -155,12 +215,17 @@ def _relax_program(potential, settings: FireSettings, capacity: int):
         force = jnp.stack([jnp.sum(g - gather_reverse(g, indices, reverse), axis=1) for g in slot_gradients], -1)
         return jnp.where(jnp.isfinite(e), force, jnp.nan)
 
-    def capped_shift(R, dR, **unused):
-        longest = jnp.max(jnp.sqrt(jnp.sum(dR**2, axis=-1)))
-        return R + dR * jnp.minimum(1.0, settings.max_step / jnp.maximum(longest, 1e-12))
+    def fire_init(R, indices, shifts, reverse, species):
+        dtype = R.dtype
+        return FireState(R, jnp.zeros_like(R), force_one(R, indices, shifts, reverse, species),
+                         jnp.asarray(settings.dt_start, dtype), jnp.asarray(settings.a_start, dtype),
+                         jnp.array(0, jnp.int32), jnp.array(False))
 
-    fire_init, fire_apply = minimize.fire_descent(force_one, capped_shift, dt_start=settings.dt_start,
-                                                  dt_max=settings.dt_max)
+    def fire_apply(state, indices, shifts, reverse, species):
+        state, dr = fire_update(state, settings)
+        R = state.position + dr
+        return state._replace(position=R, force=force_one(R, indices, shifts, reverse, species))
+
     batch_energy = jax.vmap(energy_one)
     batch_force = jax.vmap(force_one)
 
@@ -210,7 +275,7 @@ def _relax_program(potential, settings: FireSettings, capacity: int):
                     return jax.lax.cond(is_stale, fresh, lambda _: (old_tables, old_force, jnp.array(False)), None)
 
                 fresh, force, overflow = jax.lax.map(one, (new.position, lattice, species, tables, new.force, stale))
-                return new.set(force=force), fresh, overflow
+                return new._replace(force=force), fresh, overflow
 
             new, new_tables, build_overflow = jax.lax.cond(
                 jnp.any(stale), rebuild, lambda new: (new, tables, jnp.zeros_like(stale)), new)
@@ -308,6 +373,7 @@ def relax_chunks(
 
 def _relax_chunk(c: Crystals, potential, fmax, max_steps, chunk_size, settings, ids) -> RelaxResult:
     b, n = c.batch_size, c.n_atoms
+    dtype = _float_type(settings)
     frac_out = np.array(c.frac, np.float64)
     status = np.full(b, OVERFLOW, np.int32)
     steps = np.zeros(b, np.int64)
@@ -332,10 +398,10 @@ def _relax_chunk(c: Crystals, potential, fmax, max_steps, chunk_size, settings, 
         program = _relax_program(potential, settings, int(sizes[pending].max())).run
         pad = np.concatenate([pending, np.full(chunk_size - len(pending), pending[0])])
         limit = np.where(np.arange(chunk_size) < len(pending), max_steps, 0).astype(np.int32)
-        lattice = np.asarray(c.lattice[pad], np.float32)
+        lattice = jnp.asarray(c.lattice[pad], dtype)
         cart = np.einsum("bni,bij->bnj", np.asarray(c.frac[pad], np.float64), c.lattice[pad])
-        out = program(jnp.asarray(cart, jnp.float32), jnp.asarray(lattice), jnp.asarray(c.species[pad], jnp.int32),
-                      jnp.asarray(limit), jnp.float32(fmax))
+        out = program(jnp.asarray(cart, dtype), lattice, jnp.asarray(c.species[pad], jnp.int32),
+                      jnp.asarray(limit), jnp.asarray(fmax, dtype))
         pos, st, sp, ei, ef, f, _ = (np.asarray(x)[: len(pending)] for x in out)
         frac_out[pending] = np.einsum("bnj,bji->bni", pos.astype(np.float64), np.linalg.inv(c.lattice[pending]))
         status[pending] = st
@@ -347,13 +413,23 @@ def _relax_chunk(c: Crystals, potential, fmax, max_steps, chunk_size, settings, 
     return RelaxResult(relaxed, np.array([STATUS_NAMES[s] for s in status]), steps, e0, e1, fmax_out)
 
 
+def _float_type(settings: FireSettings):
+    """The JAX float type of ``settings.dtype``; float64 only when JAX's x64 mode is on (else JAX would
+    silently compute in float32)."""
+    if settings.dtype == "float64" and not jax.config.jax_enable_x64:
+        raise DismaxInputError("FireSettings(dtype='float64') needs JAX's x64 mode (jax.config.update("
+                               "'jax_enable_x64', True) or a jax.enable_x64(True) block)")
+    return jnp.dtype(settings.dtype)
+
+
 def _chunk_program(c: Crystals, potential, settings: FireSettings):
-    """The program for one chunk ``c`` (table size from its densest structure) and its float32 Cartesian
-    positions (B, N, 3), lattices (B, 3, 3), int32 species (B, N) and the table size."""
+    """The program for one chunk ``c`` (table size from its densest structure) and its Cartesian positions
+    (B, N, 3) and lattices (B, 3, 3) in ``settings.dtype``, int32 species (B, N) and the table size."""
     capacity = int(_capacities(np.asarray(c.frac, float), np.asarray(c.lattice, float), potential.cutoff,
                                settings).max())
-    lattice = jnp.asarray(c.lattice, jnp.float32)
-    R = jnp.asarray(np.einsum("bni,bij->bnj", c.frac, c.lattice), jnp.float32)
+    dtype = _float_type(settings)
+    lattice = jnp.asarray(c.lattice, dtype)
+    R = jnp.asarray(np.einsum("bni,bij->bnj", c.frac, c.lattice), dtype)
     species = jnp.asarray(c.species, jnp.int32)
     return _relax_program(potential, settings, capacity), R, lattice, species, capacity
 
@@ -382,7 +458,8 @@ def compiled_relaxation(crystals: Crystals, potential, fmax: float = DEFAULT_FMA
     """(compiled program, arguments) relaxing all of ``crystals`` as one chunk: ``compiled(*arguments)``
     runs exactly the loop :func:`relax` runs, for cost analyses and profiler traces."""
     program, R, lattice, species, _ = _chunk_program(crystals.to_numpy(), potential, settings)
-    arguments = (R, lattice, species, jnp.full(len(crystals), max_steps, jnp.int32), jnp.float32(fmax))
+    arguments = (R, lattice, species, jnp.full(len(crystals), max_steps, jnp.int32),
+                 jnp.asarray(fmax, R.dtype))
     return program.run.lower(*arguments).compile(), arguments
 
 

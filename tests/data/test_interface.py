@@ -228,6 +228,11 @@ def test_interior_co_are_octahedral_before_relaxation(interfaces):
         crystals = Crystals(structure.frac[None], structure.lattice[None], structure.species[None])
         (counts,) = I.interior_co_oxygen_counts(crystals)
         assert len(counts) == 18 and np.all(counts == 6)
+        # the interior Co by atom order are the Co 0.7-3.5 Å below the top LCO plane as built
+        cart = structure.frac @ structure.lattice
+        cobalt = np.flatnonzero(structure.species == I.CO)
+        depth = I.InterfaceRecipe().vacuum / 2 + 3 * I.LCO_A / 2 - cart[cobalt, 2]
+        np.testing.assert_array_equal(np.flatnonzero((depth > 0.7) & (depth < 3.5)), np.arange(9, 27))
 
 
 def test_interior_co_count_sees_a_missing_oxygen(interfaces):
@@ -235,9 +240,7 @@ def test_interior_co_count_sees_a_missing_oxygen(interfaces):
     crystals = Crystals(structure.frac[None], structure.lattice[None], structure.species[None])
     (before,) = I.interior_co_oxygen_counts(crystals)
     cart = structure.frac @ structure.lattice
-    cobalt = np.flatnonzero(structure.species == I.CO)
-    depth = I.InterfaceRecipe().vacuum / 2 + 3 * I.LCO_A / 2 - cart[cobalt, 2]
-    first_interior = cobalt[(depth > 0.7) & (depth < 3.5)][0]
+    first_interior = np.flatnonzero(structure.species == I.CO)[9]
     oxygen = np.flatnonzero(structure.species == I.O)
     bond = np.linalg.norm(displacements(cart[[first_interior]], cart[oxygen], structure.lattice)[0], axis=-1)
     frac = structure.frac.copy()

@@ -46,6 +46,64 @@ def test_final_energies_match_ase_fire():
             matscipy_forces(result.crystals[b]), axis=1).max(), abs=1e-3)
 
 
+def ase_fire_trajectory(atoms, fmax, steps):
+    """Positions (Å) of ASE's FIRE (its defaults) after 0, 1, 2, ... steps, and its step count."""
+    from ase.optimize import FIRE
+
+    optimizer = FIRE(atoms, logfile=None)
+    positions = []
+    optimizer.attach(lambda: positions.append(atoms.positions.copy()))  # at the start and after every step
+    optimizer.run(fmax=fmax, steps=steps)
+    return positions, optimizer.nsteps
+
+
+def test_fire_steps_equal_ase_fire_step_by_step():
+    """In float64 the engine takes ASE's FIRE steps: the same positions after 1, 10 and 50 steps (ASE with
+    matscipy's Stillinger–Weber, the same parameters) and the same number of steps to convergence."""
+    import jax
+
+    atoms = perturbed_diamond(1, noise=0.2, seed=1)[0]
+    crystals = Crystals.from_ase([atoms])
+    atoms.calc = matscipy_calculator(original_sw())
+    reference, ase_steps = ase_fire_trajectory(atoms, fmax=1e-3, steps=1000)
+    assert ase_steps > 60 and len(reference) == ase_steps + 1
+    lattice = np.asarray(crystals.lattice[0])
+    settings = FireSettings(dtype="float64")
+    with jax.enable_x64(True):
+        for steps in (1, 10, 50):
+            result = relax(crystals, original_sw(), fmax=1e-3, max_steps=steps, settings=settings)
+            assert result.status[0] == "max_steps" and result.steps[0] == steps
+            difference = np.asarray(result.crystals.frac[0]) - reference[steps] @ np.linalg.inv(lattice)
+            difference -= np.round(difference)
+            np.testing.assert_allclose(difference @ lattice, 0.0, atol=1e-8)  # Å
+        converged = relax(crystals, original_sw(), fmax=1e-3, settings=settings)
+    assert converged.status[0] == "converged" and converged.steps[0] == ase_steps
+
+
+def test_float64_needs_x64_mode():
+    from dismax.errors import DismaxInputError
+
+    with pytest.raises(DismaxInputError, match="x64"):
+        relax(Crystals.from_ase(perturbed_diamond(1)), original_sw(), settings=FireSettings(dtype="float64"))
+
+
+def test_step_cap_bounds_the_whole_displacement():
+    """One step from rest moves every atom by dt²·F, scaled down so that the norm of the whole (N·3)
+    displacement is max_step (ASE's rule, not the largest atomic displacement)."""
+    from dismax.potentials.evaluate import energies_and_forces
+
+    crystals = Crystals.from_ase(perturbed_diamond(1, noise=0.3, seed=7))
+    _, forces = energies_and_forces(original_sw(), crystals)
+    free = FireSettings().dt_start ** 2 * np.asarray(forces[0], np.float64)  # the uncapped first step (Å)
+    max_step = 1.5 * np.linalg.norm(free, axis=1).max()  # no atom would reach it alone
+    assert max_step < np.linalg.norm(free)
+    moved = relax(crystals, original_sw(), max_steps=1, settings=FireSettings(max_step=max_step))
+    difference = np.asarray(moved.crystals.frac[0], np.float64) - np.asarray(crystals.frac[0])
+    difference -= np.round(difference)
+    np.testing.assert_allclose(difference @ np.asarray(crystals.lattice[0]), free * max_step / np.linalg.norm(free),
+                               atol=2e-5)
+
+
 def matscipy_forces(crystals):
     atoms = crystals.to_ase()[0]
     atoms.calc = matscipy_calculator(original_sw())
@@ -192,13 +250,18 @@ def test_rebuilding_only_stale_tables_gives_the_trajectory_of_rebuilding_every_s
 
 def test_structures_that_outlast_the_chunk_give_the_results_of_relaxing_them_alone():
     """The running structures of a chunk move to smaller batches as the others finish (8 -> 4 here); each
-    structure's steps and minimum are the ones it reaches in a chunk of its own."""
+    structure's steps and minimum are the ones it reaches in a chunk of its own. In float64: in float32 the
+    batch size changes XLA's summation order, and near fmax = 1e-3 that rounding can flip FIRE's P = F·v test."""
+    import jax
+
     atoms = perturbed_diamond(8, noise=0.05, seed=20)
     atoms[5].positions += np.random.default_rng(21).normal(0.0, 0.2, atoms[5].positions.shape)  # slow ones
     atoms[6].positions += np.random.default_rng(22).normal(0.0, 0.25, atoms[6].positions.shape)
     crystals = Crystals.from_ase(atoms)
-    together = relax(crystals, original_sw(), fmax=1e-3, chunk_size=8)
-    alone = relax(crystals, original_sw(), fmax=1e-3, chunk_size=1)
+    settings = FireSettings(dtype="float64")
+    with jax.enable_x64(True):
+        together = relax(crystals, original_sw(), fmax=1e-3, chunk_size=8, settings=settings)
+        alone = relax(crystals, original_sw(), fmax=1e-3, chunk_size=1, settings=settings)
     assert list(together.status) == ["converged"] * 8
     assert np.sum(together.steps > np.sort(together.steps)[3]) >= 2  # some outlast half of the chunk
     np.testing.assert_array_equal(together.steps, alone.steps)
