@@ -1,4 +1,5 @@
-"""The one jax-md plumbing shared by relaxation (:mod:`dismax.relax`) and MD (:mod:`dismax.data.a_si`).
+"""The jax-md plumbing of the melt-quench MD (:mod:`dismax.data.a_si`); relaxation has its own FIRE engine
+(:mod:`dismax.potentials.fire`).
 
 :func:`neighbor_energy` turns a potential (``cutoff``, ``energy_from_displacements``) into a jax-md
 energy of fractional positions with a Dense neighbour list of fixed ``capacity`` slots;
