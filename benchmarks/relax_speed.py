@@ -35,7 +35,8 @@ With ASE's FIRE step in dismax.potentials.fire instead of jax-md's fire_descent 
 structure-steps in 2.93 s / 1.46 s against ASE 1,985 in 420 s / 315 s, 143.0x wall-clock, 215.4x per CPU second,
 the same steps as ASE for every structure, energies within 1.07e-6 eV/atom (0 of 32 above 1 meV/atom); the jax-md
 engine just before, same command (load average 0.4-6.6): 2,028 against 1,910 structure-steps, 216.4x wall-clock,
-168.2x per CPU second, 2.18 meV/atom on one structure. ``--dtype float64`` runs dismax's relaxation in JAX's x64 mode.
+168.2x per CPU second, 2.18 meV/atom on one structure. Idle (load average 1.7-1.0, ``--n 32 --profile``): 1,985 in
+1.16 s / 1.87 s against 361 s / 361 s, 311.5x wall-clock, 192.9x per CPU second, energies within 1.07e-6 eV/atom. ``--dtype float64`` runs dismax's relaxation in JAX's x64 mode.
 """
 
 from __future__ import annotations
