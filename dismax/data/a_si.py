@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -101,6 +103,15 @@ def random_start(protocol: MeltQuench, rng: np.random.Generator) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- molecular dynamics
+@contextmanager
+def _float32_kinetic_energy():
+    """While the MD is traced, silence jax-md's request for a float64 kinetic-energy sum: without JAX's x64
+    mode JAX sums in float32 (as every other quantity of the MD) and would warn at every trace."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Explicitly requested dtype float64", category=UserWarning)
+        yield
+
+
 @lru_cache(maxsize=None)
 def _md_program(protocol: MeltQuench, capacity: int, batching: str):
     """Jitted (init, block) functions for Nosé–Hoover MD of a batch of cells in one cubic box."""
@@ -120,7 +131,8 @@ def _md_program(protocol: MeltQuench, capacity: int, batching: str):
 
     def init_one(key, R):
         nbrs = plumbing.fresh(R)
-        state = init_fn(key, R, mass=SI_MASS, neighbor=nbrs)
+        with _float32_kinetic_energy():
+            state = init_fn(key, R, mass=SI_MASS, neighbor=nbrs)
         return state, nbrs
 
     def block_one(state, nbrs, first_step, n_steps):
@@ -130,7 +142,8 @@ def _md_program(protocol: MeltQuench, capacity: int, batching: str):
             state = apply_fn(state, neighbor=nbrs, kT=kT)
             return state, nbrs.update(state.position)
 
-        return jax.lax.fori_loop(0, n_steps, step, (state, nbrs))
+        with _float32_kinetic_energy():
+            return jax.lax.fori_loop(0, n_steps, step, (state, nbrs))
 
     init = over_batch(init_one, batching, (0, 0))
     block = over_batch(block_one, batching, (0, 0, None, None))
