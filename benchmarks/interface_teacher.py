@@ -199,6 +199,14 @@ def teacher_relaxations(directory: Path, count: int | None = None) -> list[Path]
     return sorted(directory.glob("from-seed*-*.extxyz"))[:count]
 
 
+def given_relaxations(directory: Path, count: int | None) -> list[Path]:
+    """:func:`teacher_relaxations` for ``compare`` and ``crosscheck``, which need at least one."""
+    paths = teacher_relaxations(directory, count)
+    if not paths:
+        raise DismaxInputError(f"no teacher relaxations from-seed*-*.extxyz in {directory}; run relax --in first")
+    return paths
+
+
 def end_points(path: Path, at_step: int | None = None):
     """(Crystals (2, N), teacher energies (2,) eV, teacher forces (2, N, 3) eV/Å, info of the first and the
     last frame) of one saved teacher relaxation: the start structure and the teacher-relaxed one (or the frame
@@ -218,9 +226,7 @@ def compare_command(args) -> None:
     energy and largest force of the student-relaxed structure, the teacher-relaxed energy, their gap, and the
     interior Co that O coordinates six-fold (within 2.3 Å) in both; then the mean gap. ``--at-step N`` takes
     the teacher frame of step N as the end of longer relaxations."""
-    paths = teacher_relaxations(args.dir, args.count)
-    if not paths:
-        raise DismaxInputError(f"no teacher relaxations from-seed*-*.extxyz in {args.dir}; run relax --in first")
+    paths = given_relaxations(args.dir, args.count)
     print("| structure | E_student (eV/atom) | E_teacher(student-relaxed) (eV/atom) | teacher F_max there (eV/Å) "
           "| teacher steps | converged | E_teacher(teacher-relaxed) (eV/atom) | gap (meV/atom) "
           "| interior Co six-fold: student / teacher |")
@@ -247,9 +253,7 @@ def crosscheck_command(args) -> None:
     teacher, the cross-check and the student on those frames: force MAE (meV/Å), energy MAE per atom after
     removing the mean offset (absolute energies of different potentials have different references) and the
     raw mean offset, and the MAE of the relaxation energy E(start) − E(teacher-relaxed) of each structure."""
-    paths = teacher_relaxations(args.dir, args.count)
-    if not paths:
-        raise DismaxInputError(f"no teacher relaxations from-seed*-*.extxyz in {args.dir}; run relax --in first")
+    paths = given_relaxations(args.dir, args.count)
     limit_torch_threads(args.calculator, args.threads)
     cross = None
     student = get_potential(args.student)

@@ -59,7 +59,7 @@ from dismax.io import read_extxyz, read_structure_set, write_extxyz
 from dismax.relax import cli as relax_cli
 from dismax.potentials.fire import DEFAULT_CHUNK_SIZE, DEFAULT_FMAX, DEFAULT_MAX_STEPS
 from dismax.models import model_module
-from dismax.potentials import POTENTIALS, SHIPPED
+from dismax.potentials import is_potential_name, potential_names
 from dismax.runs import RunDir, atomic_write_bytes, atomic_write_text, exclusive_lock, log, progress
 from dismax.train import prepare_run
 from dismax.validation import read_sample_summary, sample_summary_path
@@ -104,8 +104,8 @@ class PostprocessSection:
 
 @dataclass(frozen=True)
 class RelaxSection:
-    """``potential`` none (alloys), a name of ``dismax.potentials.POTENTIALS`` or ``SHIPPED`` (the interface's
-    ``interface_chgnet``), or ``run:DIR`` (a fitted potential's run directory)."""
+    """``potential`` none (alloys), a name of :func:`dismax.potentials.potential_names` (e.g. ``sw_a_si``, the
+    interface's ``interface_chgnet``), or ``run:DIR`` (a fitted potential's run directory)."""
 
     potential: str = "none"
     fmax: float = DEFAULT_FMAX
@@ -212,9 +212,9 @@ def validate(config: BenchConfig, base: Path, out: Path) -> None:
     if config.n_generated < 1:
         raise DismaxConfigError(f"config key 'n_generated' must be at least 1, got {config.n_generated}")
     potential = config.relax.potential
-    if potential != "none" and potential not in POTENTIALS and potential not in SHIPPED and not potential.startswith("run:"):
+    if potential != "none" and not is_potential_name(potential):
         raise DismaxConfigError(f"config key 'relax.potential' is {potential!r}; use none, run:DIR or one of "
-                                f"{', '.join(sorted(POTENTIALS) + sorted(SHIPPED))}")
+                                f"{', '.join(potential_names())}")
     dataset = config.dataset
     if dataset.train_file:
         for file in (dataset.train_file, dataset.val_file):
@@ -663,7 +663,7 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", required=True, help="training structures (extxyz)")
     parser.add_argument("--gen", required=True, help="generated structures (extxyz), from any model")
     parser.add_argument("--relax", default="none",
-                        help=f"potential: none, run:DIR or one of {', '.join(sorted(POTENTIALS) + sorted(SHIPPED))}")
+                        help=f"potential: none, run:DIR or one of {', '.join(potential_names())}")
     parser.add_argument("--n-generated", type=int, default=None,
                         help="number of structures originally generated (default: n_requested of the sample "
                              "summary GEN.summary.json, else the frames of --gen)")

@@ -19,15 +19,16 @@ import numpy as np
 
 from dismax.devices import barrier, is_primary, process_count, process_share
 from dismax.errors import DismaxInputError
-from dismax.potentials import POTENTIALS, get_potential
+from dismax.potentials import get_potential, potential_names
 from dismax.potentials.fire import DEFAULT_FMAX, DEFAULT_MAX_STEPS
 
 READ_CHUNK = 256  # structures read (and written back) at a time when --chunk-size is not given
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--potential", default="sw", metavar="{" + ",".join(sorted(POTENTIALS)) + ",run:DIR}",
-                        help="sw: Stillinger-Weber Si; sw_a_si: three-body term x1.5; run:DIR: a fitted potential "
+    parser.add_argument("--potential", default="sw", metavar="{" + ",".join(potential_names()) + ",run:DIR}",
+                        help="sw: Stillinger-Weber Si; sw_a_si: three-body term x1.5; interface_chgnet: the shipped "
+                             "Li3ScCl6/LiCoO2 interface potential; run:DIR: a fitted potential "
                              "(python -m dismax.train with model.name: potential) (default: sw)")
     parser.add_argument("--in", dest="input", required=True, type=Path, help="input extxyz file")
     parser.add_argument("--out", required=True, type=Path,
