@@ -34,6 +34,7 @@ from dismax.data.loader import BucketedLoader, assign_buckets, choose_buckets
 from dismax.data.registry import dataset_files
 from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.io import read_labelled_set
+from dismax.potentials import get_potential
 from dismax.potentials.fitted import TrainState, initial_state, make_optimizer, write_potential_file
 from dismax.potentials.nequip import (LearnedPotential, NetworkConfig, energy_and_forces_one, neighbour_tables,
                                       real_atoms, table_vectors)
@@ -46,8 +47,14 @@ TABLE_CHUNK = 64  # frames per neighbour-table build
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """``initial_potential``: fine-tune a fitted potential (a shipped name such as ``interface_chgnet``, or
+    ``run:DIR``) instead of starting from random weights. Its parameters, species, reference energies and
+    scale are kept, so the fit continues the same function; ``network`` must equal its hyperparameters
+    (``avg_neighbors`` may be left unset) and the training elements must be among its species."""
+
     name: str = "potential"
     network: NetworkConfig = NetworkConfig()
+    initial_potential: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,7 @@ def check(config: Config) -> None:
     check_data_source(d.dataset, d.size, d.dataset_seed, d.train_file, d.val_file)
     if d.train_file:  # explicit files: every data error before the run directory is written
         train_frames, val_frames = load_frames(config)
-        check_frames(config, train_frames, val_frames)
+        initial_potential(config, check_frames(config, train_frames, val_frames))
 
 
 def check_frames(config: Config, train_frames: "Frames", val_frames: "Frames") -> tuple[int, ...]:
@@ -125,6 +132,27 @@ def check_frames(config: Config, train_frames: "Frames", val_frames: "Frames") -
                                 f"{len(train_frames.energies)} training frames")
     bucket_sizes(config, train_frames, val_frames)
     return species
+
+
+def initial_potential(config: Config, species: tuple[int, ...]) -> LearnedPotential | None:
+    """The potential ``model.initial_potential`` names (None without the key), checked against
+    ``model.network`` and the training ``species``."""
+    name = config.model.initial_potential
+    if name is None:
+        return None
+    start = get_potential(name)
+    if not isinstance(start, LearnedPotential):
+        raise DismaxConfigError(f"config key 'model.initial_potential' is {name!r}, which is not a fitted potential "
+                                "(use a shipped fitted potential or run:DIR)")
+    if dataclasses.replace(config.model.network, avg_neighbors=start.config.avg_neighbors) != start.config:
+        raise DismaxConfigError(f"config key 'model.network' is {dataclasses.asdict(config.model.network)} but the "
+                                f"initial potential {name!r} has {dataclasses.asdict(start.config)}; fine-tuning "
+                                "keeps its network")
+    unknown = sorted(set(species) - set(start.species))
+    if unknown:
+        raise DismaxConfigError(f"the training frames contain Z={unknown}, which the initial potential {name!r} was "
+                                f"not fitted on (it knows Z in {list(start.species)})")
+    return start
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -314,16 +342,25 @@ def make_task(config: Config, run: RunDir) -> TrainingTask:
     cutoff = config.model.network.cutoff
     buckets = bucket_sizes(config, train_frames, val_frames)
     train_buckets, val_buckets = bucketed_arrays((train_frames, val_frames), buckets, cutoff)
-    network_config = config.model.network
-    if network_config.avg_neighbors is None:
-        network_config = dataclasses.replace(network_config, avg_neighbors=mean_neighbours(train_buckets, cutoff))
-    shift = reference_energies(train_frames.structures.padded()[0], train_frames.energies, species)
-    scale = float(np.sqrt(np.mean(np.concatenate(train_frames.forces) ** 2))) or 1.0
+    start = initial_potential(config, species)
+    if start is not None:  # fine-tuning: the same function, so its normalisations and energy references
+        network_config, species, shift, scale = start.config, start.species, np.asarray(start.shift), start.scale
+    else:
+        network_config = config.model.network
+        if network_config.avg_neighbors is None:
+            network_config = dataclasses.replace(network_config,
+                                                 avg_neighbors=mean_neighbours(train_buckets, cutoff))
+        shift = reference_energies(train_frames.structures.padded()[0], train_frames.energies, species)
+        scale = float(np.sqrt(np.mean(np.concatenate(train_frames.forces) ** 2))) or 1.0
     write_potential_file(run.path, network_config, species, shift, scale)
     potential = LearnedPotential(network_config, species, None, shift, scale)
     loader = BucketedLoader(train_buckets, t.batch_size, seed=config.seed)
     optimizer = make_optimizer(t.lr, t.epochs * loader.steps_per_epoch, t.final_lr_fraction, t.clip_norm)
     state = initial_state(potential.network, optimizer, jax.random.PRNGKey(config.seed))
+    if start is not None:
+        params = jax.tree.map(lambda fresh, given: jnp.asarray(given, fresh.dtype), state.params, start.params)
+        state = dataclasses.replace(state, params=params, ema_params=jax.tree.map(jnp.copy, params))
+        log.info("potential: fine-tuning %s", start.name)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     log.info("potential: %d parameters, species %s, %d training / %d validation frames; buckets (atoms: training "
              "frames, table K) %s; %.1f neighbours per atom within %.2f Å", n_params, list(species),

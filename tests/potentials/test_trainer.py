@@ -1,8 +1,10 @@
 """Fitting the potential through ``python -m dismax.train`` (model.name: potential) and loading the run."""
 
 import csv
+import json
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import yaml
@@ -11,9 +13,10 @@ from ase.build import bulk
 from dismax import train as train_cli
 from dismax.config import from_dict
 from dismax.io import read_labelled_extxyz, write_labelled_frames
-from dismax.errors import DismaxInputError
+from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.potentials import energies_and_forces, get_potential, load_potential, original_sw, trainer
 from dismax.potentials.trainer import reference_energies
+from dismax.runs import RunDir
 from dismax.structures import Crystals
 
 TINY_NETWORK = {"cutoff": 2.6, "n_layers": 2, "hidden_irreps": "8x0e+4x1o+2x2e", "n_radial": 4,
@@ -104,3 +107,45 @@ def test_unseen_element_in_validation_is_an_error(tmp_path):
                                         "train": {"batch_size": 2}})
     with pytest.raises(DismaxInputError, match="validation frame 1 contains element Z=32"):
         trainer.check(config)
+
+
+def tiny_shipped_potential(tmp_path, monkeypatch, species=(14,)):
+    """A random-weight potential of TINY_NETWORK exported and shipped under the name 'tiny_start'."""
+    from dismax.potentials import SHIPPED
+    from dismax.potentials.fitted import export_potential
+    from dismax.potentials.nequip import LearnedPotential, NetworkConfig, PotentialNetwork, initial_params
+
+    config = NetworkConfig(**TINY_NETWORK, avg_neighbors=7.0)
+    params = initial_params(PotentialNetwork(config, len(species)), jax.random.PRNGKey(7))
+    start = LearnedPotential(config, species, params, [-4.5] * len(species), 0.8)
+    monkeypatch.setitem(SHIPPED, "tiny_start", export_potential(start, tmp_path / "tiny_start.msgpack"))
+    return get_potential("tiny_start")
+
+
+def test_fine_tuning_starts_from_the_initial_potential(tmp_path, monkeypatch):
+    start = tiny_shipped_potential(tmp_path, monkeypatch, species=(8, 14))
+    data = write_sw_frames(tmp_path / "sw.extxyz", 5)
+    config = from_dict(trainer.Config, {"model": {"network": TINY_NETWORK, "initial_potential": "tiny_start"},
+                                        "data": {"train_file": str(data), "val_fraction": 0.2},
+                                        "train": {"batch_size": 2}})
+    trainer.check(config)
+    task = trainer.make_task(config, RunDir(tmp_path / "run").create())
+    for params in (task.state.params, task.state.ema_params):
+        for fitted, given in zip(jax.tree.leaves(params), jax.tree.leaves(start.params)):
+            np.testing.assert_array_equal(np.asarray(fitted), np.asarray(given))
+    # the run keeps the start's normalisation, species and energy references, not those of the new frames
+    record = json.loads((tmp_path / "run" / "potential.json").read_text())
+    assert record["species"] == [8, 14] and record["scale"] == pytest.approx(0.8)
+    assert record["shift"] == pytest.approx([-4.5, -4.5]) and record["network"]["avg_neighbors"] == 7.0
+
+
+def test_fine_tuning_needs_the_same_network(tmp_path, monkeypatch):
+    tiny_shipped_potential(tmp_path, monkeypatch)
+    data = write_sw_frames(tmp_path / "sw.extxyz", 5)
+    for model, message in (({"network": dict(TINY_NETWORK, n_layers=3), "initial_potential": "tiny_start"},
+                            "fine-tuning keeps its network"),
+                           ({"network": TINY_NETWORK, "initial_potential": "sw"}, "not a fitted potential")):
+        config = from_dict(trainer.Config, {"model": model, "data": {"train_file": str(data)},
+                                            "train": {"batch_size": 2}})
+        with pytest.raises(DismaxConfigError, match=message):
+            trainer.check(config)
