@@ -35,7 +35,8 @@ from dismax.data.registry import dataset_files
 from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.io import read_labelled_set
 from dismax.potentials import get_potential
-from dismax.potentials.fitted import TrainState, initial_state, make_optimizer, write_potential_file
+from dismax.potentials.fitted import (TrainState, initial_state, load_exported, make_optimizer,
+                                     write_potential_file)
 from dismax.potentials.nequip import (LearnedPotential, NetworkConfig, energy_and_forces_one, neighbour_tables,
                                       real_atoms, table_vectors)
 from dismax.runs import RunDir, exclusive_lock, log
@@ -47,10 +48,11 @@ TABLE_CHUNK = 64  # frames per neighbour-table build
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """``initial_potential``: fine-tune a fitted potential (a shipped name such as ``interface_chgnet``, or
-    ``run:DIR``) instead of starting from random weights. Its parameters, species, reference energies and
-    scale are kept, so the fit continues the same function; ``network`` must equal its hyperparameters
-    (``avg_neighbors`` may be left unset) and the training elements must be among its species."""
+    """``initial_potential``: fine-tune a fitted potential (a shipped name such as ``interface_chgnet``,
+    ``run:DIR`` or a file written by ``export_potential``, ``*.msgpack``) instead of starting from random
+    weights. Its parameters, species, reference energies and scale are kept, so the fit continues the same
+    function; ``network`` must equal its hyperparameters (``avg_neighbors`` may be left unset) and the
+    training elements must be among its species."""
 
     name: str = "potential"
     network: NetworkConfig = NetworkConfig()
@@ -140,10 +142,10 @@ def initial_potential(config: Config, species: tuple[int, ...]) -> LearnedPotent
     name = config.model.initial_potential
     if name is None:
         return None
-    start = get_potential(name)
+    start = load_exported(name) if name.endswith(".msgpack") else get_potential(name)
     if not isinstance(start, LearnedPotential):
         raise DismaxConfigError(f"config key 'model.initial_potential' is {name!r}, which is not a fitted potential "
-                                "(use a shipped fitted potential or run:DIR)")
+                                "(use a shipped fitted potential, run:DIR or an exported .msgpack file)")
     if dataclasses.replace(config.model.network, avg_neighbors=start.config.avg_neighbors) != start.config:
         raise DismaxConfigError(f"config key 'model.network' is {dataclasses.asdict(config.model.network)} but the "
                                 f"initial potential {name!r} has {dataclasses.asdict(start.config)}; fine-tuning "

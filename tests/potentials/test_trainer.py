@@ -144,6 +144,8 @@ def test_fine_tuning_needs_the_same_network(tmp_path, monkeypatch):
     data = write_sw_frames(tmp_path / "sw.extxyz", 5)
     for model, message in (({"network": dict(TINY_NETWORK, n_layers=3), "initial_potential": "tiny_start"},
                             "fine-tuning keeps its network"),
+                           ({"network": dict(TINY_NETWORK, cutoff=3.0),
+                             "initial_potential": str(tmp_path / "tiny_start.msgpack")}, "fine-tuning keeps its network"),
                            ({"network": TINY_NETWORK, "initial_potential": "sw"}, "not a fitted potential")):
         config = from_dict(trainer.Config, {"model": model, "data": {"train_file": str(data)},
                                             "train": {"batch_size": 2}})
