@@ -1,11 +1,12 @@
 """BatchNorm + ReLU over the rows of a (rows, channels) matrix, with a hand-written backward pass.
 
 Same numbers as ``flax.linen.BatchNorm`` followed by ``relu`` (statistics per channel over the rows, the
-fast variance E[h²] − E[h]² clipped at zero, biased running variance, Flax momentum), but the training
-forward pass reads the activations twice (one multi-output reduction for both sums, one fused
-normalise-scale-shift-ReLU pass) and the backward pass twice (one reduction for the two channel sums of
-the cotangent, one fused pass for the input cotangent), where autodiff of the composed operations makes
-separate passes for the centring, each reduction and each element-wise factor.
+fast variance E[h²] − E[h]² clipped at zero, biased running variance, Flax momentum). The normalisation is
+one per-channel affine map h · slope + intercept in both passes, and the backward pass needs only the
+channel sums Σd and Σd·h of the masked cotangent d, so besides these plain reductions the forward pass
+makes one element-wise pass (normalise-shift-ReLU) and the backward two (the mask, then the input
+cotangent slope · d + h · u + v), where autodiff of the composed operations also writes the centred and
+normalised activations and reduces for the bias gradient.
 
 A bias added to the input right before the normalisation (``input_bias``) cancels in training mode (the
 batch mean absorbs it): it is never added to the (rows, channels) matrix, only to the batch mean that
