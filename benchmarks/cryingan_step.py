@@ -12,7 +12,10 @@ of the matmul's from wall times and from CPU seconds, and the torch/dismax ratio
     python benchmarks/cryingan_step.py [--repeats 3] [--threads 2] [--matmul 4096] [--profile]
 
 ``--profile`` first prints, for the interface problem, where each step spends its time: the traced XLA
-operation time summed per JAX operation (``dot_general`` = the matrix products) and the top operations.
+operation time summed per JAX operation (``dot_general`` = the matrix products; unfused products, e.g. the
+weight gradients, run asynchronously and the trace misses their work) and the top operations; then the
+CPU seconds of the step and of a program doing only its matrix products (same shapes), the difference
+being the time of everything else.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dismax.gan.steps import GanSetup, critic_update, generator_update, init_state
-from roofline import Trace  # benchmarks/roofline.py
+from roofline import UNTIMED_DOT, Trace, products_only  # benchmarks/roofline.py
 
 # Interface cell: the published in-plane cell (a = 12.470 Å, b = 17.200 Å, γ = 75.67°); the out-of-plane
 # length is not public, 30 Å is used (it does not change the amount of arithmetic).
@@ -82,18 +85,27 @@ def dismax_steps(problem):
             "generator": (jax.jit(lambda s: generator_update(setup, s, BATCH, 1.0)), (state,))}
 
 
-def profile_dismax(problem, top: int = 8):
-    """Print each step's traced time per JAX operation and its ``top`` XLA operations (one traced call each)."""
+def profile_dismax(problem, top: int = 8, repeats: int = 3):
+    """Print each step's traced time per JAX operation and its ``top`` XLA operations (one traced call
+    each), then the CPU seconds of the step and of its matrix products alone (medians of ``repeats``)."""
     for step, (jitted, arguments) in dismax_steps(problem).items():
         compiled = jitted.lower(*arguments).compile()
         jax.block_until_ready(compiled(*arguments))  # warm-up
         trace = Trace(lambda: compiled(*arguments), compiled)
-        print(f"{step} step, traced XLA operation time per JAX operation:")
+        print(f"{step} step, traced XLA operation time per JAX operation ({UNTIMED_DOT!r}: products whose "
+              "work the trace misses):")
         for line in trace.by_source(top):
             print("   ", line)
         print(f"{step} step, top XLA operations:")
         for line in trace.operations(top):
             print("   ", line, flush=True)
+        products, product_flops = products_only(compiled)
+        times = interleaved({"step": lambda: jax.block_until_ready(compiled(*arguments)), "products": products},
+                            repeats)
+        (_, step_cpu), (_, products_cpu) = times["step"], times["products"]
+        print(f"{step} step: {step_cpu:.2f} CPU s; its matrix products alone ({product_flops / 1e9:.1f} GFLOP, "
+              f"one program): {products_cpu:.2f} CPU s; everything else: {step_cpu - products_cpu:.2f} CPU s "
+              f"({100 * (step_cpu - products_cpu) / step_cpu:.0f} %)", flush=True)
 
 
 def dismax_calls(problem):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import re
 import tempfile
 import time
@@ -60,15 +61,58 @@ def roofline(flops: float, bytes_accessed: float, seconds: float, matmul: float,
             f"{100 * traffic / bandwidth:.1f} % of the {bandwidth / 1e9:.1f} GB/s streaming probe")
 
 
+UNTIMED_DOT = "dot_general (Eigen, not timed)"
+
+
 def operation_sources(compiled) -> dict[str, str]:
     """Map each leaf instruction of the optimised HLO (not while/call/conditional, which contain others) to
-    the JAX operation it came from (the last part of its metadata op_name)."""
+    the JAX operation it came from (the last part of its metadata op_name).
+
+    Plain ``dot`` instructions (on CPU the products XLA does not fuse, e.g. weight gradients, whose op_name
+    is JAX's ``transpose``) map to :data:`UNTIMED_DOT`: they run asynchronously on Eigen's threads and the
+    trace records only their dispatch, so their work is missing from the traced time.
+    """
     sources = {}
     for line in compiled.as_text().splitlines():
         found = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = \S+ ([\w\-]+)\(.*op_name=\"([^\"]+)\"", line)
         if found and found.group(2) not in ("while", "call", "conditional"):
-            sources[found.group(1)] = found.group(3).split("/")[-1]
+            sources[found.group(1)] = UNTIMED_DOT if found.group(2) == "dot" else found.group(3).split("/")[-1]
     return sources
+
+
+def _dims(text: str, key: str) -> tuple[int, ...]:
+    found = re.search(key + r"=\{([\d,]*)\}", text)
+    return tuple(int(d) for d in found.group(1).split(",") if d) if found else ()
+
+
+def matrix_products(compiled) -> list[tuple[tuple[int, ...], tuple[int, ...], tuple]]:
+    """Every float32 ``dot`` of the optimised HLO, fused or not: (lhs shape, rhs shape, dimension numbers
+    ((lhs contracting, rhs contracting), (lhs batch, rhs batch)) as ``jax.lax.dot_general`` takes them)."""
+    text = compiled.as_text()
+    shapes = {name: tuple(int(d) for d in dims.split(",") if d)
+              for name, dims in re.findall(r"%?([\w.\-]+) = f32\[([\d,]*)\]", text)}
+    products = []
+    for lhs, rhs, rest in re.findall(r"= f32\[[\d,]*\]\S* dot\(%?([\w.\-]+), %?([\w.\-]+)\)(.*)", text):
+        numbers = ((_dims(rest, "lhs_contracting_dims"), _dims(rest, "rhs_contracting_dims")),
+                   (_dims(rest, "lhs_batch_dims"), _dims(rest, "rhs_batch_dims")))
+        products.append((shapes[lhs], shapes[rhs], numbers))
+    return products
+
+
+def products_only(compiled):
+    """(call, flops): one jitted program doing only the matrix products of ``compiled`` (same shapes and
+    dimension numbers, random float32 operands), to time the products apart from everything else."""
+    products = matrix_products(compiled)
+    keys = jax.random.split(jax.random.PRNGKey(0), 2 * len(products))
+    operands = [(jax.random.normal(keys[2 * i], lhs), jax.random.normal(keys[2 * i + 1], rhs))
+                for i, (lhs, rhs, _) in enumerate(products)]
+    program = jax.jit(lambda pairs: [jax.lax.dot_general(a, b, numbers)
+                                     for (a, b), (_, _, numbers) in zip(pairs, products)])
+    # 2 · (every lhs entry) · (the rhs's free entries, neither contracted nor batched)
+    flops = sum(2.0 * math.prod(lhs) * math.prod(size for axis, size in enumerate(rhs)
+                                                 if axis not in numbers[0][1] + numbers[1][1])
+                for lhs, rhs, numbers in products)
+    return (lambda: jax.block_until_ready(program(operands))), flops
 
 
 class Trace:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from dismax.bench import bootstrap
-from dismax.bench.pipeline import save_figure
+from dismax.bench.pipeline import read_status, save_figure
 from dismax.cluster_expansion import SRO_LABELS
 from dismax.bench.published import RELAXATION, RELAXATION_SOURCES, SOURCES, published_table
 from dismax.io import read_extxyz, read_structure_set
@@ -106,6 +106,17 @@ def _relax_summary(results: dict[int, dict]) -> dict | None:
             "delta_e_mean": float(delta.mean()), "delta_e_std": float(delta.std()), "n": int(len(steps))}
 
 
+def _failure_causes(bench: "Bench", model: str, seeds) -> dict[str, int]:
+    """Status -> number of structures over the scored seeds, for every status but ``ok`` (failed_decode,
+    rejected_* of post-processing, failed_relax*), so the report says why % failed is what it is."""
+    causes: dict[str, int] = {}
+    for seed in seeds:
+        for status in read_status(bench.stage_dir(model, seed, "score") / "status.csv").values():
+            if status != "ok":
+                causes[status] = causes.get(status, 0) + 1
+    return dict(sorted(causes.items()))
+
+
 def _cell(summary: dict | None) -> str:
     if summary is None:
         return "–"
@@ -132,6 +143,10 @@ def tables(bench: "Bench", summaries: dict[str, dict]) -> str:
     lines += ["", "Cells: mean over seeds (min–max) [95 % pivotal bootstrap interval of that mean, each seed's "
               "structures resampled]; relaxation: mean ± standard deviation over relaxed structures of all seeds. "
               "Lower is better."]
+    causes = [f"{model}: " + ", ".join(f"{status} {count}" for status, count in summary["failure_causes"].items())
+              for model, summary in summaries.items() if summary["failure_causes"]]
+    if causes:
+        lines += ["", "Failed structures by cause (all seeds):", ""] + [f"- {line}" for line in causes]
     warnings = [f"{model} {name}: {entry['warning']}" for model, summary in summaries.items()
                 for name, entry in summary["metrics"].items() if entry and entry.get("warning")]
     if warnings:
@@ -325,7 +340,8 @@ def write(bench: "Bench") -> dict:
             continue
         per_seed[entry.name] = {str(seed): r["metrics"] for seed, r in results.items()}
         metrics = {name: summarise(results, name, bench.config.metrics.seed) for name in METRICS[family]}
-        summaries[entry.name] = {"n_seeds": len(results), "metrics": metrics, "relaxation": _relax_summary(results)}
+        summaries[entry.name] = {"n_seeds": len(results), "metrics": metrics, "relaxation": _relax_summary(results),
+                                 "failure_causes": _failure_causes(bench, entry.name, results)}
         plots = []
         if _training_plot(bench, entry.name, figures / f"{entry.name}_losses.png",
                           lambda header: [k for k in LOSS_KEYS if k in header], "loss", "training curves"):

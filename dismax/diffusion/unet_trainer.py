@@ -185,8 +185,8 @@ def build_cascade(model: ModelConfig, rep: Representation) -> Cascade:
                   heads=model.heads, head_dim=model.head_dim)
     channels = rep.shape[-1]
     if model.name == "unimat":
-        return Cascade(UNet(channels, layer_attns=model.layer_attns, temporal=True,
-                            max_frames=rep.n_atoms, **common), objective=model.objective)
+        return Cascade(UNet(channels, layer_attns=model.layer_attns, temporal=True, **common),
+                       objective=model.objective)
     return Cascade(UNet(channels, layer_attns=model.layer_attns, **common),
                    UNet(channels, layer_attns=model.sr_layer_attns, **common), model.low_size, model.objective)
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from dismax.gan.features import bond_distances
+from dismax.nn.batchnorm import BatchNormReLU
 from dismax.nn.pointwise import PerAtomMLP, dense, species_pool, xavier_uniform
 
 CRITIC_ATOM_FEATURES = (512, 512, 256)
@@ -52,15 +53,28 @@ class Generator(nn.Module):
         # weight gradients contract one axis without transposed copies of the activations, and BatchNorm's
         # statistics over the rows are those over (B, N, 3)
         h = h.reshape(batch * self.n_atoms, self.channels) @ kernel.reshape(self.channels, 3 * 256)
-        h = self._norm_relu(h.reshape(-1, 256) + bias, train, "bn1")
-        h = self._norm_relu(dense(512, name="map2")(h), train, "bn2")
-        h = self._norm_relu(dense(256, name="map3")(h), train, "bn3")
+        # each bias before a BatchNorm is folded into it (cancelled by the batch mean in training mode)
+        h = self._norm_relu(h.reshape(-1, 256), bias, train, "bn1")
+        h = self._norm_relu(*DenseBeforeNorm(512, name="map2")(h), train, "bn2")
+        h = self._norm_relu(*DenseBeforeNorm(256, name="map3")(h), train, "bn3")
         h = dense(1, name="map4")(h).reshape(batch, self.n_atoms, 3)
         return nn.sigmoid(h)
 
-    def _norm_relu(self, h, train, name):
-        norm = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=self.bn_eps, name=name)
-        return nn.relu(norm(h))
+    def _norm_relu(self, h, input_bias, train, name):
+        return BatchNormReLU(momentum=0.9, epsilon=self.bn_eps, name=name)(h, train, input_bias)
+
+
+class DenseBeforeNorm(nn.Module):
+    """A dense layer (Glorot-uniform kernel, zero bias; the parameters of :func:`dense`) that returns
+    (x @ kernel, bias) unadded, for a following :class:`BatchNormReLU` to fold the bias in."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        kernel = self.param("kernel", nn.initializers.xavier_uniform(), (x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        return x @ kernel, bias
 
 
 class CriticHead(nn.Module):

@@ -108,6 +108,8 @@ def test_decode_failures_of_the_sampler_count_as_failed(tmp_path, alloy_files):
                                                           ["3", "failed_decode"]]
     sample_record = json.loads((out / "generated" / "0" / "sample" / "done.json").read_text())
     assert (sample_record["n"], sample_record["n_failed_decode"]) == (2, 2)
+    assert _metrics(out)["models"]["generated"]["failure_causes"] == {"failed_decode": 2}
+    assert "- generated: failed_decode 2" in (out / "report.md").read_text()
 
     empty = tmp_path / "none.extxyz"
     empty.write_text("")
@@ -117,6 +119,7 @@ def test_decode_failures_of_the_sampler_count_as_failed(tmp_path, alloy_files):
                  "--out", str(out)]) == 0
     metrics = _metrics(out)["models"]["generated"]["metrics"]
     assert metrics["pct_failed"]["mean"] == 100.0 and metrics["d_cluster"] is None
+    assert _metrics(out)["models"]["generated"]["failure_causes"] == {"failed_decode": 3}
     assert "## Failures" not in (out / "report.md").read_text()
     assert not list(out.glob("generated/0/*/failed.json")) and (out / "generated/0/score/done.json").is_file()
 

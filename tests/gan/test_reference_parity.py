@@ -152,6 +152,32 @@ def test_outputs_penalties_and_every_gradient_agree(pair):
                        where="generator grad")
 
 
+def test_generator_with_nonzero_pre_norm_biases_matches_in_train_and_eval_mode():
+    """dismax folds the biases before each BatchNorm into it (never added to the activations); the
+    reference adds them. With random biases and running statistics both give the same outputs in
+    evaluation mode, and the same outputs and running means after a training-mode pass."""
+    setup, state, reference = make_pair(9)
+    keys = iter(jax.random.split(jax.random.PRNGKey(4), 16))
+    params = jax.tree.map(lambda a: a, jax.device_get(state.gen_params))
+    params["map1_bias"] = jax.random.normal(next(keys), params["map1_bias"].shape)
+    for name in ("map2", "map3"):
+        params[name]["bias"] = jax.random.normal(next(keys), params[name]["bias"].shape)
+    stats = {name: {"mean": jax.random.normal(next(keys), value["mean"].shape),
+                    "var": jax.random.uniform(next(keys), value["var"].shape, minval=0.5, maxval=2.0)}
+             for name, value in jax.device_get(state.gen_stats).items()}
+    reference.load_dismax(params, stats, jax.device_get(state.critic_params))
+    z = jax.random.normal(next(keys), (BATCH, setup.model.latent_dim))
+    variables = {"params": params, "batch_stats": stats}
+    reference.generator.eval()
+    want = reference.generator(as_torch(z)).detach().numpy()
+    np.testing.assert_allclose(setup.generator().apply(variables, z, train=False), want, rtol=RTOL, atol=1e-6)
+    reference.generator.train()
+    want = reference.generator(as_torch(z)).detach().numpy()
+    got, updated = setup.generator().apply(variables, z, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-6)
+    assert_trees_close(reference.dismax_layout()["stats"], updated["batch_stats"], where="BN running mean")
+
+
 def test_three_training_iterations_leave_equal_parameters():
     """Three iterations of (critic step, generator step) with Adam and BatchNorm in train mode."""
     setup, state, reference = make_pair(5)
