@@ -509,9 +509,8 @@ def build(size: str, seed: int, out_dir: Path, potential: str = DEFAULT_POTENTIA
         usable = (result["status"] == "converged") & (closest >= MIN_PAIR_DISTANCE)
         if not usable.any():
             raise DismaxError(f"no relaxation with '{potential}' converged to fmax {settings.fmax} eV/Å without "
-                              f"atoms closer than {MIN_PAIR_DISTANCE} Å (relaxation results in {work}); the shipped "
-                              f"interface potential is a first version fitted on one teacher trajectory: build "
-                              f"with --potential none --out DIR, or with a potential fitted on more teacher frames")
+                              f"atoms closer than {MIN_PAIR_DISTANCE} Å (relaxation results in {work}); build with "
+                              f"--potential none --out DIR, or with another potential (README: interface potential)")
         gamma = np.full(len(crystals), np.nan)
         gamma[usable], e_ref = interface_energies(result["e_final"][usable], n, area)
         kept = np.flatnonzero(usable & (gamma <= 1e-9))
@@ -523,6 +522,10 @@ def build(size: str, seed: int, out_dir: Path, potential: str = DEFAULT_POTENTIA
         summary = {"relaxed": True, "potential": model.name, "potential_sha256": version, "e_ref_eV_per_atom": e_ref,
                    "n_converged": int(np.sum(result["status"] == "converged")), "n_usable": int(usable.sum()),
                    "n_kept": len(kept), "acceptance_fraction": len(kept) / len(crystals)}
+    if len(kept) < 2:
+        raise DismaxError(f"{len(kept)} of {len(crystals)} interfaces kept, and the train/validation split needs "
+                          f"at least 2: build more candidates (BuildSettings.n_candidates, now "
+                          f"{settings.n_candidates}); finished stages stay in {work}")
     n_val = max(1, int(round(settings.val_fraction * len(kept))))
     order = np.random.default_rng(seed + 1).permutation(len(kept))
     splits = {"train": np.sort(kept[order[n_val:]]), "val": np.sort(kept[order[:n_val]])}

@@ -177,6 +177,12 @@ def test_build_unrelaxed_is_reproducible_and_labelled(tmp_path):
     assert params["summary"] == {"relaxed": False}
 
 
+def test_a_build_that_keeps_one_structure_says_so(tmp_path):
+    with pytest.raises(DismaxError, match="1 of 1 interfaces kept.*needs at least 2"):
+        I.build("small", 4, tmp_path, potential="none", settings=I.BuildSettings(n_candidates=1),
+                work_dir=tmp_path / "work")
+
+
 def test_interface_energies_window():
     e = np.array([-5.40, -5.39, -5.38])
     gamma, e_ref = I.interface_energies(e, 264, 207.804)
