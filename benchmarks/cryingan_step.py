@@ -11,11 +11,15 @@ of the matmul's from wall times and from CPU seconds, and the torch/dismax ratio
 
     python benchmarks/cryingan_step.py [--repeats 3] [--threads 2] [--matmul 4096] [--profile]
 
-``--profile`` first prints, for the interface problem, where each step spends its time: the traced XLA
-operation time summed per JAX operation (``dot_general`` = the matrix products; unfused products, e.g. the
-weight gradients, run asynchronously and the trace misses their work) and the top operations; then the
-CPU seconds of the step and of a program doing only its matrix products (same shapes), the difference
-being the time of everything else.
+On CPU the dismax steps are compiled with ``dismax.gan.steps.CPU_PRODUCT_OPTIONS`` (the matrix products on
+XLA's Eigen kernels, not YNNPACK fusions; users opt in the same way or with ``XLA_FLAGS``, see the README);
+the matmul probe keeps XLA's defaults.
+
+``--profile`` first prints, for each problem, where each step spends its time: the traced XLA operation
+time summed per JAX operation and the top operations (plain ``dot`` products, which with these options are
+all the matrix products, run asynchronously and the trace misses their work, so the trace times everything
+else); then the CPU seconds of the step and of a program doing only its matrix products (same shapes, same
+options), the difference being the time of everything else.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dismax.gan.steps import GanSetup, critic_update, generator_update, init_state
+from dismax.gan.steps import CPU_PRODUCT_OPTIONS, GanSetup, critic_update, generator_update, init_state
 from roofline import UNTIMED_DOT, Trace, products_only  # benchmarks/roofline.py
 
 # Interface cell: the published in-plane cell (a = 12.470 Å, b = 17.200 Å, γ = 75.67°); the out-of-plane
@@ -81,8 +85,11 @@ def dismax_steps(problem):
     state = init_state(setup, jax.random.PRNGKey(0), problem["w_dist"])
     real = jnp.asarray(real_batch(problem["counts"], problem["lattice"]))
     dists = jax.jit(setup.distances)(real)
-    return {"critic": (jax.jit(lambda s, r, d: critic_update(setup, s, r, d, 1.0)), (state, real, dists)),
-            "generator": (jax.jit(lambda s: generator_update(setup, s, BATCH, 1.0)), (state,))}
+    options = CPU_PRODUCT_OPTIONS if jax.default_backend() == "cpu" else None
+    return {"critic": (jax.jit(lambda s, r, d: critic_update(setup, s, r, d, 1.0), compiler_options=options),
+                       (state, real, dists)),
+            "generator": (jax.jit(lambda s: generator_update(setup, s, BATCH, 1.0), compiler_options=options),
+                          (state,))}
 
 
 def profile_dismax(problem, top: int = 8, repeats: int = 3):
@@ -99,7 +106,7 @@ def profile_dismax(problem, top: int = 8, repeats: int = 3):
         print(f"{step} step, top XLA operations:")
         for line in trace.operations(top):
             print("   ", line, flush=True)
-        products, product_flops = products_only(compiled)
+        products, product_flops = products_only(compiled, CPU_PRODUCT_OPTIONS if jax.default_backend() == "cpu" else None)
         times = interleaved({"step": lambda: jax.block_until_ready(compiled(*arguments)), "products": products},
                             repeats)
         (_, step_cpu), (_, products_cpu) = times["step"], times["products"]
@@ -150,10 +157,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="PyTorch intra-op threads")
     parser.add_argument("--matmul", type=int, default=4096, help="size of the reference float32 matmul")
-    parser.add_argument("--profile", action="store_true", help="first print where the interface steps spend time")
+    parser.add_argument("--profile", action="store_true", help="first print where the steps spend time")
     args = parser.parse_args()
     if args.profile:
-        profile_dismax(PROBLEMS["interface N=264"])
+        for name, problem in PROBLEMS.items():
+            print(f"--- {name}")
+            profile_dismax(problem)
     try:
         import torch  # noqa: F401
         have_torch = True
