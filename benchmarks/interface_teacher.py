@@ -9,8 +9,8 @@ Steps (the README gives the exact commands):
    ``DIR/seedS-XXXX.extxyz`` when the relaxation ends (atomic), so a rerun skips finished structures.
    ``relax --in FILE --count N`` relaxes the first N frames of an extxyz file instead (e.g. a built interface
    set, relaxed by the student) into ``DIR/from-seedS-XXXX.extxyz``; then ``compare --dir DIR`` prints the teacher
-   energy and largest force of each student-relaxed structure, the teacher-relaxed energy, the gap and the
-   interior Co six-fold coordinated by O in both, and ``crosscheck --dir DIR`` labels both end points with
+   energy and largest force of each student-relaxed structure, the teacher's largest force at the end, the
+   teacher-relaxed energy, the gap and the interior Co six-fold coordinated by O in both, and ``crosscheck --dir DIR`` labels both end points with
    SevenNet-0 and prints how teacher, cross-check and student agree (forces; energies up to an offset).
 2. ``explore --dir DIR --student NAME --seed S --count N``: random interfaces are relaxed with the student
    (a fitted dismax potential, through ASE FIRE) for at most ``--max-steps``; the frames at ``--steps`` (and
@@ -223,28 +223,29 @@ def end_points(path: Path, at_step: int | None = None):
 
 def compare_command(args) -> None:
     """Per structure relaxed first by the student (the ``relax --in`` start) and then by the teacher: the teacher
-    energy and largest force of the student-relaxed structure, the teacher-relaxed energy, their gap, and the
-    interior Co that O coordinates six-fold (within 2.3 Å) in both; then the mean gap. ``--at-step N`` takes
-    the teacher frame of step N as the end of longer relaxations."""
+    energy and largest force of the student-relaxed structure, the teacher's largest force at the end (how far
+    from converged a capped relaxation stopped), the teacher-relaxed energy, their gap, and the interior Co that
+    O coordinates six-fold (within 2.3 Å) in both; then the mean, smallest and largest gap. ``--at-step N``
+    takes the teacher frame of step N as the end of longer relaxations."""
     paths = given_relaxations(args.dir, args.count)
     print("| structure | E_student (eV/atom) | E_teacher(student-relaxed) (eV/atom) | teacher F_max there (eV/Å) "
-          "| teacher steps | converged | E_teacher(teacher-relaxed) (eV/atom) | gap (meV/atom) "
-          "| interior Co six-fold: student / teacher |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| teacher steps | converged | teacher F_max at the end (eV/Å) | E_teacher(teacher-relaxed) (eV/atom) "
+          "| gap (meV/atom) | interior Co six-fold: student / teacher |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     gaps = []
     for path in paths:
         crystals, energies, forces, (first, last) = end_points(path, args.at_step)
         n_atoms = crystals.n_atoms
         e_student, e_start, e_end = first.get("energy_per_atom", np.nan), energies[0] / n_atoms, energies[1] / n_atoms
-        fmax_start = float(np.linalg.norm(forces[0], axis=-1).max())
+        fmax_start, fmax_end = (float(np.linalg.norm(f, axis=-1).max()) for f in forces)
         gap = 1e3 * (e_start - e_end)
         gaps.append(gap)
         six_fold = [f"{int(np.sum(c == 6))}/{len(c)}" for c in interior_co_oxygen_counts(crystals)]
         print(f"| {first['seed']}-{first['index']} | {e_student:.4f} | {e_start:.4f} | {fmax_start:.2f} "
-              f"| {last['n_steps']} | {'yes' if last['converged'] else 'no'} | {e_end:.4f} | {gap:.1f} "
+              f"| {last['n_steps']} | {'yes' if last['converged'] else 'no'} | {fmax_end:.2f} | {e_end:.4f} | {gap:.1f} "
               f"| {six_fold[0]} / {six_fold[1]} |")
     print(json.dumps({"structures": len(gaps), "mean_gap_meV_per_atom": float(np.mean(gaps)),
-                      "max_gap_meV_per_atom": float(np.max(gaps))}))
+                      "min_gap_meV_per_atom": float(np.min(gaps)), "max_gap_meV_per_atom": float(np.max(gaps))}))
 
 
 def crosscheck_command(args) -> None:

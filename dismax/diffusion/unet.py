@@ -2,7 +2,7 @@
 
 One module serves both: inputs are videos (B, F, H, W, C); an image is a video with one frame. Each level
 has ``num_resnet_blocks`` ResNet blocks (GroupNorm, SiLU, 3 × 3 convolutions applied per frame, a
-scale/shift from the time embedding), optional attention over the pixels of each frame, and a stride-2
+scale/shift from the noise-level embedding), optional attention over the pixels of each frame, and a stride-2
 down-sampling of H and W; the up path mirrors it with skip connections. A video U-Net (``temporal``)
 follows imagen-pytorch's Unet3D (the video U-Net UniMat and Dismai-Bench use): every 3 × 3 convolution of a
 ResNet block is followed by a causal convolution over frames (kernel 3, identity at initialisation), and
@@ -10,9 +10,12 @@ after the initial convolution, after every level (down and up) and in the middle
 convolution over frames (a positional-encoding generator, PEG) and causal attention across frames at each
 pixel with a learned relative-position bias (:class:`TemporalAttention`). Frames see only their
 predecessors (GroupNorm statistics are the one exception: they span the whole video), which is how the net
-knows which frame is which atom. ``cond`` (a low-resolution image already resized to the output size) is
-concatenated to the input channels and ``cond_time`` (its noise-augmentation level) added to the time
-embedding: the super-resolution stage of a cascade. H and W are padded to a multiple of 2^(levels − 1) and
+knows which frame is which atom. As in imagen-pytorch, the noise level the U-Net sees is the log-SNR λ of
+x_t (not the time t): :class:`LearnedSinusoidalEmbedding`, a dense layer, SiLU and a dense layer give the
+embedding every ResNet block turns into its scale and shift. ``cond`` (a low-resolution image already
+resized to the output size) is concatenated to the input channels and the embedding of
+``cond_noise_level`` (its noise-augmentation log-SNR) added to the noise-level embedding: the
+super-resolution stage of a cascade. H and W are padded to a multiple of 2^(levels − 1) and
 cropped back.
 """
 
@@ -26,12 +29,18 @@ import jax
 import jax.numpy as jnp
 
 
-def sinusoidal_embedding(values: jnp.ndarray, dim: int) -> jnp.ndarray:
-    """(..., dim) sine/cosine features of ``values`` (...,) at log-spaced frequencies (transformer style)."""
-    half = dim // 2
-    frequencies = jnp.exp(-math.log(10000.0) * jnp.arange(half) / max(half - 1, 1))
-    angles = values[..., None] * frequencies
-    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], -1)
+class LearnedSinusoidalEmbedding(nn.Module):
+    """(B, dim + 1) features of a noise level (B,): the level itself and sin/cos of 2π w · level at ``dim / 2``
+    learned frequencies w (initialised N(0, 1)); imagen-pytorch's LearnedSinusoidalPosEmb, which its U-Nets
+    apply to the log-SNR."""
+
+    dim: int = 16
+
+    @nn.compact
+    def __call__(self, level):
+        frequencies = self.param("frequencies", nn.initializers.normal(1.0), (self.dim // 2,))
+        angles = 2 * math.pi * level[:, None] * frequencies
+        return jnp.concatenate([level[:, None], jnp.sin(angles), jnp.cos(angles)], -1)
 
 
 def _identity_last_tap(key, shape, dtype=jnp.float32):
@@ -179,8 +188,8 @@ class TemporalMixing(nn.Module):
 
 
 class UNet(nn.Module):
-    """Predicts the regression target (noise ε or v) of x_t (B, F, H, W, out_channels) from x_t and the diffusion
-    time t ∈ [0, 1] (B,)."""
+    """Predicts the regression target (noise ε or v) of x_t (B, F, H, W, out_channels) from x_t and its noise
+    level, the log-SNR λ (B,)."""
 
     out_channels: int
     dim: int = 64
@@ -192,7 +201,7 @@ class UNet(nn.Module):
     head_dim: int = 32
 
     @nn.compact
-    def __call__(self, x, time, cond=None, cond_time=None):
+    def __call__(self, x, noise_level, cond=None, cond_noise_level=None):
         b, f, height, width, _ = x.shape
         multiple = 2 ** (len(self.dim_mults) - 1)
         pad_h, pad_w = -height % multiple, -width % multiple
@@ -201,11 +210,11 @@ class UNet(nn.Module):
         x = jnp.pad(x, ((0, 0), (0, 0), (0, pad_h), (0, pad_w), (0, 0)))
 
         width_emb = 4 * self.dim
-        embedding = nn.Dense(width_emb)(sinusoidal_embedding(1000.0 * time, self.dim))
-        if cond_time is not None:
-            embedding = embedding + nn.Dense(width_emb, name="cond_time")(sinusoidal_embedding(1000.0 * cond_time,
-                                                                                               self.dim))
-        embedding = nn.Dense(width_emb)(nn.silu(embedding))[:, None, :]
+        embedding = nn.Dense(width_emb)(nn.silu(nn.Dense(width_emb)(LearnedSinusoidalEmbedding()(noise_level))))
+        if cond_noise_level is not None:
+            hidden = nn.silu(nn.Dense(width_emb)(LearnedSinusoidalEmbedding()(cond_noise_level)))
+            embedding = embedding + nn.Dense(width_emb)(hidden)
+        embedding = embedding[:, None, :]
 
         def resnet(features, h):
             return ResnetBlock(features, temporal=self.temporal)(h, embedding)

@@ -1,7 +1,8 @@
 """Continuous-time Gaussian diffusion of images/videos (imagen-pytorch's GaussianDiffusionContinuousTimes).
 
 Cosine log-SNR schedule λ(t) = −log(max(cos((t + s)/(1 + s) · π/2)^−2 − 1, 1e-5)), s = 0.008, t ∈ [0, 1];
-α = √sigmoid(λ), σ = √sigmoid(−λ). Training draws t ~ U(0, 1) per sample and regresses (MSE) the
+α = √sigmoid(λ), σ = √sigmoid(−λ). The U-Nets are told the noise level as λ(t) (imagen-pytorch's
+``get_condition``), not t. Training draws t ~ U(0, 1) per sample and regresses (MSE) the
 ``objective`` of x_t = α x_0 + σ ε: ``noise`` ε (imagen's default, Dismai-Bench's setting; x̂_0 = (x_t − σ ε̂)/α
 amplifies errors by σ/α, so near t = 1 it needs long training) or ``v`` = α ε − σ x_0 (imagen's
 ``pred_objectives='v'``; x̂_0 = α x_t − σ v̂ stays well conditioned at every t). Sampling is ancestral over ``n_steps`` equal time steps from t = 1 to 0 with the
@@ -95,7 +96,7 @@ def stage_losses(cascade: Cascade, params: dict, x0: jax.Array, key: jax.Array) 
     def mse(network, stage_params, clean, time_key, noise_key, **cond):
         t = jax.random.uniform(time_key, (batch,))
         noise = jax.random.normal(noise_key, clean.shape, clean.dtype)
-        output = network.apply(stage_params, noise_to(clean, t, noise), t, **cond)
+        output = network.apply(stage_params, noise_to(clean, t, noise), log_snr(t), **cond)
         return jnp.mean((output - regression_target(cascade.objective, clean, noise, t)) ** 2)
 
     losses = {"base": mse(cascade.base, params["base"], low, keys[0], keys[1])}
@@ -103,7 +104,7 @@ def stage_losses(cascade: Cascade, params: dict, x0: jax.Array, key: jax.Array) 
         t_aug = jax.random.uniform(keys[2], (batch,))
         cond = noise_to(resize(low, *x0.shape[2:4]), t_aug, jax.random.normal(keys[3], x0.shape, x0.dtype))
         losses["sr"] = mse(cascade.sr, params["sr"], x0, keys[4], jax.random.fold_in(keys[4], 1), cond=cond,
-                           cond_time=t_aug)
+                           cond_noise_level=log_snr(t_aug))
     return losses
 
 
@@ -114,7 +115,7 @@ def init_params(cascade: Cascade, example: jax.Array, key: jax.Array) -> dict:
     low = example if cascade.sr is None else resize(example, cascade.low_size, cascade.low_size)
     params = {"base": cascade.base.init(base_key, low, t)}
     if cascade.sr is not None:
-        params["sr"] = cascade.sr.init(sr_key, example, t, cond=example, cond_time=t)
+        params["sr"] = cascade.sr.init(sr_key, example, t, cond=example, cond_noise_level=t)
     return params
 
 
@@ -165,9 +166,10 @@ def ancestral_sample(network, params, key: jax.Array, shape: tuple, n_steps: int
         index, t, s = inputs
         lam_t, lam_s = log_snr(t), log_snr(s)
         (alpha_t, _), (alpha_s, sigma_s) = alpha_sigma(lam_t), alpha_sigma(lam_s)
-        extra = {} if cond is None else {"cond": cond, "cond_time": cond_time}
+        extra = {} if cond is None else {"cond": cond, "cond_noise_level": log_snr(cond_time)}
         times_t = jnp.full((batch,), t)
-        x0 = jnp.clip(predicted_x0(objective, network.apply(params, x, times_t, **extra), x, times_t), -1.0, 1.0)
+        output = network.apply(params, x, jnp.full((batch,), lam_t), **extra)
+        x0 = jnp.clip(predicted_x0(objective, output, x, times_t), -1.0, 1.0)
         c = -jnp.expm1(lam_t - lam_s)
         mean = alpha_s * (x * (1 - c) / alpha_t + c * x0)
         noise = jax.random.normal(jax.random.fold_in(loop_key, index), x.shape, x.dtype)

@@ -1,12 +1,14 @@
 """The U-Net's mixing across frames (imagen-pytorch's Unet3D): causal temporal convolutions, PEG and attention
-with a relative-position bias, identity at initialisation, present at every level of a video U-Net."""
+with a relative-position bias, identity at initialisation, present at every level of a video U-Net; its
+noise-level input (the log-SNR through learned sinusoids)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dismax.diffusion.unet import FrameConv, RelativePositionBias, TemporalAttention, TemporalMixing, UNet
+from dismax.diffusion.unet import (FrameConv, LearnedSinusoidalEmbedding, RelativePositionBias, TemporalAttention,
+                                  TemporalMixing, UNet)
 
 
 def _perturbed(params, scale=0.3, seed=4):
@@ -78,3 +80,26 @@ def test_video_unet_mixes_frames_at_every_level_and_an_image_unet_has_none():
                    if name.startswith("ResnetBlock"))
     out = video.apply({"params": _perturbed(params)}, x, jnp.full(1, 0.5))
     assert out.shape == x.shape
+
+
+def test_noise_level_embedding_is_the_level_and_its_learned_sinusoids():
+    """imagen-pytorch's LearnedSinusoidalPosEmb: [λ, sin(2π w λ), cos(2π w λ)] with w learned (N(0, 1) at init)."""
+    level = jnp.array([-20.0, -1.5, 0.0, 3.0, 11.0])
+    module = LearnedSinusoidalEmbedding(16)
+    params = module.init(jax.random.PRNGKey(0), level)
+    frequencies = np.asarray(params["params"]["frequencies"])
+    features = np.asarray(module.apply(params, level))
+    assert features.shape == (5, 17) and frequencies.shape == (8,)
+    np.testing.assert_array_equal(features[:, 0], level)
+    angles = 2 * np.pi * np.asarray(level)[:, None] * frequencies
+    np.testing.assert_allclose(features[:, 1:], np.concatenate([np.sin(angles), np.cos(angles)], -1), atol=2e-5)
+
+
+def test_unet_output_depends_on_the_noise_level():
+    x = _video(shape=(2, 3, 4, 4, 3))
+    net = UNet(3, dim=16, dim_mults=(1, 2), num_resnet_blocks=1, layer_attns=(False, True), temporal=True,
+               heads=2, head_dim=8)
+    params = _perturbed(net.init(jax.random.PRNGKey(0), x, jnp.zeros(2)))
+    low, high = net.apply(params, x, jnp.array([-5.0, -5.0])), net.apply(params, x, jnp.array([-5.0, 5.0]))
+    np.testing.assert_allclose(high[0], low[0], atol=1e-6)            # each sample sees its own level
+    assert float(jnp.abs(high[1] - low[1]).max()) > 1e-2

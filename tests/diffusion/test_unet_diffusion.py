@@ -95,20 +95,20 @@ def test_shipped_configs_load_and_check(tmp_path):
 class _OracleMixture:
     """A stand-in network that knows the clean samples x*_k (K, ...) exactly: the posterior mean
     x̂_0 = Σ_k w_k x*_k, w ∝ exp(−|x_t − α x*_k|²/(2σ²)), returned as the ``objective`` output (exact for an
-    equal-weight mixture of point masses)."""
+    equal-weight mixture of point masses). Like the U-Net it is given the noise level as the log-SNR λ."""
 
     def __init__(self, points, objective="noise"):
         self.points, self.objective = points, objective
 
-    def apply(self, params, x, t, **cond):
-        alpha, sigma = alpha_sigma(log_snr(t))
+    def apply(self, params, x, noise_level, **cond):
+        alpha, sigma = alpha_sigma(noise_level)
         shape = (-1,) + (1,) * (x.ndim - 1)
         alpha, sigma = alpha.reshape(shape), sigma.reshape(shape)
         offsets = (x[:, None] - alpha[:, None] * self.points[None]).reshape(x.shape[0], len(self.points), -1)
         weights = jax.nn.softmax(-0.5 * jnp.sum(offsets ** 2, -1) / sigma.reshape(-1, 1) ** 2, -1)
         x0 = jnp.einsum("bk,k...->b...", weights, self.points)
         noise = (x - alpha * x0) / sigma
-        return regression_target(self.objective, x0, noise, t)
+        return noise if self.objective == "noise" else alpha * noise - sigma * x0
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES)

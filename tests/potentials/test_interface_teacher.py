@@ -107,14 +107,18 @@ def test_relax_given_structures_then_compare_and_crosscheck(tmp_path, capsys):
         assert row[0] == f"7-{3 + paths.index(path)}" and float(row[1]) == student_energy
         assert float(row[2]) == pytest.approx(energies[0] / 64, abs=1e-4)
         assert float(row[3]) == pytest.approx(np.linalg.norm(forces[0], axis=-1).max(), abs=0.01)
-        assert row[4:6] == ["3", "no"] and float(row[7]) == pytest.approx(gap, abs=0.05)
-        assert row[8] == "0/0 / 0/0"  # no Co in silicon
-    assert json.loads(lines[-1])["mean_gap_meV_per_atom"] == pytest.approx(np.mean(gaps))
+        assert row[4:6] == ["3", "no"] and float(row[8]) == pytest.approx(gap, abs=0.05)
+        assert float(row[6]) == pytest.approx(np.linalg.norm(forces[-1], axis=-1).max(), abs=0.01)
+        assert row[9] == "0/0 / 0/0"  # no Co in silicon
+    summary = json.loads(lines[-1])
+    assert summary["mean_gap_meV_per_atom"] == pytest.approx(np.mean(gaps))
+    assert (summary["min_gap_meV_per_atom"], summary["max_gap_meV_per_atom"]) == pytest.approx((min(gaps), max(gaps)))
     interface_teacher.main(["compare", "--dir", str(tmp_path / "teacher"), "--at-step", "1"])  # a smaller budget
     lines = capsys.readouterr().out.strip().splitlines()
     row = [cell.strip() for cell in lines[2].strip("|").split("|")]
-    _, energies, _ = read_labelled_extxyz(paths[0])
-    assert row[4:6] == ["1", "no"] and float(row[6]) == pytest.approx(energies[1] / 64, abs=1e-4)
+    _, energies, forces = read_labelled_extxyz(paths[0])
+    assert row[4:6] == ["1", "no"] and float(row[7]) == pytest.approx(energies[1] / 64, abs=1e-4)
+    assert float(row[6]) == pytest.approx(np.linalg.norm(forces[1], axis=-1).max(), abs=0.01)
 
     # cross-check: Stillinger-Weber labels the end points and is also the student, so that pair agrees exactly
     interface_teacher.main(["crosscheck", "--dir", str(tmp_path / "teacher"), "--calculator", "sw", "--student", "sw"])
