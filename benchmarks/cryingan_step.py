@@ -9,13 +9,18 @@ are timed in turn, round after round, so all see the same machine load. Prints m
 the dismax step's process CPU seconds, its achieved GFLOP/s (XLA's flop count of the step) as a fraction
 of the matmul's from wall times and from CPU seconds, and the torch/dismax ratios.
 
-    python benchmarks/cryingan_step.py [--repeats 3] [--threads 2] [--matmul 4096] [--profile]
+    python benchmarks/cryingan_step.py [--repeats 3] [--threads 2] [--matmul 4096] [--profile] [--compare-options]
 
-``--profile`` first prints, for the interface problem, where each step spends its time: the traced XLA
-operation time summed per JAX operation (``dot_general`` = the matrix products; unfused products, e.g. the
-weight gradients, run asynchronously and the trace misses their work) and the top operations; then the
-CPU seconds of the step and of a program doing only its matrix products (same shapes), the difference
-being the time of everything else.
+On CPU the dismax steps are compiled with ``dismax.gan.steps.CPU_PRODUCT_OPTIONS`` (the matrix products on
+XLA's Eigen kernels, not YNNPACK fusions; users opt in the same way or with ``XLA_FLAGS``, see the README);
+the matmul probe keeps XLA's defaults. ``--compare-options`` instead times the dismax steps with and without
+those options, in turn round after round.
+
+``--profile`` first prints, for each problem, where each step spends its time: the traced XLA operation
+time summed per JAX operation and the top operations (plain ``dot`` products, which with these options are
+all the matrix products, run asynchronously and the trace misses their work, so the trace times everything
+else); then the CPU seconds of the step and of a program doing only its matrix products (same shapes, same
+options), the difference being the time of everything else.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dismax.gan.steps import GanSetup, critic_update, generator_update, init_state
+from dismax.gan.steps import CPU_PRODUCT_OPTIONS, GanSetup, critic_update, generator_update, init_state
 from roofline import UNTIMED_DOT, Trace, products_only  # benchmarks/roofline.py
 
 # Interface cell: the published in-plane cell (a = 12.470 Å, b = 17.200 Å, γ = 75.67°); the out-of-plane
@@ -41,6 +46,7 @@ PROBLEMS = {
     "alloy N=256": dict(counts=(154, 51, 51), lattice=np.diag([14.4, 14.4, 14.4]), w_dist=0.1),
 }
 BATCH = 32
+PRODUCT_OPTIONS = CPU_PRODUCT_OPTIONS if jax.default_backend() == "cpu" else None
 
 
 def matmul_fn(size: int):
@@ -75,14 +81,17 @@ def real_batch(counts, lattice, seed=0):
 
 
 # ------------------------------------------------------------------------------------------- dismax
-def dismax_steps(problem):
-    """{step: (jitted function, its arguments)} of the critic and generator steps of ``problem``."""
+def dismax_steps(problem, options=PRODUCT_OPTIONS):
+    """{step: (jitted function, its arguments)} of the critic and generator steps of ``problem``, compiled
+    with the XLA ``options``."""
     setup = GanSetup(counts=problem["counts"], lattice=tuple(map(tuple, problem["lattice"].tolist())))
     state = init_state(setup, jax.random.PRNGKey(0), problem["w_dist"])
     real = jnp.asarray(real_batch(problem["counts"], problem["lattice"]))
     dists = jax.jit(setup.distances)(real)
-    return {"critic": (jax.jit(lambda s, r, d: critic_update(setup, s, r, d, 1.0)), (state, real, dists)),
-            "generator": (jax.jit(lambda s: generator_update(setup, s, BATCH, 1.0)), (state,))}
+    return {"critic": (jax.jit(lambda s, r, d: critic_update(setup, s, r, d, 1.0), compiler_options=options),
+                       (state, real, dists)),
+            "generator": (jax.jit(lambda s: generator_update(setup, s, BATCH, 1.0), compiler_options=options),
+                          (state,))}
 
 
 def profile_dismax(problem, top: int = 8, repeats: int = 3):
@@ -99,13 +108,26 @@ def profile_dismax(problem, top: int = 8, repeats: int = 3):
         print(f"{step} step, top XLA operations:")
         for line in trace.operations(top):
             print("   ", line, flush=True)
-        products, product_flops = products_only(compiled)
+        products, product_flops = products_only(compiled, PRODUCT_OPTIONS)
         times = interleaved({"step": lambda: jax.block_until_ready(compiled(*arguments)), "products": products},
                             repeats)
         (_, step_cpu), (_, products_cpu) = times["step"], times["products"]
         print(f"{step} step: {step_cpu:.2f} CPU s; its matrix products alone ({product_flops / 1e9:.1f} GFLOP, "
               f"one program): {products_cpu:.2f} CPU s; everything else: {step_cpu - products_cpu:.2f} CPU s "
               f"({100 * (step_cpu - products_cpu) / step_cpu:.0f} %)", flush=True)
+
+
+def compare_options(problem, repeats: int):
+    """Print each step's median wall and process CPU seconds compiled with XLA's defaults and with
+    ``PRODUCT_OPTIONS``, the two timed in turn round after round (one process, the same load)."""
+    variants = {"defaults": dismax_steps(problem, None), "options": dismax_steps(problem)}
+    for step in ("critic", "generator"):
+        calls = {name: (lambda jitted=steps[step][0], arguments=steps[step][1]:
+                        jax.block_until_ready(jitted(*arguments))) for name, steps in variants.items()}
+        times = interleaved(calls, repeats)
+        (wall, cpu), (option_wall, option_cpu) = times["defaults"], times["options"]
+        print(f"{step}: XLA defaults {wall:.3f} s wall, {cpu:.3f} CPU s; with the options {option_wall:.3f} s wall, "
+              f"{option_cpu:.3f} CPU s ({100 * (option_cpu / cpu - 1):+.0f} % CPU s)", flush=True)
 
 
 def dismax_calls(problem):
@@ -150,10 +172,19 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="PyTorch intra-op threads")
     parser.add_argument("--matmul", type=int, default=4096, help="size of the reference float32 matmul")
-    parser.add_argument("--profile", action="store_true", help="first print where the interface steps spend time")
+    parser.add_argument("--profile", action="store_true", help="first print where the steps spend time")
+    parser.add_argument("--compare-options", action="store_true",
+                        help="only time the dismax steps compiled with XLA's defaults against the CPU product options")
     args = parser.parse_args()
+    if args.compare_options:
+        for name, problem in PROBLEMS.items():
+            print(f"--- {name}")
+            compare_options(problem, args.repeats)
+        return
     if args.profile:
-        profile_dismax(PROBLEMS["interface N=264"])
+        for name, problem in PROBLEMS.items():
+            print(f"--- {name}")
+            profile_dismax(problem)
     try:
         import torch  # noqa: F401
         have_torch = True

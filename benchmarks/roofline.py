@@ -99,15 +99,17 @@ def matrix_products(compiled) -> list[tuple[tuple[int, ...], tuple[int, ...], tu
     return products
 
 
-def products_only(compiled):
+def products_only(compiled, compiler_options: dict | None = None):
     """(call, flops): one jitted program doing only the matrix products of ``compiled`` (same shapes and
-    dimension numbers, random float32 operands), to time the products apart from everything else."""
+    dimension numbers, random float32 operands), to time the products apart from everything else; compile
+    it with the ``compiler_options`` ``compiled`` was compiled with, so both use the same product kernels."""
     products = matrix_products(compiled)
     keys = jax.random.split(jax.random.PRNGKey(0), 2 * len(products))
     operands = [(jax.random.normal(keys[2 * i], lhs), jax.random.normal(keys[2 * i + 1], rhs))
                 for i, (lhs, rhs, _) in enumerate(products)]
     program = jax.jit(lambda pairs: [jax.lax.dot_general(a, b, numbers)
-                                     for (a, b), (_, _, numbers) in zip(pairs, products)])
+                                     for (a, b), (_, _, numbers) in zip(pairs, products)],
+                      compiler_options=compiler_options)
     # 2 · (every lhs entry) · (the rhs's free entries, neither contracted nor batched)
     flops = sum(2.0 * math.prod(lhs) * math.prod(size for axis, size in enumerate(rhs)
                                                  if axis not in numbers[0][1] + numbers[1][1])

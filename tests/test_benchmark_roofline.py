@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from benchmarks import roofline
 
@@ -33,3 +34,6 @@ def test_matrix_products_lists_fused_and_unfused_dots_with_their_dimension_numbe
     call, flops = roofline.products_only(compiled)
     assert flops == 2 * 40 * 8 * 16 * 2
     call()  # the products-only program runs
+    # the products-only program is compiled with the options it is given (an invalid one fails to compile)
+    with pytest.raises(Exception, match="xla_cpu_experimental_ynn_fusion_type"):
+        roofline.products_only(compiled, {"xla_cpu_experimental_ynn_fusion_type": "no such fusion type"})[0]()

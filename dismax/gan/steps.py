@@ -25,6 +25,15 @@ from dismax.gan.losses import CriticTerms, critic_terms, interpolate, penalty_fr
 from dismax.gan.model import CombinedCritic, Critic, Generator, critic_input_gradient
 
 
+#: XLA options that speed up the training steps on CPU (opt-in: ``jax.jit(..., compiler_options=...)``, or
+#: ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=reduce`` before jax starts): the matrix products run on
+#: XLA's own (Eigen) kernels instead of YNNPACK fusions, YNNPACK keeps the reductions (XLA's experimental
+#: ``xla_cpu_experimental_ynn_fusion_type``, jax 0.10). The per-atom products ((B·N, 512) × (512, 512) and
+#: their weight gradients) then take 10–15 % fewer CPU seconds per critic step on a 2-core x86 CPU
+#: (``benchmarks/cryingan_step.py``); results change only by float32 rounding. CPU backend only.
+CPU_PRODUCT_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+
+
 @flax.struct.dataclass
 class GanState:
     """Everything that changes during training (a pytree; an ensemble stacks a leading axis)."""

@@ -8,8 +8,8 @@ import pytest
 
 from dismax.gan.config import ModelConfig, TrainConfig
 from dismax.gan.losses import critic_terms
-from dismax.gan.steps import (GanSetup, critic_loss, generate, generator_loss, init_state, step_keys,
-                              train_step)
+from dismax.gan.steps import (CPU_PRODUCT_OPTIONS, GanSetup, critic_loss, generate, generator_loss, init_state,
+                              step_keys, train_step)
 
 torch = pytest.importorskip("torch", reason="torch is not importable here; it is pinned in the dev extra")
 from dismax.gan.reference_torch import ReferenceGan  # noqa: E402
@@ -178,12 +178,18 @@ def test_generator_with_nonzero_pre_norm_biases_matches_in_train_and_eval_mode()
     assert_trees_close(reference.dismax_layout()["stats"], updated["batch_stats"], where="BN running mean")
 
 
-def test_three_training_iterations_leave_equal_parameters():
-    """Three iterations of (critic step, generator step) with Adam and BatchNorm in train mode."""
+@pytest.mark.parametrize("compiler_options", [
+    None,
+    pytest.param(CPU_PRODUCT_OPTIONS, id="cpu-product-options",
+                 marks=pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")),
+])
+def test_three_training_iterations_leave_equal_parameters(compiler_options):
+    """Three iterations of (critic step, generator step) with Adam and BatchNorm in train mode, compiled with
+    XLA's defaults and with the opt-in CPU options."""
     setup, state, reference = make_pair(5)
     initial = jax.device_get(state)
     real = np.random.default_rng(11).uniform(0, 1, (3, BATCH, setup.n_atoms, 3)).astype(np.float32)
-    step = jax.jit(lambda s, r, d: train_step(setup, s, r, d, 1.0, True))
+    step = jax.jit(lambda s, r, d: train_step(setup, s, r, d, 1.0, True), compiler_options=compiler_options)
     for batch in real:
         k_z, k_coord, k_dist, k_gen = step_keys(state)  # the same random numbers for the torch side
         noise = {name: np.asarray(jax.random.normal(k, (BATCH, setup.model.latent_dim))) for name, k in

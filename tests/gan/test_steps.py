@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from dismax.gan.config import ModelConfig
-from dismax.gan.steps import GanSetup, ensemble_step_fn, init_ensemble, init_state, member_state, train_step
+from dismax.gan.steps import (CPU_PRODUCT_OPTIONS, GanSetup, ensemble_step_fn, init_ensemble, init_state, member_state,
+                              train_step)
 
 LATTICE = ((6.0, 0.0, 0.0), (0.5, 6.0, 0.0), (0.0, 0.3, 6.5))
 
@@ -68,3 +69,28 @@ def test_variants_train_and_update_only_what_they_should(options):
         np.testing.assert_array_equal(a, b)  # no generator update on this batch
     if not setup.has_dist_critic:
         assert float(metrics["D_dist_real"]) == 0.0
+
+
+def _library_dot_fusions(compiled_text: str) -> int:
+    """Matrix products the compiled program hands to YNNPACK fusions (XLA CPU)."""
+    return sum('dot_general"' in line and "__ynn_fusion" in line for line in compiled_text.splitlines())
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
+def test_cpu_product_options_move_the_products_off_ynnpack_and_change_only_rounding():
+    setup = tiny_setup()
+    state = init_state(setup, jax.random.PRNGKey(0), 0.1)
+    (real, dists), = real_batches(setup, 1)
+
+    def step(s, r, d):
+        return train_step(setup, s, r, d, 1.0, True)
+
+    tuned, default = jax.jit(step, compiler_options=CPU_PRODUCT_OPTIONS), jax.jit(step)
+    assert _library_dot_fusions(tuned.lower(state, real, dists).compile().as_text()) == 0
+    assert _library_dot_fusions(default.lower(state, real, dists).compile().as_text()) > 0  # what they change
+    (got, got_metrics), (want, want_metrics) = tuned(state, real, dists), default(state, real, dists)
+    # as in the ensemble test above: rounding noise of exactly-zero gradients moves by up to half an Adam step
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2.5e-5)
+    for key, value in want_metrics.items():
+        np.testing.assert_allclose(got_metrics[key], value, rtol=1e-4, atol=1e-6)
