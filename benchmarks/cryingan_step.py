@@ -12,7 +12,7 @@ of the matmul's from wall times and from CPU seconds, and the torch/dismax ratio
     python benchmarks/cryingan_step.py [--repeats 3] [--threads 2] [--matmul 4096] [--profile] [--compare-options]
 
 On CPU the dismax steps are compiled with ``dismax.gan.steps.CPU_PRODUCT_OPTIONS`` (the matrix products on
-XLA's Eigen kernels, not YNNPACK fusions; users opt in the same way or with ``XLA_FLAGS``, see the README);
+XLA's Eigen kernels, not YNNPACK fusions, as the trainer compiles them; see the README);
 the matmul probe keeps XLA's defaults. ``--compare-options`` instead times the dismax steps with and without
 those options, in turn round after round.
 

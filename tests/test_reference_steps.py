@@ -58,7 +58,10 @@ def test_cryingan_two_steps_match_the_reference():
                                         "train": {"batch_size": 4, "gen_int": 1}, "seed": 3})
     setup = trainer.make_setup(config, tuple(ref["input_counts"]), ref["input_lattice"])
     state = init_ensemble(setup, [3], [config.model.w_dist])
-    step = ensemble_step_fn(setup, True, False)
+    # XLA's default kernels, as when the reference was saved: the trainer's CPU product options change the
+    # summation order, which Adam turns into differences of up to 3e-6 in 5.5 % of one head bias
+    # (tests/gan/test_steps.py compares the two builds)
+    step = ensemble_step_fn(setup, True, False, product_options=False)
     for i in range(2):
         state, _ = step(state, ref["input_frac"][i], ref["input_dists"][i], jnp.float32(1.0))
     one = member_state(state, 0)

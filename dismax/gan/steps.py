@@ -25,9 +25,9 @@ from dismax.gan.losses import CriticTerms, critic_terms, interpolate, penalty_fr
 from dismax.gan.model import CombinedCritic, Critic, Generator, critic_input_gradient
 
 
-#: XLA options that speed up the training steps on CPU (opt-in: ``jax.jit(..., compiler_options=...)``, or
-#: ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=reduce`` before jax starts): the matrix products run on
-#: XLA's own (Eigen) kernels instead of YNNPACK fusions, YNNPACK keeps the reductions (XLA's experimental
+#: XLA options the training steps are compiled with on CPU (:func:`ensemble_step_fn`; elsewhere
+#: ``jax.jit(..., compiler_options=...)`` or ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=reduce``
+#: before jax starts): the matrix products run on XLA's own (Eigen) kernels instead of YNNPACK fusions, YNNPACK keeps the reductions (XLA's experimental
 #: ``xla_cpu_experimental_ynn_fusion_type``, jax 0.10). The per-atom products ((B·N, 512) × (512, 512) and
 #: their weight gradients) then take 10–15 % fewer CPU seconds per critic step on a 2-core x86 CPU
 #: (``benchmarks/cryingan_step.py``); results change only by float32 rounding. CPU backend only.
@@ -270,15 +270,19 @@ def init_ensemble(setup: GanSetup, seeds, w_dists) -> GanState:
 
 
 @functools.lru_cache(maxsize=16)
-def ensemble_step_fn(setup: GanSetup, update_generator: bool, per_member_data: bool):
+def ensemble_step_fn(setup: GanSetup, update_generator: bool, per_member_data: bool, product_options: bool = True):
     """jit(vmap(train_step)) over the member axis (cached per setup, so repeated runs compile once).
 
     Signature (state, real_coords, real_dists, lr_scale) → (state, metrics (M,) each); the real batch is
-    shared by all members, or has a leading member axis when ``per_member_data``.
+    shared by all members, or has a leading member axis when ``per_member_data``. On CPU the step is compiled
+    with :data:`CPU_PRODUCT_OPTIONS` unless ``product_options`` is False (XLA's defaults: the same numbers to
+    float32 rounding).
     """
     data_axis = 0 if per_member_data else None
     step = functools.partial(train_step, setup, update_generator=update_generator)
-    return jax.jit(jax.vmap(step, in_axes=(0, data_axis, data_axis, None)), donate_argnums=0)
+    options = CPU_PRODUCT_OPTIONS if product_options and jax.default_backend() == "cpu" else None
+    return jax.jit(jax.vmap(step, in_axes=(0, data_axis, data_axis, None)), donate_argnums=0,
+                   compiler_options=options)
 
 
 @functools.lru_cache(maxsize=16)
