@@ -185,7 +185,7 @@ def test_generator_with_nonzero_pre_norm_biases_matches_in_train_and_eval_mode()
 ])
 def test_three_training_iterations_leave_equal_parameters(compiler_options):
     """Three iterations of (critic step, generator step) with Adam and BatchNorm in train mode, compiled with
-    XLA's defaults and with the opt-in CPU options."""
+    XLA's defaults and with the CPU product options the trainer uses."""
     setup, state, reference = make_pair(5)
     initial = jax.device_get(state)
     real = np.random.default_rng(11).uniform(0, 1, (3, BATCH, setup.n_atoms, 3)).astype(np.float32)

@@ -94,3 +94,14 @@ def test_cpu_product_options_move_the_products_off_ynnpack_and_change_only_round
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=2.5e-5)
     for key, value in want_metrics.items():
         np.testing.assert_allclose(got_metrics[key], value, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
+def test_the_trainer_step_is_compiled_with_the_cpu_product_options():
+    setup = tiny_setup()
+    ensemble = init_ensemble(setup, [0], [0.1])
+    (real, dists), = real_batches(setup, 1)
+    for product_options in (True, False):
+        step = ensemble_step_fn(setup, True, False, product_options)
+        text = step.lower(ensemble, real, dists, jnp.float32(1.0)).compile().as_text()
+        assert (_library_dot_fusions(text) == 0) == product_options
