@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dismax.gan.steps import CPU_PRODUCT_OPTIONS, GanSetup, critic_update, generator_update, init_state
+from dismax.gan.steps import GanSetup, critic_update, generator_update, init_state, step_compiler_options
 from roofline import UNTIMED_DOT, Trace, products_only  # benchmarks/roofline.py
 
 # Interface cell: the published in-plane cell (a = 12.470 Å, b = 17.200 Å, γ = 75.67°); the out-of-plane
@@ -46,7 +46,7 @@ PROBLEMS = {
     "alloy N=256": dict(counts=(154, 51, 51), lattice=np.diag([14.4, 14.4, 14.4]), w_dist=0.1),
 }
 BATCH = 32
-PRODUCT_OPTIONS = CPU_PRODUCT_OPTIONS if jax.default_backend() == "cpu" else None
+PRODUCT_OPTIONS = step_compiler_options()  # the trainer's: CPU_PRODUCT_OPTIONS on CPU
 
 
 def matmul_fn(size: int):

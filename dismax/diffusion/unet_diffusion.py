@@ -161,12 +161,12 @@ def ancestral_sample(network, params, key: jax.Array, shape: tuple, n_steps: int
     times = jnp.linspace(1.0, 0.0, n_steps + 1)
     init_key, loop_key = jax.random.split(key)
     batch = shape[0]
+    extra = {} if cond is None else {"cond": cond, "cond_noise_level": log_snr(cond_time)}
 
     def step(x, inputs):
         index, t, s = inputs
         lam_t, lam_s = log_snr(t), log_snr(s)
         (alpha_t, _), (alpha_s, sigma_s) = alpha_sigma(lam_t), alpha_sigma(lam_s)
-        extra = {} if cond is None else {"cond": cond, "cond_noise_level": log_snr(cond_time)}
         times_t = jnp.full((batch,), t)
         output = network.apply(params, x, jnp.full((batch,), lam_t), **extra)
         x0 = jnp.clip(predicted_x0(objective, output, x, times_t), -1.0, 1.0)

@@ -25,13 +25,19 @@ from dismax.gan.losses import CriticTerms, critic_terms, interpolate, penalty_fr
 from dismax.gan.model import CombinedCritic, Critic, Generator, critic_input_gradient
 
 
-#: XLA options the training steps are compiled with on CPU (:func:`ensemble_step_fn`; elsewhere
-#: ``jax.jit(..., compiler_options=...)`` or ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=reduce``
-#: before jax starts): the matrix products run on XLA's own (Eigen) kernels instead of YNNPACK fusions, YNNPACK keeps the reductions (XLA's experimental
-#: ``xla_cpu_experimental_ynn_fusion_type``, jax 0.10). The per-atom products ((B·N, 512) × (512, 512) and
-#: their weight gradients) then take 10–15 % fewer CPU seconds per critic step on a 2-core x86 CPU
-#: (``benchmarks/cryingan_step.py``); results change only by float32 rounding. CPU backend only.
+#: XLA options the training steps are compiled with on CPU (:func:`step_compiler_options`; outside dismax
+#: ``jax.jit(..., compiler_options=...)`` or ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=reduce`` before
+#: jax starts): the matrix products run on XLA's own (Eigen) kernels instead of YNNPACK fusions, YNNPACK keeps
+#: the reductions (XLA's experimental ``xla_cpu_experimental_ynn_fusion_type``, jax 0.10). The per-atom products
+#: ((B·N, 512) × (512, 512) and their weight gradients) then take 10–15 % fewer CPU seconds per critic step on a
+#: 2-core x86 CPU (``benchmarks/cryingan_step.py``); results change only by float32 rounding. CPU backend only.
 CPU_PRODUCT_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+
+
+def step_compiler_options(product_options: bool = True) -> dict | None:
+    """The compiler options of the training steps: :data:`CPU_PRODUCT_OPTIONS` on the CPU backend when
+    ``product_options``, else XLA's defaults (None; always on GPUs and TPUs)."""
+    return CPU_PRODUCT_OPTIONS if product_options and jax.default_backend() == "cpu" else None
 
 
 @flax.struct.dataclass
@@ -280,9 +286,8 @@ def ensemble_step_fn(setup: GanSetup, update_generator: bool, per_member_data: b
     """
     data_axis = 0 if per_member_data else None
     step = functools.partial(train_step, setup, update_generator=update_generator)
-    options = CPU_PRODUCT_OPTIONS if product_options and jax.default_backend() == "cpu" else None
     return jax.jit(jax.vmap(step, in_axes=(0, data_axis, data_axis, None)), donate_argnums=0,
-                   compiler_options=options)
+                   compiler_options=step_compiler_options(product_options))
 
 
 @functools.lru_cache(maxsize=16)
