@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dismax.checkpoint import Checkpointer
@@ -91,6 +92,43 @@ def check_data_source(dataset: str, size: str, seed: int, train_file: str | None
                 raise DismaxConfigError(f"config key '{key}' is '{path}', which is not a readable file")
     if not train_file:
         dataset_dir(dataset, size, seed)
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate_schedule(lr: float, kind: str = "constant", total_steps: int = 1, warmup_steps: int = 0,
+                           final_fraction: float = 0.0) -> Callable[[jax.Array], jax.Array]:
+    """The learning rate as a function of the optimiser step count k = 0, 1, ... (for ``optax``).
+
+    ``constant``: lr; ``cosine``: lr · (f + (1 − f)(1 + cos(π min(k, K)/K))/2) with K = ``total_steps`` and
+    f = ``final_fraction`` (PyTorch's ``CosineAnnealingLR``, imagen-pytorch's ``cosine_decay_max_steps``).
+    ``warmup_steps`` W > 0 multiplies either by min(1, (k + 1)/W) (imagen-pytorch's linear warmup).
+    """
+    if kind not in LR_SCHEDULES:
+        raise DismaxConfigError(f"learning-rate schedule '{kind}' is not one of {', '.join(LR_SCHEDULES)}")
+    total = max(int(total_steps), 1)
+
+    def schedule(count):
+        count = jnp.asarray(count, jnp.float32)
+        rate = jnp.full_like(count, lr)
+        if kind == "cosine":
+            rate = rate * (final_fraction + (1.0 - final_fraction)
+                           * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(count, total) / total)))
+        if warmup_steps > 0:
+            rate = rate * jnp.minimum(1.0, (count + 1.0) / warmup_steps)
+        return rate
+
+    return schedule
+
+
+def check_lr_schedule(kind: str, warmup_steps: int) -> None:
+    """Raise a config error for a ``train.lr_schedule`` or ``train.warmup_steps`` out of range."""
+    if kind not in LR_SCHEDULES:
+        raise DismaxConfigError(f"config key 'train.lr_schedule' is '{kind}'; it must be one of "
+                                f"{', '.join(LR_SCHEDULES)}")
+    if warmup_steps < 0:
+        raise DismaxConfigError(f"config key 'train.warmup_steps' is {warmup_steps}; it must be at least 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,8 +20,8 @@ from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.runs import RunDir
 from dismax.train import main as train_main
 from dismax.train import prepare_run
-from dismax.training import (Evaluation, LoopConfig, Panel, TrainingTask, check_loop_config, load_run_state,
-                             train_loop)
+from dismax.training import (Evaluation, LoopConfig, Panel, TrainingTask, check_loop_config, check_lr_schedule,
+                             learning_rate_schedule, load_run_state, train_loop)
 from tests.tiny_models import make_task, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,3 +187,21 @@ def test_sigkill_then_restart_gives_identical_results(model, tmp_path):
     for a, b in zip(_final_leaves(tmp_path / "straight", model, config), _final_leaves(killed, model, config)):
         np.testing.assert_array_equal(a, b)
     assert sorted({r["epoch"] for r in RunDir(killed).read_metrics()}) == list(range(5))
+
+
+def test_learning_rate_schedules():
+    steps = jnp.arange(12)
+    np.testing.assert_allclose(learning_rate_schedule(0.1)(steps), 0.1, rtol=1e-6)
+    cosine = np.asarray(learning_rate_schedule(0.1, "cosine", total_steps=10)(steps))
+    np.testing.assert_allclose(cosine[[0, 5, 10, 11]], [0.1, 0.05, 0.0, 0.0], atol=1e-7)
+    assert np.all(np.diff(cosine[:11]) < 0)
+    floored = np.asarray(learning_rate_schedule(0.1, "cosine", 10, final_fraction=0.2)(steps))
+    np.testing.assert_allclose(floored[[0, 5, 10]], [0.1, 0.06, 0.02], rtol=1e-5)
+    warm = np.asarray(learning_rate_schedule(0.1, "constant", 10, warmup_steps=4)(steps))
+    np.testing.assert_allclose(warm[:6], [0.025, 0.05, 0.075, 0.1, 0.1, 0.1], rtol=1e-6)
+    both = np.asarray(learning_rate_schedule(0.1, "cosine", 10, warmup_steps=4)(steps))
+    np.testing.assert_allclose(both, warm * cosine / 0.1, rtol=1e-5, atol=1e-9)
+    with pytest.raises(DismaxConfigError, match="'linear'"):
+        learning_rate_schedule(0.1, "linear")
+    with pytest.raises(DismaxConfigError, match="'train.warmup_steps' is -2"):
+        check_lr_schedule("cosine", -2)

@@ -119,8 +119,9 @@ def init_params(cascade: Cascade, example: jax.Array, key: jax.Array) -> dict:
     return params
 
 
-def make_optimizer(lr: float, b1: float, b2: float) -> optax.GradientTransformation:
-    """Adam with the learning rate as an injected hyperparameter (Imagen: lr 1e-4, betas (0.9, 0.99))."""
+def make_optimizer(lr, b1: float, b2: float) -> optax.GradientTransformation:
+    """Adam with the learning rate (a number or a schedule of the step count) as an injected hyperparameter,
+    so the state records the rate of the last step (Imagen: lr 1e-4, betas (0.9, 0.99))."""
     return optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=b1, b2=b2)
 
 

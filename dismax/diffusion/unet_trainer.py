@@ -6,7 +6,11 @@ cascade of a base U-Net at ``model.low_size``² and a super-resolution U-Net to 
 structures become videos of N 4 × 4 × 3 frames, coordinates min-max scaled into [0, 1] and −1 elsewhere
 (:mod:`dismax.diffusion.unimat`), for one video U-Net. Both use continuous-time DDPM
 (:mod:`dismax.diffusion.unet_diffusion`), Adam (lr 1e-4, betas (0.9, 0.99)), batch 8, a parameter EMA,
-and ``sample.n_steps`` = 100 sampling steps.
+and ``sample.n_steps`` = 100 sampling steps. ``train.lr_schedule`` (imagen-pytorch's trainer options):
+``constant`` (the paper's) or ``cosine`` (decay to 0 over the run's ``train.epochs``; a run extended to more
+epochs follows the cosine of the new length from its current step), either multiplied by a linear warmup over
+``train.warmup_steps`` steps (:func:`dismax.training.learning_rate_schedule`); ``metrics.csv`` records the
+rate of each epoch's last step (``lr``).
 
 Augmentation (``augment.permute``): ``interface`` adds ``augment.copies`` (49) copies of every training
 structure in which the interface-region atoms — the first ``region_counts[k]`` atoms of element
@@ -54,7 +58,7 @@ from dismax.runs import RunDir, atomic_write_text, log, write_in_parts
 from dismax.structures import Crystals
 from dismax.validation import write_sample_summary
 from dismax.training import (LoopConfig, Panel, TrainingTask, check_data_source, check_loop_config,
-                             load_run_state, train_loop)
+                             check_lr_schedule, learning_rate_schedule, load_run_state, train_loop)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +98,8 @@ class TrainConfig(LoopConfig):
     beta1: float = 0.9
     beta2: float = 0.99
     ema_decay: float = 0.9999
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,6 +239,7 @@ def check(config: Config) -> None:
     """Every config error, before anything is written."""
     t, m = config.train, config.model
     check_loop_config(t)
+    check_lr_schedule(t.lr_schedule, t.warmup_steps)
     if len(m.layer_attns) != len(m.dim_mults) or len(m.sr_layer_attns) != len(m.dim_mults):
         raise DismaxConfigError(f"config keys 'model.layer_attns' and 'model.sr_layer_attns' need one entry per "
                                 f"level of 'model.dim_mults' ({len(m.dim_mults)})")
@@ -259,12 +266,15 @@ def dataset_space_groups(config: Config, data: Crystals) -> np.ndarray:
     return space_groups(data.frac, data.lattice, data.species)
 
 
-def build(config: Config, data: Crystals, groups: np.ndarray, abstract: bool = False):
+def build(config: Config, data: Crystals, groups: np.ndarray, abstract: bool = False, total_steps: int = 1):
     """(representation, cascade, optimizer, initial state or its shapes) for ``config`` on ``data`` with
-    space groups ``groups`` (:func:`dataset_space_groups`)."""
+    space groups ``groups`` (:func:`dataset_space_groups`); ``total_steps``: the run's optimiser steps (the
+    length of a cosine learning-rate decay)."""
     rep = representation(config, data, groups)
     cascade = build_cascade(config.model, rep)
-    optimizer = make_optimizer(config.train.lr, config.train.beta1, config.train.beta2)
+    t = config.train
+    schedule = learning_rate_schedule(t.lr, t.lr_schedule, total_steps, t.warmup_steps)
+    optimizer = make_optimizer(schedule, t.beta1, t.beta2)
     example = jnp.zeros((1, *rep.shape), jnp.float32)
     init = partial(init_state, cascade, optimizer, example, jax.random.PRNGKey(config.seed))
     return rep, cascade, optimizer, (jax.eval_shape(init) if abstract else jax.jit(init)())
@@ -279,9 +289,10 @@ def train(config: Config, run: RunDir) -> None:
     t = config.train
     train_set, val_set = load_data(config.data)
     train_groups = dataset_space_groups(config, train_set)
-    rep, cascade, optimizer, state = build(config, train_set, train_groups)
     augmented, source = permutation_copies(train_set, config.augment, config.seed)
     loader = BatchLoader(_arrays(augmented, train_groups[source]), t.batch_size, seed=config.seed)
+    rep, cascade, optimizer, state = build(config, train_set, train_groups,
+                                           total_steps=t.epochs * loader.steps_per_epoch)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     log.info("%s: %d parameters, data %s per structure, %d training structures (%d with augmentation '%s', "
              "%d steps per epoch), %d validation", config.model.name, n_params, "×".join(map(str, rep.shape)),
@@ -304,6 +315,7 @@ def train(config: Config, run: RunDir) -> None:
     task = TrainingTask(name=config.model.name, state=state, loaders=[loader], step=step, members=[{}],
                         evaluate=evaluate, eval_columns=("val_loss",),
                         monitor=lambda values: float(np.mean(values["val_loss"])), sample=sample_task,
+                        epoch_columns=lambda state, epoch: {"lr": state.opt_state.hyperparams["learning_rate"]},
                         loss_column="loss", panels=(Panel("noise-regression loss", (*columns, "val_loss"), True),))
     train_loop(task, t, run)
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Callable, Iterator, NamedTuple
 
@@ -181,8 +181,14 @@ def fire_update(state: FireState, settings: FireSettings) -> tuple[FireState, ja
     return FireState(state.position, v, F, dt.astype(F.dtype), a.astype(F.dtype), count, jnp.array(True)), dr
 
 
-@lru_cache(maxsize=None)
 def _relax_program(potential, settings: FireSettings, capacity: int):
+    """The compiled relaxation for ``settings``, shared by all settings that differ only in the host-side
+    table head room (``capacity_multiplier``), which the program never reads."""
+    return _compiled_relax_program(potential, replace(settings, capacity_multiplier=1.0), capacity)
+
+
+@lru_cache(maxsize=None)
+def _compiled_relax_program(potential, settings: FireSettings, capacity: int):
     """``run``: (R (C,N,3) Å, lattice (C,3,3), species (C,N), max_steps (C,), fmax) -> per-structure
     (positions, status, steps, initial and final energy in eV, largest force, table rebuilds)."""
     reach = potential.cutoff + settings.skin

@@ -49,8 +49,10 @@ def make_optimizer(lr: float, total_steps: int, final_lr_fraction: float = 0.02,
     return optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(schedule))
 
 
-def initial_state(network: PotentialNetwork, optimizer, key) -> TrainState:
-    params = initial_params(network, key)
+def initial_state(network: PotentialNetwork, optimizer, key, params=None) -> TrainState:
+    """The first training state: fresh parameters of ``network`` (from ``key``), or ``params`` when given
+    (fine-tuning, which then compiles no initialisation)."""
+    params = initial_params(network, key) if params is None else params
     return TrainState(params, jax.tree.map(lambda x: x.copy(), params), optimizer.init(params),
                       jax.numpy.zeros((), jax.numpy.int32))
 

@@ -176,9 +176,16 @@ def neighbour_tables(crystals: Crystals, cutoff: float, capacity: int | None = N
 
 def initial_params(network: PotentialNetwork, key: jax.Array):
     """Fresh parameters of ``network`` (their shapes do not depend on the atom count or the table size)."""
+    return _initial_params(network, key)
+
+
+@partial(jax.jit, static_argnums=0)
+def _initial_params(network: PotentialNetwork, key: jax.Array):
+    """One compiled initialisation per network configuration (equal modules share it: initialising the
+    equivariant layers compiles for seconds)."""
     vectors = jax.random.normal(key, (2, 3, 3))
     neighbours = jnp.array([[1, 2, 2], [0, 2, 2]])
-    return jax.jit(network.init)(key, vectors, neighbours, jnp.ones((2, 3), bool), jnp.zeros(2, jnp.int32))
+    return network.init(key, vectors, neighbours, jnp.ones((2, 3), bool), jnp.zeros(2, jnp.int32))
 
 
 # --------------------------------------------------------------------------------------- the potential

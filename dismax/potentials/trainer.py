@@ -37,8 +37,8 @@ from dismax.io import read_labelled_set
 from dismax.potentials import get_potential
 from dismax.potentials.fitted import (TrainState, initial_state, load_exported, make_optimizer,
                                      write_potential_file)
-from dismax.potentials.nequip import (LearnedPotential, NetworkConfig, energy_and_forces_one, neighbour_tables,
-                                      real_atoms, table_vectors)
+from dismax.potentials.nequip import (LearnedPotential, NetworkConfig, energy_and_forces_one, initial_params,
+                                      neighbour_tables, real_atoms, table_vectors)
 from dismax.runs import RunDir, exclusive_lock, log
 from dismax.structures import Crystals, StructureSet
 from dismax.training import LoopConfig, Panel, TrainingTask, check_data_source, check_loop_config, train_loop
@@ -358,11 +358,14 @@ def make_task(config: Config, run: RunDir) -> TrainingTask:
     potential = LearnedPotential(network_config, species, None, shift, scale)
     loader = BucketedLoader(train_buckets, t.batch_size, seed=config.seed)
     optimizer = make_optimizer(t.lr, t.epochs * loader.steps_per_epoch, t.final_lr_fraction, t.clip_norm)
-    state = initial_state(potential.network, optimizer, jax.random.PRNGKey(config.seed))
-    if start is not None:
-        params = jax.tree.map(lambda fresh, given: jnp.asarray(given, fresh.dtype), state.params, start.params)
-        state = dataclasses.replace(state, params=params, ema_params=jax.tree.map(jnp.copy, params))
+    key = jax.random.PRNGKey(config.seed)
+    if start is not None:  # the start's parameters in the layout and float types of a fresh network's
+        fresh = jax.eval_shape(lambda: initial_params(potential.network, key))
+        params = jax.tree.map(lambda fresh, given: jnp.asarray(given, fresh.dtype), fresh, start.params)
+        state = initial_state(potential.network, optimizer, key, params)
         log.info("potential: fine-tuning %s", start.name)
+    else:
+        state = initial_state(potential.network, optimizer, key)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     log.info("potential: %d parameters, species %s, %d training / %d validation frames; buckets (atoms: training "
              "frames, table K) %s; %.1f neighbours per atom within %.2f Å", n_params, list(species),

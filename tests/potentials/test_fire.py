@@ -157,8 +157,9 @@ def test_non_finite_energy_freezes_and_fails_one_structure():
     stretched = bulk("Si", "diamond", a=5.60, cubic=True) * (2, 2, 2)
     stretched.positions += np.random.default_rng(4).normal(0.0, 0.1, stretched.positions.shape)
     crystals = Crystals.from_ase([stretched] + perturbed_diamond(1, seed=4))
-    result = relax(crystals, FailsWhenStretched(), fmax=1e-3, chunk_size=CHUNK)
-    reference = relax(crystals[1:2], FailsWhenStretched(), fmax=1e-3, chunk_size=CHUNK)  # never stretched
+    potential = FailsWhenStretched()  # one instance: both runs share one compiled program
+    result = relax(crystals, potential, fmax=1e-3, chunk_size=CHUNK)
+    reference = relax(crystals[1:2], potential, fmax=1e-3, chunk_size=CHUNK)  # never stretched
     assert result.status[0] == "failed" and result.steps[0] > 0
     assert np.all(np.isfinite(np.asarray(result.crystals.frac[0])))  # frozen at its last finite state
     assert np.isfinite(result.e_final[0]) and result.e_final[0] < result.e_initial[0]
@@ -174,6 +175,17 @@ def test_neighbour_overflow_is_rebuilt_larger():
     assert list(tight.status) == list(normal.status) == ["converged"] * 2
     np.testing.assert_allclose(tight.e_final, normal.e_final, atol=1e-6)
     np.testing.assert_array_equal(tight.steps, normal.steps)
+
+
+def test_table_head_room_does_not_change_the_compiled_program():
+    """capacity_multiplier only sizes the first tables on the host, so runs that differ in it alone (such as
+    a regrown table and a default one of the same size) share one compiled relaxation."""
+    from dismax.potentials.fire import _relax_program
+
+    tight = _relax_program(original_sw(), FireSettings(capacity_multiplier=0.3), 32)
+    assert tight is _relax_program(original_sw(), FireSettings(), 32)
+    assert tight is not _relax_program(original_sw(), FireSettings(skin=0.3), 32)
+    assert tight is not _relax_program(original_sw(), FireSettings(), 36)
 
 
 def test_step_limit_and_already_converged():
@@ -195,8 +207,8 @@ def test_small_skin_rebuilds_tables_and_gives_the_same_minimum():
 
 def test_compiled_relaxation_and_step_cost_describe_the_relax_loop():
     """The profiled program is the loop relax() runs: same steps and final energies; XLA counts work."""
-    crystals = Crystals.from_ase(perturbed_diamond(2))
-    result = relax(crystals, original_sw(), fmax=1e-3, max_steps=60, chunk_size=2)
+    crystals = Crystals.from_ase(perturbed_diamond(CHUNK))  # one chunk of the size the other tests compile
+    result = relax(crystals, original_sw(), fmax=1e-3, max_steps=60, chunk_size=CHUNK)
     compiled, arguments = compiled_relaxation(crystals, original_sw(), fmax=1e-3, max_steps=60)
     _, status, steps, _, e_final, _, _ = (np.asarray(x) for x in compiled(*arguments))
     np.testing.assert_array_equal(steps, result.steps)
@@ -214,7 +226,7 @@ def test_table_forces_match_the_reference_until_the_skin_is_used_up():
     from dismax.potentials.fire import _chunk_program
 
     settings = FireSettings()
-    crystals = Crystals.from_ase(perturbed_diamond(2, noise=0.2, seed=3)).to_numpy()
+    crystals = Crystals.from_ase(perturbed_diamond(CHUNK, noise=0.2, seed=3)).to_numpy()
     program, R, lattice, species, _ = _chunk_program(crystals, original_sw(), settings)
     tables, overflow = program.build(R, lattice)
     assert not np.any(overflow)
@@ -232,7 +244,7 @@ def test_table_forces_match_the_reference_until_the_skin_is_used_up():
 def test_rebuilding_only_stale_tables_gives_the_trajectory_of_rebuilding_every_step():
     """A zero skin rebuilds every structure's table at every step; the default skin rebuilds rarely and
     per structure, with the same steps and minima."""
-    crystals = Crystals.from_ase(perturbed_diamond(3, noise=0.15, seed=12))
+    crystals = Crystals.from_ase(perturbed_diamond(CHUNK, noise=0.15, seed=12))
     runs = {}
     for skin in (0.0, FireSettings().skin):
         compiled, arguments = compiled_relaxation(crystals, original_sw(), fmax=1e-3, max_steps=400,

@@ -109,7 +109,7 @@ def test_unseen_element_in_validation_is_an_error(tmp_path):
         trainer.check(config)
 
 
-def tiny_shipped_potential(tmp_path, monkeypatch, species=(14,)):
+def tiny_shipped_potential(tmp_path, monkeypatch, species=(8, 14)):
     """A random-weight potential of TINY_NETWORK exported and shipped under the name 'tiny_start'."""
     from dismax.potentials import SHIPPED
     from dismax.potentials.fitted import export_potential
@@ -123,7 +123,7 @@ def tiny_shipped_potential(tmp_path, monkeypatch, species=(14,)):
 
 
 def test_fine_tuning_starts_from_the_initial_potential(tmp_path, monkeypatch):
-    start = tiny_shipped_potential(tmp_path, monkeypatch, species=(8, 14))
+    start = tiny_shipped_potential(tmp_path, monkeypatch)
     data = write_sw_frames(tmp_path / "sw.extxyz", 5)
     config = from_dict(trainer.Config, {"model": {"network": TINY_NETWORK, "initial_potential": "tiny_start"},
                                         "data": {"train_file": str(data), "val_fraction": 0.2},
@@ -151,3 +151,14 @@ def test_fine_tuning_needs_the_same_network(tmp_path, monkeypatch):
                                             "train": {"batch_size": 2}})
         with pytest.raises(DismaxConfigError, match=message):
             trainer.check(config)
+
+
+def test_equal_networks_share_one_compiled_initialisation():
+    from dismax.potentials.nequip import NetworkConfig, PotentialNetwork, _initial_params, initial_params
+
+    config = NetworkConfig(**TINY_NETWORK, avg_neighbors=7.0)
+    first = initial_params(PotentialNetwork(config, 2), jax.random.PRNGKey(7))
+    compiled = _initial_params._cache_size()
+    second = initial_params(PotentialNetwork(config, 2), jax.random.PRNGKey(8))  # an equal, new module
+    assert _initial_params._cache_size() == compiled
+    assert not np.array_equal(jax.tree.leaves(first)[0], jax.tree.leaves(second)[0])

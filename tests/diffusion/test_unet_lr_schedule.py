@@ -1,0 +1,50 @@
+"""The U-Net trainer's learning-rate schedule: the rate of every step follows ``train.lr_schedule`` and a run
+stopped by its time budget continues the schedule when resumed (a tiny UniMat on four cells)."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from dismax.config import load_config
+from dismax.diffusion.unet_trainer import Config, check
+from dismax.errors import DismaxConfigError
+from dismax.io import write_extxyz
+from dismax.train import main as train_main
+from tests.diffusion.test_unet_overfit import eight_atom_cells
+from tests.diffusion.test_unet_sample import TINY
+
+
+def expected_rate(step, lr, total, warmup):
+    """The cosine decay over ``total`` steps times the linear warmup, written out independently."""
+    return lr * 0.5 * (1 + np.cos(np.pi * min(step, total) / total)) * min(1.0, (step + 1) / warmup)
+
+
+def test_cosine_schedule_with_warmup_is_followed_and_continued_on_resume(tmp_path):
+    write_extxyz(eight_atom_cells(4), tmp_path / "cells.extxyz")
+    (tmp_path / "config.yaml").write_text("model:\n  name: unimat\n")
+    run = tmp_path / "run"
+    args = ["--config", str(tmp_path / "config.yaml"), "--run-dir", str(run), *TINY,
+            f"data.train_file={tmp_path / 'cells.extxyz'}", f"data.val_file={tmp_path / 'cells.extxyz'}",
+            "train.epochs=4", "train.batch_size=2", "train.lr=2e-3", "train.lr_schedule=cosine",
+            "train.warmup_steps=3", "train.val_every=4", "sample.n_steps=2"]
+    assert train_main([*args, "train.max_minutes=0"]) == 0        # stops after epoch 0 (steps 0 and 1)
+    with open(run / "metrics.csv") as handle:
+        assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [0]
+    assert train_main(args) == 0                                   # resumes at step 2
+    with open(run / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2, 3]
+    # each row: the rate of its epoch's last step (2 steps per epoch, 8 in all)
+    expected = [expected_rate(2 * epoch + 1, 2e-3, 8, 3) for epoch in range(4)]
+    np.testing.assert_allclose([float(row["lr"]) for row in rows], expected, rtol=1e-5)  # float32
+    assert expected[0] < expected[1] and expected[1] > expected[2] > expected[3] > 0
+
+
+def test_constant_schedule_is_the_default_and_bad_keys_are_rejected(tmp_path):
+    config = load_config("configs/unimat_alloy.yaml")
+    assert (config.train.lr_schedule, config.train.warmup_steps) == ("constant", 0)
+    with pytest.raises(DismaxConfigError, match="warmup_steps"):
+        check(load_config("configs/unimat_alloy.yaml", ["train.warmup_steps=-1"]))
+    with pytest.raises(DismaxConfigError, match="lr_schedule"):
+        check(load_config("configs/unimat_alloy.yaml", ["train.lr_schedule=linear"]))
