@@ -6,7 +6,9 @@ Steps (the README gives the exact commands):
    (:mod:`dismax.data.interface`) are relaxed one at a time with the teacher (``--calculator``, default
    ``chgnet`` = CHGNet 0.3.0, through ASE FIRE with its defaults, positions only, cell fixed, fmax 0.05 eV/Å,
    at most ``--max-steps``). Every ionic step's energy and forces are written to
-   ``DIR/seedS-XXXX.extxyz`` when the relaxation ends (atomic), so a rerun skips finished structures.
+   ``DIR/seedS-XXXX.extxyz`` when the relaxation ends (atomic), so a rerun skips finished structures;
+   ``--save-every N`` also keeps the trajectory so far in ``DIR/seedS-XXXX.extxyz.partial`` (a stopped
+   relaxation's frames are those of a rerun with ``--max-steps`` = its last step).
    ``relax --in FILE --count N`` relaxes the first N frames of an extxyz file instead (e.g. a built interface
    set, relaxed by the student) into ``DIR/from-seedS-XXXX.extxyz``; then ``compare --dir DIR`` prints the teacher
    energy and largest force of each student-relaxed structure, the teacher's largest force at the end, the
@@ -52,13 +54,20 @@ from dismax.runs import atomic_write_text
 from dismax.structures import Crystals
 
 
-def relax_one(crystals: Crystals, calculator, fmax: float, max_steps: int):
-    """ASE FIRE relaxation of one structure; (frames Crystals, energies (S,), forces (S, N, 3), converged)."""
+def relax_one(crystals: Crystals, calculator, fmax: float, max_steps: int, save=None, save_every: int = 0):
+    """ASE FIRE relaxation of one structure; (frames Crystals, energies (S,), forces (S, N, 3), converged).
+    With ``save_every`` > 0, ``save(frames, energies, forces)`` receives the trajectory so far every ``save_every``
+    frames, so a slow teacher relaxation that is stopped keeps what it computed."""
     from ase.optimize import FIRE
 
     atoms = crystals.to_ase()[0]
     atoms.calc = calculator
     positions, energies, forces = [], [], []
+
+    def trajectory():
+        n = len(positions)
+        return (Crystals(np.stack(positions), np.repeat(np.asarray(crystals.lattice), n, axis=0),
+                         np.repeat(np.asarray(crystals.species), n, axis=0)), np.asarray(energies), np.stack(forces))
 
     started = time.perf_counter()
 
@@ -70,14 +79,13 @@ def relax_one(crystals: Crystals, calculator, fmax: float, max_steps: int):
             print(f"step {len(energies) - 1}: E {energies[-1] / len(atoms):.5f} eV/atom, "
                   f"F_max {np.linalg.norm(forces[-1], axis=-1).max():.3f} eV/Å, "
                   f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        if save_every > 0 and len(energies) % save_every == 0:
+            save(*trajectory())
 
     optimizer = FIRE(atoms, logfile=None)
     optimizer.attach(record, interval=1)
     converged = bool(optimizer.run(fmax=fmax, steps=max_steps))
-    n = len(positions)
-    frames = Crystals(np.stack(positions), np.repeat(np.asarray(crystals.lattice), n, axis=0),
-                      np.repeat(np.asarray(crystals.species), n, axis=0))
-    return frames, np.asarray(energies), np.stack(forces), converged
+    return (*trajectory(), converged)
 
 
 def limit_torch_threads(calculator: str, threads: int) -> None:
@@ -122,7 +130,15 @@ def relax_command(args) -> None:
     calculator = labeller(args.calculator).calculator
     for out, crystals, info in unfinished_interfaces(args, ""):
         started = time.perf_counter()
-        frames, energies, forces, converged = relax_one(crystals, calculator, args.fmax, args.max_steps)
+        partial = out.with_name(out.name + ".partial")  # not an .extxyz name: `frames` never reads it
+
+        def save_partial(frames, energies, forces):
+            write_frames(partial, frames, energies, forces,
+                         [dict(info, step=s, n_steps=len(energies) - 1, converged=False, teacher=args.calculator)
+                          for s in range(len(energies))])
+
+        frames, energies, forces, converged = relax_one(crystals, calculator, args.fmax, args.max_steps,
+                                                        save_partial, args.save_every)
         seconds = time.perf_counter() - started
         n_steps = len(energies) - 1
         write_frames(out, frames, energies, forces, [dict(info, step=s, n_steps=n_steps, converged=converged,
@@ -130,6 +146,7 @@ def relax_command(args) -> None:
         print(json.dumps({"index": info["index"], "steps": n_steps, "converged": converged,
                           "seconds": round(seconds, 1), "e_initial": float(energies[0] / crystals.n_atoms),
                           "e_final": float(energies[-1] / crystals.n_atoms)}), flush=True)
+        partial.unlink(missing_ok=True)
 
 
 def explore_command(args) -> None:
@@ -314,6 +331,9 @@ def main(argv=None) -> int:
     relax.add_argument("--fmax", type=float, default=0.05)
     relax.add_argument("--max-steps", type=int, default=1000)
     relax.add_argument("--threads", type=int, default=1)
+    relax.add_argument("--save-every", type=int, default=0,
+                       help="also write the trajectory so far to OUT.partial every N steps (0: never); a stopped "
+                            "relaxation's frames equal those of a rerun with --max-steps = its last step")
     explore = commands.add_parser("explore", help="relax with the student, label its frames with the teacher")
     explore.add_argument("--dir", required=True, type=Path)
     explore.add_argument("--student", default="interface_chgnet", help="run:DIR or a shipped potential name")

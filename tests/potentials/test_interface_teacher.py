@@ -136,3 +136,26 @@ def test_relax_given_structures_then_compare_and_crosscheck(tmp_path, capsys):
     assert [float(x) for x in student_vs_sw[1:]] == [0.0, 0.0, 0.0, 0.0]
     interface_teacher.main(["crosscheck", "--dir", str(tmp_path / "teacher"), "--calculator", "sw", "--student", "sw"])
     assert capsys.readouterr().out.strip().splitlines()[3:6] == lines[3:6]  # the saved labels are reused
+
+
+def test_relax_saves_the_trajectory_so_far_and_removes_it_when_done(tmp_path):
+    """A stopped teacher relaxation keeps its frames: every save is a prefix of the finished trajectory, and the
+    command deletes its ``.partial`` file once the relaxation is written."""
+    from ase.calculators.lj import LennardJones
+
+    given = student_relaxed_silicon(tmp_path / "built.extxyz", n_structures=1)
+    saved = []
+    frames, energies, forces, _ = interface_teacher.relax_one(
+        given, LennardJones(), fmax=1e-6, max_steps=5, save_every=2,
+        save=lambda f, e, F: saved.append((np.asarray(f.frac), e.copy(), F.copy())))
+    assert [len(e) for _, e, _ in saved] == [2, 4, 6] and len(energies) == 6
+    for frac, e, F in saved:
+        np.testing.assert_array_equal(frac, np.asarray(frames.frac)[:len(e)])
+        np.testing.assert_array_equal(e, energies[:len(e)])
+        np.testing.assert_array_equal(F, forces[:len(e)])
+
+    interface_teacher.main(["relax", "--in", str(tmp_path / "built.extxyz"), "--count", "1", "--dir",
+                            str(tmp_path / "teacher"), "--calculator", LENNARD_JONES, "--fmax", "1e-6",
+                            "--max-steps", "5", "--save-every", "2"])
+    assert [p.name for p in (tmp_path / "teacher").iterdir()] == ["from-seed7-0003.extxyz"]
+    np.testing.assert_allclose(read_labelled_extxyz(tmp_path / "teacher" / "from-seed7-0003.extxyz")[1], energies)
