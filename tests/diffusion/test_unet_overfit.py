@@ -49,6 +49,7 @@ def eight_atom_cells(n: int, seed: int = 0, displacement: float = 0.06) -> Cryst
 #   lr 1e-3 constant, 3,000 steps                     0.42–0.58 / 0.77–0.97 Å, samples 0.69–0.88 Å
 #   lr 3e-3 cosine decay to 0, 3,000 steps            0.37–0.56 / 0.75–0.93 Å, samples 0.65–0.86 Å
 #   lr 3e-3 cosine, 10,000 steps (596 s, load 4–9)    0.16–0.42 Å at t = 0.05,  samples 0.39–0.63 Å
+#   lr 3e-3 cosine, 15,000 steps (1,133 s, load ~5)   0.23–0.37 / 0.59–0.79 Å, samples 0.22–0.41 Å (fails)
 #   lr 3e-3 cosine, 20,000 steps (1,366 s, load ~5)   0.14–0.36 / 0.60–0.82 Å, samples 0.11–0.23 Å
 #                                                     (three different cells; 0.64–0.84 Å from the mean)
 # (lr 1e-3 constant at 4,000 steps: samples 0.75–0.97 Å from the nearest cell, 0.44–0.82 Å from the mean;

@@ -7,7 +7,7 @@ import pytest
 
 from dismax.gan.config import ModelConfig
 from dismax.gan.steps import (CPU_PRODUCT_OPTIONS, GanSetup, ensemble_step_fn, init_ensemble, init_state, member_state,
-                              train_step)
+                              step_compiler_options, train_step)
 
 LATTICE = ((6.0, 0.0, 0.0), (0.5, 6.0, 0.0), (0.0, 0.3, 6.5))
 
@@ -76,19 +76,29 @@ def _library_dot_fusions(compiled_text: str) -> int:
     return sum('dot_general"' in line and "__ynn_fusion" in line for line in compiled_text.splitlines())
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
-def test_cpu_product_options_move_the_products_off_ynnpack_and_change_only_rounding():
+@pytest.fixture(scope="module")
+def trainer_steps_with_and_without_product_options():
+    """The trainer's ensemble step of a one-member ensemble compiled with and without the CPU product options
+    (compiled once per module: both tests below read these programs): ({True|False: compiled}, state, batch)."""
     setup = tiny_setup()
-    state = init_state(setup, jax.random.PRNGKey(0), 0.1)
+    ensemble = init_ensemble(setup, [0], [0.1])
     (real, dists), = real_batches(setup, 1)
+    compiled = {product_options: ensemble_step_fn(setup, True, False, product_options)
+                .lower(ensemble, real, dists, jnp.float32(1.0)).compile()
+                for product_options in (True, False)}
+    return compiled, ensemble, (real, dists)
 
-    def step(s, r, d):
-        return train_step(setup, s, r, d, 1.0, True)
 
-    tuned, default = jax.jit(step, compiler_options=CPU_PRODUCT_OPTIONS), jax.jit(step)
-    assert _library_dot_fusions(tuned.lower(state, real, dists).compile().as_text()) == 0
-    assert _library_dot_fusions(default.lower(state, real, dists).compile().as_text()) > 0  # what they change
-    (got, got_metrics), (want, want_metrics) = tuned(state, real, dists), default(state, real, dists)
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
+def test_cpu_product_options_move_the_products_off_ynnpack_and_change_only_rounding(
+        trainer_steps_with_and_without_product_options):
+    compiled, ensemble, (real, dists) = trainer_steps_with_and_without_product_options
+    assert step_compiler_options(True) == CPU_PRODUCT_OPTIONS
+    assert _library_dot_fusions(compiled[True].as_text()) == 0
+    assert _library_dot_fusions(compiled[False].as_text()) > 0  # what they change
+    # the step donates its state: each run gets its own copy
+    (got, got_metrics), (want, want_metrics) = (compiled[options](jax.tree.map(jnp.copy, ensemble), real, dists,
+                                                                  jnp.float32(1.0)) for options in (True, False))
     # as in the ensemble test above: rounding noise of exactly-zero gradients moves by up to half an Adam step
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=2.5e-5)
@@ -97,11 +107,7 @@ def test_cpu_product_options_move_the_products_off_ynnpack_and_change_only_round
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
-def test_the_trainer_step_is_compiled_with_the_cpu_product_options():
-    setup = tiny_setup()
-    ensemble = init_ensemble(setup, [0], [0.1])
-    (real, dists), = real_batches(setup, 1)
+def test_the_trainer_step_is_compiled_with_the_cpu_product_options(trainer_steps_with_and_without_product_options):
+    compiled, _, _ = trainer_steps_with_and_without_product_options
     for product_options in (True, False):
-        step = ensemble_step_fn(setup, True, False, product_options)
-        text = step.lower(ensemble, real, dists, jnp.float32(1.0)).compile().as_text()
-        assert (_library_dot_fusions(text) == 0) == product_options
+        assert (_library_dot_fusions(compiled[product_options].as_text()) == 0) == product_options

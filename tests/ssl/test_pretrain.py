@@ -109,16 +109,25 @@ def test_evaluation_masks_follow_the_protocol(tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "not a run directory" in err[0]
 
 
+def random_params(network: Backbone, seed: int):
+    """Random values (normal, sd 0.1) of the backbone's parameter shapes: the evaluation bookkeeping tested
+    below holds for any parameters, and compiling the initialisation costs more than the evaluation."""
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(lambda: initial_params(network, jax.random.PRNGKey(0)))
+    return jax.tree.map(lambda leaf: jax.numpy.asarray(0.1 * rng.normal(size=leaf.shape), leaf.dtype), shapes)
+
+
 def test_two_generators_are_evaluated_on_the_same_corrupted_inputs():
     test = PaddedSet(*rock_salt_set(3).padded())
     network = Backbone(TINY_BACKBONE)
-    rows = [evaluate_setting(Generator(network, initial_params(network, jax.random.PRNGKey(seed)), CorruptionConfig(),
-                                       None), test, "beta", 0.2, 2, 4, seed=5)[0] for seed in (0, 1)]
+    rows = [evaluate_setting(Generator(network, random_params(network, seed), CorruptionConfig(), None), test,
+                             "beta", 0.2, 2, 4, seed=5)[0] for seed in (0, 1)]
     assert rows[0]["position_rms_input"] == rows[1]["position_rms_input"] > 0     # same noise
     assert rows[0]["prior_accuracy"] == rows[1]["prior_accuracy"]                 # same masks
+    assert np.isfinite(rows[0]["position_rms_after"]) and np.isfinite(rows[1]["position_rms_after"])
     assert rows[0]["position_rms_after"] != rows[1]["position_rms_after"]         # different repairs
-    other_seed = evaluate_setting(Generator(network, initial_params(network, jax.random.PRNGKey(0)),
-                                            CorruptionConfig(), None), test, "beta", 0.2, 2, 4, seed=6)[0]
+    other_seed = evaluate_setting(Generator(network, random_params(network, 0), CorruptionConfig(), None), test,
+                                  "beta", 0.2, 2, 4, seed=6)[0]
     assert other_seed["position_rms_input"] != rows[0]["position_rms_input"]
 
 
