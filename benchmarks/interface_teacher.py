@@ -196,6 +196,9 @@ def frames_command(args) -> None:
         test_members = [selected[i] for i in np.sort(order[:n_test])]
         selected = [selected[i] for i in np.sort(order[n_test:])]
     for path, frames in ((args.out, selected), (args.test_out, test_members)):
+        if not frames and path == args.test_out:   # --test-fraction 0: everything is for training
+            print(f"no held-out frames; {path} not written")
+            continue
         ase.io.write(path, frames, format="extxyz")
         read_labelled_extxyz(path)  # validates what was written
         print(f"{len(frames)} frames in {path}")

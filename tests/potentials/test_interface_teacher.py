@@ -40,6 +40,15 @@ def test_frames_take_every_kth_teacher_step_all_explored_frames_and_hold_out_who
     assert energies.tolist() == [0, 1, 2]
 
 
+def test_frames_with_no_held_out_fraction_write_only_the_training_file(tmp_path):
+    write_trajectory(tmp_path / "seed1000-0000.extxyz", 12)
+    out, test = tmp_path / "frames.extxyz", tmp_path / "test.extxyz"
+    interface_teacher.main(["frames", "--dir", str(tmp_path), "--out", str(out), "--test-out", str(test),
+                            "--every", "5", "--first", "0", "--test-fraction", "0"])
+    _, energies, _ = read_labelled_extxyz(out)
+    assert energies.tolist() == [0, 5, 10, 11] and not test.exists()
+
+
 @pytest.mark.slow
 def test_explore_labels_the_student_frames_and_resumes(tmp_path, capsys):
     """Student and teacher are the same shipped potential here, so every label equals the student's energy."""
