@@ -55,7 +55,7 @@ def eight_atom_cells(n: int, seed: int = 0, displacement: float = 0.06) -> Cryst
 # (lr 1e-3 constant at 4,000 steps: samples 0.75–0.97 Å from the nearest cell, 0.44–0.82 Å from the mean;
 # batch 16 of repeated cells costs 1.8× the step time for about 2× the progress per step; the x_0 objective
 # learns only the mean.) So 20,000 steps at lr 3e-3 with the cosine decay; the test: 1,624 s at load 5–6
-# (12 steps/s, 1,187 s user time); about 13 min on an idle machine (28 steps/s).
+# (12 steps/s, 1,187 s user time); on an otherwise idle machine 858 s (load 1.0–1.8, 1,218 s user time).
 
 
 @pytest.mark.slow
