@@ -132,17 +132,16 @@ def relax_command(args) -> None:
         started = time.perf_counter()
         partial = out.with_name(out.name + ".partial")  # not an .extxyz name: `frames` never reads it
 
-        def save_partial(frames, energies, forces):
-            write_frames(partial, frames, energies, forces,
-                         [dict(info, step=s, n_steps=len(energies) - 1, converged=False, teacher=args.calculator)
+        def save(path, frames, energies, forces, converged=False):
+            write_frames(path, frames, energies, forces,
+                         [dict(info, step=s, n_steps=len(energies) - 1, converged=converged, teacher=args.calculator)
                           for s in range(len(energies))])
 
         frames, energies, forces, converged = relax_one(crystals, calculator, args.fmax, args.max_steps,
-                                                        save_partial, args.save_every)
+                                                        lambda *so_far: save(partial, *so_far), args.save_every)
         seconds = time.perf_counter() - started
         n_steps = len(energies) - 1
-        write_frames(out, frames, energies, forces, [dict(info, step=s, n_steps=n_steps, converged=converged,
-                                                          teacher=args.calculator) for s in range(len(energies))])
+        save(out, frames, energies, forces, converged)
         print(json.dumps({"index": info["index"], "steps": n_steps, "converged": converged,
                           "seconds": round(seconds, 1), "e_initial": float(energies[0] / crystals.n_atoms),
                           "e_final": float(energies[-1] / crystals.n_atoms)}), flush=True)
