@@ -44,10 +44,10 @@ from pathlib import Path
 import numpy as np
 
 from dismax.cli import main_wrapper
-from dismax.data.interface import interior_co_oxygen_counts, random_interfaces
+from dismax.data.interface import displaced_shell_oxygen, interior_co_oxygen_counts, random_interfaces
 from dismax.data.label import LABEL_KEYS, labeller
 from dismax.errors import DismaxInputError
-from dismax.io import read_extxyz, read_labelled_extxyz, write_labelled_frames
+from dismax.io import read_extxyz, read_labelled_extxyz, write_extxyz, write_labelled_frames
 from dismax.potentials import Calculator, energies_and_forces, get_potential, load_potential
 from dismax.potentials.fitted import export_potential
 from dismax.runs import atomic_write_text
@@ -169,6 +169,18 @@ def explore_command(args) -> None:
                                                  for s, e in zip(steps, energies)],
                           "teacher_fmax": [round(float(np.linalg.norm(f, axis=-1).max()), 2) for f in forces]}),
               flush=True)
+
+
+def displace_command(args) -> None:
+    """Unlabelled frames with first-shell O of interior Co moved out (``displaced_shell_oxygen``) from the last
+    frame of every input relaxation, for the teacher to label (``python -m dismax.data label``)."""
+    ends = [read_extxyz(path)[-1:] for path in args.input]
+    crystals = Crystals.concatenate(ends)
+    frames, infos = displaced_shell_oxygen(crystals, args.copies, args.oxygen, (args.min, args.max), args.seed)
+    for info in infos:
+        info["source"] = args.input[info.pop("source_frame")].name
+    write_extxyz(frames, args.out, infos)
+    print(json.dumps({"structures": len(crystals), "frames": len(frames), "out": str(args.out)}))
 
 
 def frames_command(args) -> None:
@@ -349,6 +361,16 @@ def main(argv=None) -> int:
     explore.add_argument("--steps", type=int, nargs="+", default=[0, 25, 50, 100, 200],
                          help="student FIRE steps whose frames the teacher labels (the last is always added)")
     explore.add_argument("--threads", type=int, default=1)
+    displace = commands.add_parser("displace", help="move first-shell O of interior Co out of relaxed "
+                                   "interfaces (unlabelled frames for the teacher)")
+    displace.add_argument("--in", dest="input", required=True, type=Path, nargs="+",
+                          help="relaxations (extxyz); the last frame of each is used")
+    displace.add_argument("--out", required=True, type=Path)
+    displace.add_argument("--copies", type=int, default=6, help="frames per input structure")
+    displace.add_argument("--oxygen", type=int, default=3, help="O moved per frame, each off a different Co")
+    displace.add_argument("--min", type=float, default=0.3, help="smallest move (Å)")
+    displace.add_argument("--max", type=float, default=1.5, help="largest move (Å)")
+    displace.add_argument("--seed", type=int, default=0)
     frames = commands.add_parser("frames", help="select training frames from the saved relaxations")
     frames.add_argument("--dir", required=True, type=Path)
     frames.add_argument("--out", required=True, type=Path)
@@ -382,7 +404,7 @@ def main(argv=None) -> int:
     export.add_argument("--out", required=True, type=Path)
     export.add_argument("--description", default="")
     args = parser.parse_args(argv)
-    {"relax": relax_command, "explore": explore_command, "frames": frames_command, "evaluate": evaluate_command,
+    {"relax": relax_command, "explore": explore_command, "displace": displace_command, "frames": frames_command, "evaluate": evaluate_command,
      "compare": compare_command, "crosscheck": crosscheck_command, "export": export_command}[args.command](args)
     return 0
 

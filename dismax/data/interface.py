@@ -422,23 +422,71 @@ def minimum_pair_distances(crystals: Crystals) -> np.ndarray:
 CO_O_BOND = 2.3  # Å: Co-O neighbour cutoff of the coordination check (spec §2.4)
 
 
+def _interior_cobalt_bonds(frac, lattice, species, recipe: InterfaceRecipe):
+    """(interior Co indices (C,), O indices (M,), Co→O minimum-image vectors (C, M, 3) in Å) of one structure.
+    The interior LCO planes (touching neither the interface nor the vacuum) are found by the atom order (Co block
+    from the interface plane down, the same number per plane), so they follow the same atoms through a relaxation."""
+    cart = frac @ lattice
+    cobalt = np.flatnonzero(species == CO)
+    per_plane = len(cobalt) // recipe.lco_planes
+    interior = cobalt[per_plane : len(cobalt) - per_plane]
+    oxygen = np.flatnonzero(species == O)
+    return interior, oxygen, np.asarray(displacements(cart[interior], cart[oxygen], lattice))
+
+
 def interior_co_oxygen_counts(crystals: Crystals, recipe: InterfaceRecipe = InterfaceRecipe()) -> list[np.ndarray]:
-    """O neighbours within 2.3 Å (minimum image) of every Co of the interior LCO planes (those touching neither
-    the interface nor the vacuum), one array per structure; bulk LCO has six O around each Co (an octahedron).
-    The planes are found by the atom order (Co block from the interface plane down, the same number per plane),
-    so the count follows the same atoms through a relaxation that moves the slab."""
+    """O neighbours within 2.3 Å (minimum image) of every Co of the interior LCO planes, one array per
+    structure; bulk LCO has six O around each Co (an octahedron)."""
     counts = []
     for b in range(len(crystals)):
         c = crystals[b : b + 1].to_numpy()
-        frac, lattice, species = c.frac[0], c.lattice[0], c.species[0]
-        cart = frac @ lattice
-        cobalt = np.flatnonzero(species == CO)
-        per_plane = len(cobalt) // recipe.lco_planes
-        interior = cobalt[per_plane : len(cobalt) - per_plane]
-        oxygen = np.flatnonzero(species == O)
-        d = np.linalg.norm(displacements(cart[interior], cart[oxygen], lattice), axis=-1)
-        counts.append((d < CO_O_BOND).sum(axis=1))
+        _, _, bonds = _interior_cobalt_bonds(c.frac[0], c.lattice[0], c.species[0], recipe)
+        counts.append((np.linalg.norm(bonds, axis=-1) < CO_O_BOND).sum(axis=1))
     return counts
+
+
+def displaced_shell_oxygen(crystals: Crystals, copies: int, n_oxygen: int, distance: tuple[float, float], seed: int,
+                           recipe: InterfaceRecipe = InterfaceRecipe()) -> tuple[Crystals, list[dict]]:
+    """``copies`` frames of each structure in which ``n_oxygen`` first-shell O of distinct interior Co are moved
+    away from their Co, each by a distance drawn uniformly from ``distance`` (Å) in a random direction of the
+    half-space pointing away from the Co; every other atom stays. Labelled by a teacher, such frames show a fitted
+    potential the restoring force of an octahedron losing an O (the student's failure mode in a relaxation from a
+    random interface). Returns the frames (B·copies, N) and per frame its source index, copy, the moved O, their
+    distances (Å) and the Co each was moved off."""
+    rng = np.random.default_rng(seed)
+    c = crystals.to_numpy()
+    frac_out, infos = [], []
+    for b in range(len(crystals)):
+        interior, oxygen, bonds = _interior_cobalt_bonds(c.frac[b], c.lattice[b], c.species[b], recipe)
+        lengths = np.linalg.norm(bonds, axis=-1)
+        for copy in range(copies):
+            cart = c.frac[b] @ c.lattice[b]
+            moved, moved_by, moved_off = [], [], []
+            for i in rng.permutation(len(interior)):
+                if len(moved) == n_oxygen:
+                    break
+                shell = np.flatnonzero((lengths[i] < CO_O_BOND) & ~np.isin(oxygen, moved))
+                if len(shell) == 0:
+                    continue
+                j = rng.choice(shell)
+                outward = bonds[i, j] / lengths[i, j]
+                direction = rng.normal(size=3)
+                direction /= np.linalg.norm(direction)
+                direction -= 2.0 * min(float(direction @ outward), 0.0) * outward  # mirrored into the outer half
+                step = rng.uniform(*distance)
+                cart[oxygen[j]] += step * direction
+                moved.append(int(oxygen[j]))
+                moved_by.append(round(float(step), 4))
+                moved_off.append(int(interior[i]))
+            if len(moved) < n_oxygen:
+                raise DismaxError(f"structure {b}: only {len(moved)} interior Co have an O within {CO_O_BOND} Å to "
+                                  f"move ({n_oxygen} asked)")
+            frac = cart @ np.linalg.inv(c.lattice[b])
+            frac_out.append(frac - np.floor(frac))
+            infos.append({"source_frame": b, "copy": copy, "moved": moved, "moved_by": moved_by,
+                          "moved_off_cobalt": moved_off})
+    index = np.repeat(np.arange(len(crystals)), copies)
+    return Crystals(np.array(frac_out), c.lattice[index], c.species[index]), infos
 
 
 def _generate(work: Path, seed: int, n: int, recipe: InterfaceRecipe) -> Path:

@@ -274,3 +274,34 @@ def test_build_relaxes_with_the_shipped_potential(tmp_path):
         assert record["min_distance"] >= 1.5 and record["interface_energy"] <= 0.0
     for counts in I.interior_co_oxygen_counts(structures):
         assert len(counts) == 18 and np.all(counts == 6)
+
+
+def test_displaced_shell_oxygen_moves_only_first_shell_oxygen_outwards(interfaces):
+    crystals = Crystals.concatenate([Crystals(s.frac[None], s.lattice[None], s.species[None]) for s in interfaces])
+    frames, infos = I.displaced_shell_oxygen(crystals, copies=3, n_oxygen=2, distance=(0.4, 1.2), seed=5)
+    assert len(frames) == 6 and [(i["source_frame"], i["copy"]) for i in infos] == [(b, k) for b in (0, 1) for k in range(3)]
+    again, again_infos = I.displaced_shell_oxygen(crystals, copies=3, n_oxygen=2, distance=(0.4, 1.2), seed=5)
+    np.testing.assert_array_equal(again.frac, frames.frac)
+    assert again_infos == infos
+    for frame, info in zip(range(len(frames)), infos):
+        source = interfaces[info["source_frame"]]
+        start, end = source.frac @ source.lattice, np.asarray(frames.frac[frame]) @ source.lattice
+        step = np.linalg.norm(displacements(start, end, source.lattice)[np.arange(len(start)), np.arange(len(start))], axis=-1)
+        moved = np.flatnonzero(step > 1e-6)
+        assert sorted(moved) == sorted(info["moved"]) and len(moved) == 2
+        assert np.all(source.species[moved] == I.O)
+        np.testing.assert_allclose(step[info["moved"]], info["moved_by"], atol=1e-3)
+        assert np.all((step[moved] >= 0.4) & (step[moved] <= 1.2))
+        # each moved O was bonded to a distinct interior Co, which now has one O fewer within the bond cutoff
+        (before,) = I.interior_co_oxygen_counts(Crystals(source.frac[None], source.lattice[None], source.species[None]))
+        (after,) = I.interior_co_oxygen_counts(frames[frame])
+        losing = before - after
+        assert np.all(losing >= 0) and losing.sum() >= 1
+        interior = np.flatnonzero(source.species == I.CO)[9:27]
+        assert len(set(info["moved_off_cobalt"])) == 2 and set(info["moved_off_cobalt"]) <= set(interior)
+        for o, co in zip(info["moved"], info["moved_off_cobalt"]):  # a bonded O, now farther from its Co
+            was = np.linalg.norm(displacements(start[[co]], start[[o]], source.lattice)[0, 0])
+            now = np.linalg.norm(displacements(end[[co]], end[[o]], source.lattice)[0, 0])
+            assert was < I.CO_O_BOND and now > was
+    with pytest.raises(DismaxError, match="interior Co"):
+        I.displaced_shell_oxygen(crystals, copies=1, n_oxygen=19, distance=(0.4, 1.2), seed=5)

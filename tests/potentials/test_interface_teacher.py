@@ -168,3 +168,24 @@ def test_relax_saves_the_trajectory_so_far_and_removes_it_when_done(tmp_path):
                             "--max-steps", "5", "--save-every", "2"])
     assert [p.name for p in (tmp_path / "teacher").iterdir()] == ["from-seed7-0003.extxyz"]
     np.testing.assert_allclose(read_labelled_extxyz(tmp_path / "teacher" / "from-seed7-0003.extxyz")[1], energies)
+
+
+def test_displace_moves_oxygen_of_each_relaxations_last_frame(tmp_path, capsys):
+    from dismax.data.interface import random_interface
+
+    paths = []
+    for index in (1, 3):  # two random interfaces of seed 0 as two-frame "relaxations"; the last frame is used
+        s = random_interface(0, index)
+        frames = Crystals(np.stack([np.zeros_like(s.frac), s.frac]), np.stack([s.lattice] * 2), np.stack([s.species] * 2))
+        paths.append(write_extxyz(frames, tmp_path / f"relaxed-{index}.extxyz"))
+    out = tmp_path / "displaced.extxyz"
+    interface_teacher.main(["displace", "--in", *map(str, paths), "--out", str(out), "--copies", "2", "--oxygen", "3",
+                            "--min", "0.5", "--max", "0.6", "--seed", "1"])
+    assert json.loads(capsys.readouterr().out) == {"structures": 2, "frames": 4, "out": str(out)}
+    displaced, infos = read_extxyz(out, with_info=True)
+    assert [info["source"] for info in infos] == ["relaxed-1.extxyz"] * 2 + ["relaxed-3.extxyz"] * 2
+    for k, info in enumerate(infos):
+        start = read_extxyz(paths[k // 2])[-1]
+        changed = np.flatnonzero(np.any(np.abs(np.asarray(displaced.frac[k]) - np.asarray(start.frac[0])) > 1e-5, axis=-1))
+        assert sorted(changed) == sorted(np.asarray(info["moved"]).tolist()) and len(changed) == 3
+        assert np.all((np.asarray(info["moved_by"]) >= 0.5) & (np.asarray(info["moved_by"]) <= 0.6))
