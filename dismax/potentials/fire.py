@@ -189,8 +189,9 @@ def _relax_program(potential, settings: FireSettings, capacity: int):
 
 @lru_cache(maxsize=None)
 def _compiled_relax_program(potential, settings: FireSettings, capacity: int):
-    """``run``: (R (C,N,3) Å, lattice (C,3,3), species (C,N), max_steps (C,), fmax) -> per-structure
-    (positions, status, steps, initial and final energy in eV, largest force, table rebuilds)."""
+    """``run``: (R (C,N,3) Å, lattice (C,3,3), species (C,N), free (C,N) bool, max_steps (C,), fmax) ->
+    per-structure (positions, status, steps, initial and final energy in eV, largest force on a free atom, table
+    rebuilds); atoms with ``free`` False stay where they are."""
     reach = potential.cutoff + settings.skin
 
     message_passing = hasattr(potential, "energy_from_table")  # needs each neighbour's identity
@@ -221,16 +222,20 @@ def _compiled_relax_program(potential, settings: FireSettings, capacity: int):
         force = jnp.stack([jnp.sum(g - gather_reverse(g, indices, reverse), axis=1) for g in slot_gradients], -1)
         return jnp.where(jnp.isfinite(e), force, jnp.nan)
 
-    def fire_init(R, indices, shifts, reverse, species):
+    def moving_force(R, indices, shifts, reverse, species, free):
+        # Fixed atoms (free False) feel no force: they never move and never count towards fmax.
+        return jnp.where(free[:, None], force_one(R, indices, shifts, reverse, species), 0.0)
+
+    def fire_init(R, indices, shifts, reverse, species, free):
         dtype = R.dtype
-        return FireState(R, jnp.zeros_like(R), force_one(R, indices, shifts, reverse, species),
+        return FireState(R, jnp.zeros_like(R), moving_force(R, indices, shifts, reverse, species, free),
                          jnp.asarray(settings.dt_start, dtype), jnp.asarray(settings.a_start, dtype),
                          jnp.array(0, jnp.int32), jnp.array(False))
 
-    def fire_apply(state, indices, shifts, reverse, species):
+    def fire_apply(state, indices, shifts, reverse, species, free):
         state, dr = fire_update(state, settings)
         R = state.position + dr
-        return state._replace(position=R, force=force_one(R, indices, shifts, reverse, species))
+        return state._replace(position=R, force=moving_force(R, indices, shifts, reverse, species, free))
 
     batch_energy = jax.vmap(energy_one)
     batch_force = jax.vmap(force_one)
@@ -254,7 +259,7 @@ def _compiled_relax_program(potential, settings: FireSettings, capacity: int):
         return jax.tree_util.tree_map(
             lambda n, o: jnp.where(mask.reshape(mask.shape + (1,) * (n.ndim - 1)), n, o), new, old)
 
-    def relax_until(carry, lattice, species, max_steps, fmax, leave_at):
+    def relax_until(carry, lattice, species, free, max_steps, fmax, leave_at):
         """FIRE steps of the batch in ``carry`` until at most ``leave_at`` of its structures are running."""
 
         def keep_going(carry):
@@ -263,7 +268,7 @@ def _compiled_relax_program(potential, settings: FireSettings, capacity: int):
         def fire_step(carry):
             state, tables, steps, status, f_old, rebuilds = carry
             running = status == RUNNING
-            new = jax.vmap(fire_apply)(state, **tables.slots(), species=species)
+            new = jax.vmap(fire_apply)(state, **tables.slots(), species=species, free=free)
             moved = jnp.max(jnp.sum((new.position - tables.reference) ** 2, axis=-1), axis=-1)
             stale = running & (moved > (0.5 * settings.skin) ** 2)
 
@@ -271,16 +276,17 @@ def _compiled_relax_program(potential, settings: FireSettings, capacity: int):
                 # New tables at the new positions and the force there, only for the stale structures (one
                 # at a time: a batched build would cost the whole batch for every structure that crossed).
                 def one(inputs):
-                    R, cell, kinds, old_tables, old_force, is_stale = inputs
+                    R, cell, kinds, mobile, old_tables, old_force, is_stale = inputs
 
                     def fresh(_):
                         built, overflow = build(R[None], cell[None])
                         built = jax.tree_util.tree_map(lambda x: x[0], built)
-                        return built, force_one(R, **built.slots(), species=kinds), overflow[0]
+                        return built, moving_force(R, **built.slots(), species=kinds, free=mobile), overflow[0]
 
                     return jax.lax.cond(is_stale, fresh, lambda _: (old_tables, old_force, jnp.array(False)), None)
 
-                fresh, force, overflow = jax.lax.map(one, (new.position, lattice, species, tables, new.force, stale))
+                fresh, force, overflow = jax.lax.map(one, (new.position, lattice, species, free, tables, new.force,
+                                                           stale))
                 return new._replace(force=force), fresh, overflow
 
             new, new_tables, build_overflow = jax.lax.cond(
@@ -297,15 +303,15 @@ def _compiled_relax_program(potential, settings: FireSettings, capacity: int):
 
         return jax.lax.while_loop(keep_going, fire_step, carry)
 
-    def run(R, lattice, species, max_steps, fmax):
+    def run(R, lattice, species, free, max_steps, fmax):
         tables, build_overflow = build(R, lattice)
         e_initial = batch_energy(R, tables.indices, tables.shifts, species)
-        state = jax.vmap(fire_init)(R, **tables.slots(), species=species)
+        state = jax.vmap(fire_init)(R, **tables.slots(), species=species, free=free)
         f0 = largest_force(state.force)
         finite = jnp.all(jnp.isfinite(state.force), axis=(1, 2)) & jnp.isfinite(e_initial)
         status = step_status(finite, build_overflow, f0, jnp.zeros_like(max_steps), max_steps, fmax)
         carry = (state, tables, jnp.zeros_like(max_steps), status, f0, jnp.zeros_like(max_steps))
-        inputs = (lattice, species, max_steps)
+        inputs = (lattice, species, free, max_steps)
         # The whole chunk runs until at most half of it is still running; then those structures move to a
         # batch of half the size, and so on down to SMALLEST_BATCH: finished structures stop costing steps
         # (a masked structure costs as much as a running one), at the price of one compiled loop per size.
@@ -361,10 +367,12 @@ def relax_chunks(
     chunk_size: int | None = None,
     settings: FireSettings = FireSettings(),
     ids: np.ndarray | None = None,
+    free: np.ndarray | None = None,
 ) -> Iterator[tuple[np.ndarray, RelaxResult]]:
     """Relax ``crystals`` chunk by chunk, yielding ``(ids, RelaxResult)`` for each chunk in order.
 
-    ``ids`` (default 0..B−1) label the structures in the yielded results. Memory is bounded by the
+    ``ids`` (default 0..B−1) label the structures in the yielded results. ``free`` (B, N) bool, default all,
+    says which atoms may move: the others stay fixed and their forces do not count towards ``fmax``. Memory is bounded by the
     chunk size (default :func:`default_chunk_size`); every chunk is padded to ``chunk_size`` so one
     compiled program serves all chunks.
     """
@@ -372,12 +380,16 @@ def relax_chunks(
     potential.check_species(c.species)
     chunk_size = chunk_size or default_chunk_size(c.batch_size, c.n_atoms)
     ids = np.arange(c.batch_size) if ids is None else np.asarray(ids)
+    free = np.ones(c.species.shape, bool) if free is None else np.asarray(free, bool)
+    if free.shape != c.species.shape:
+        raise DismaxInputError(f"free has shape {free.shape}; expected (structures, atoms) = {c.species.shape}")
     for start in range(0, c.batch_size, chunk_size):
         part = slice(start, start + chunk_size)
-        yield ids[part], _relax_chunk(c[part], potential, fmax, max_steps, chunk_size, settings, ids[part])
+        yield ids[part], _relax_chunk(c[part], potential, fmax, max_steps, chunk_size, settings, ids[part],
+                                      free[part])
 
 
-def _relax_chunk(c: Crystals, potential, fmax, max_steps, chunk_size, settings, ids) -> RelaxResult:
+def _relax_chunk(c: Crystals, potential, fmax, max_steps, chunk_size, settings, ids, free) -> RelaxResult:
     b, n = c.batch_size, c.n_atoms
     dtype = _float_type(settings)
     frac_out = np.array(c.frac, np.float64)
@@ -407,7 +419,7 @@ def _relax_chunk(c: Crystals, potential, fmax, max_steps, chunk_size, settings, 
         lattice = jnp.asarray(c.lattice[pad], dtype)
         cart = np.einsum("bni,bij->bnj", np.asarray(c.frac[pad], np.float64), c.lattice[pad])
         out = program(jnp.asarray(cart, dtype), lattice, jnp.asarray(c.species[pad], jnp.int32),
-                      jnp.asarray(limit), jnp.asarray(fmax, dtype))
+                      jnp.asarray(free[pad]), jnp.asarray(limit), jnp.asarray(fmax, dtype))
         pos, st, sp, ei, ef, f, _ = (np.asarray(x)[: len(pending)] for x in out)
         frac_out[pending] = np.einsum("bnj,bji->bni", pos.astype(np.float64), np.linalg.inv(c.lattice[pending]))
         status[pending] = st
@@ -464,18 +476,19 @@ def compiled_relaxation(crystals: Crystals, potential, fmax: float = DEFAULT_FMA
     """(compiled program, arguments) relaxing all of ``crystals`` as one chunk: ``compiled(*arguments)``
     runs exactly the loop :func:`relax` runs, for cost analyses and profiler traces."""
     program, R, lattice, species, _ = _chunk_program(crystals.to_numpy(), potential, settings)
-    arguments = (R, lattice, species, jnp.full(len(crystals), max_steps, jnp.int32),
+    arguments = (R, lattice, species, jnp.ones(species.shape, bool), jnp.full(len(crystals), max_steps, jnp.int32),
                  jnp.asarray(fmax, R.dtype))
     return program.run.lower(*arguments).compile(), arguments
 
 
 def relax(crystals: Crystals, potential, fmax: float = DEFAULT_FMAX, max_steps: int = DEFAULT_MAX_STEPS,
           chunk_size: int | None = None, settings: FireSettings = FireSettings(),
-          progress: bool = False) -> RelaxResult:
-    """Relax every structure of ``crystals`` (fixed cells) and return all results in input order."""
+          progress: bool = False, free: np.ndarray | None = None) -> RelaxResult:
+    """Relax every structure of ``crystals`` (fixed cells) and return all results in input order; only the
+    atoms of ``free`` (B, N) bool move, if given (see :func:`relax_chunks`)."""
     c = crystals.to_numpy()
     chunk_size = chunk_size or default_chunk_size(c.batch_size, c.n_atoms)
-    chunks = relax_chunks(c, potential, fmax, max_steps, chunk_size, settings)
+    chunks = relax_chunks(c, potential, fmax, max_steps, chunk_size, settings, free=free)
     if progress:
         chunks = runs_progress(chunks, total=-(-len(c) // chunk_size), desc="relax", unit="chunk")
     parts = [r for _, r in chunks]

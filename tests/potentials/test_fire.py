@@ -5,6 +5,7 @@ import pytest
 from ase.build import bulk
 
 from dismax.potentials.fire import FireSettings, compiled_relaxation, relax, step_cost
+from dismax.errors import DismaxInputError
 from dismax.potentials import original_sw
 from dismax.structures import Crystals
 
@@ -78,6 +79,39 @@ def test_fire_steps_equal_ase_fire_step_by_step():
             np.testing.assert_allclose(difference @ lattice, 0.0, atol=1e-8)  # Å
         converged = relax(crystals, original_sw(), fmax=1e-3, settings=settings)
     assert converged.status[0] == "converged" and converged.steps[0] == ase_steps
+
+
+def test_fixed_atoms_stay_and_the_free_ones_take_ase_fire_steps_with_fix_atoms():
+    """``free``: in float64 the free atoms take the steps of ASE's FIRE under ``FixAtoms`` of the others (after
+    10 and 30 steps and to convergence), the fixed atoms never move, and ``fmax`` is the largest free force."""
+    import jax
+    from ase.constraints import FixAtoms
+
+    atoms = perturbed_diamond(1, noise=0.2, seed=2)[0]
+    crystals = Crystals.from_ase([atoms])
+    free = np.zeros((1, len(atoms)), bool)
+    free[0, ::3] = True
+    atoms.calc = matscipy_calculator(original_sw())
+    atoms.set_constraint(FixAtoms(mask=~free[0]))
+    reference, ase_steps = ase_fire_trajectory(atoms, fmax=1e-3, steps=1000)
+    lattice = np.asarray(crystals.lattice[0])
+    settings = FireSettings(dtype="float64")
+    with jax.enable_x64(True):
+        for steps in (10, 30, None):
+            result = relax(crystals, original_sw(), fmax=1e-3, max_steps=steps or 1000, settings=settings, free=free)
+            done = steps or ase_steps
+            assert result.steps[0] == done and result.status[0] == ("max_steps" if steps else "converged")
+            difference = np.asarray(result.crystals.frac[0]) - reference[done] @ np.linalg.inv(lattice)
+            difference -= np.round(difference)
+            np.testing.assert_allclose(difference @ lattice, 0.0, atol=1e-8)  # Å
+    moved = np.asarray(result.crystals.frac[0]) - np.asarray(crystals.frac[0])
+    moved -= np.round(moved)
+    assert np.abs(moved[~free[0]]).max() < 1e-12 and np.abs(moved[free[0]]).max() > 1e-3  # frac round trip only
+    forces = matscipy_forces(result.crystals)
+    assert result.fmax[0] == pytest.approx(np.linalg.norm(forces[free[0]], axis=1).max(), abs=1e-6)
+    assert np.linalg.norm(forces[~free[0]], axis=1).max() > 10 * result.fmax[0]  # fixed atoms are not relaxed
+    with pytest.raises(DismaxInputError, match="free has shape"):
+        relax(crystals, original_sw(), free=free[:, :5])
 
 
 def test_float64_needs_x64_mode():
