@@ -19,6 +19,9 @@ Steps (the README gives the exact commands):
    the last one) are labelled with the teacher (single points) into ``DIR/explore-seedS-XXXX.extxyz``. These
    are the configurations the student visits on its own, where a potential fitted on teacher trajectories
    alone goes wrong; a few rounds of explore and refit make it relax random interfaces. Resumable.
+   ``displace --in RELAXATIONS... --out FILE`` moves first-shell O of interior Co of each relaxation's last frame
+   out of their octahedra (unlabelled frames; ``python -m dismax.data label --calculator chgnet`` labels them):
+   the restoring force a student fitted on relaxations alone barely sees.
 3. ``frames --dir DIR --out FILE --test-out FILE``: the frames, as the paper sampled its DFT relaxations:
    every ``--every``-th step from step ``--first`` on, plus both end points of every relaxation (``relax`` and
    ``relax --in``), and every explored frame, all with a largest force of at most ``--max-force``; a random

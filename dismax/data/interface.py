@@ -20,6 +20,8 @@ Construction (spec ``interface.md`` §1–2, all in NumPy, no pymatgen):
   minimum distances shrink by 5 %); 14 Å of vacuum.
 * Atom order (the published convention): element blocks Li, Sc, Co, Cl, O; in each block the interface
   atoms first, then the LCO planes from the interface down, then the LSC planes from the interface up.
+* Relaxation (:func:`build`): positions only, cell fixed, FIRE to fmax; first the 30 interface-region atoms alone
+  (both slabs fixed), then every atom, as the paper's DFT relaxations of random interfaces (interface atoms first).
 
 Structure ``i`` of seed ``s`` depends only on (s, i), so generation is reproducible and resumable.
 """
@@ -625,7 +627,8 @@ DESCRIPTION = (
     "Interfaces are built following Dismai-Bench §4.1.3 (LCO(110) 4 layers, LSC(100) Tasker-2b 7 layers, "
     "M_LCO = [[1,2],[-3,3]], M_LSC = [[1,1],[-2,1]], 9 Li + 3 Sc + 18 Cl in a 4-6 Å region, random lateral shift, "
     "14 Å vacuum, 264 atoms). The paper relaxed them with an M3GNet trained on its own PBE+U (U = 4 eV) interface "
-    "DFT data. dismax instead relaxes them with the potential named in 'potential' (by default a JAX NequIP "
+    "DFT data. dismax instead relaxes them (the interface-region atoms alone first, then all atoms) with the "
+    "potential named in 'potential' (by default a JAX NequIP "
     "distilled from CHGNet 0.3.0, a universal potential trained on Materials Project data (MPtrj)): a stand-in for "
     "the paper's M3GNet/DFT. The random interface region is sampled by rejection sampling instead of CALYPSO, and "
     "the LSC bulk is an ordered C2/m model built from the experimental lattice. Interface energies are relative to "
