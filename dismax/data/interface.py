@@ -525,11 +525,13 @@ def _generate(work: Path, seed: int, n: int, recipe: InterfaceRecipe) -> Path:
 
 
 def _relax_stage(work: Path, crystals: Crystals, potential, settings: BuildSettings) -> dict:
-    """Stage 2: relaxation in resumable chunks (``relaxed-KKKK.npz``); the per-structure results."""
+    """Stage 2: relaxation in resumable chunks (``relaxed-interface-first-KKKK.npz``, or ``relaxed-KKKK.npz``
+    when all atoms are relaxed at once); the per-structure results."""
     n = len(crystals)
     chunks = range(-(-n // RELAX_CHUNK))
+    name = "relaxed-interface-first" if settings.interface_first else "relaxed"
     for k in progress(chunks, desc=f"relax ({potential.name})", unit="chunk"):
-        path = work / f"relaxed-{k:04d}.npz"
+        path = work / f"{name}-{k:04d}.npz"
         if path.exists():
             continue
         part = crystals[k * RELAX_CHUNK : min(n, (k + 1) * RELAX_CHUNK)]
@@ -543,7 +545,7 @@ def _relax_stage(work: Path, crystals: Crystals, potential, settings: BuildSetti
         np.savez(buffer, frac=np.asarray(result.crystals.frac), status=result.status, steps=result.steps,
                  e_final=result.e_final, fmax=result.fmax, interface_steps=interface_steps)
         atomic_write_bytes(path, buffer.getvalue())
-    parts = [np.load(work / f"relaxed-{k:04d}.npz") for k in chunks]
+    parts = [np.load(work / f"{name}-{k:04d}.npz") for k in chunks]
     return {key: np.concatenate([p[key] for p in parts])
             for key in ("frac", "status", "steps", "e_final", "fmax", "interface_steps")}
 

@@ -372,8 +372,8 @@ def relax_chunks(
     """Relax ``crystals`` chunk by chunk, yielding ``(ids, RelaxResult)`` for each chunk in order.
 
     ``ids`` (default 0..B−1) label the structures in the yielded results. ``free`` (B, N) bool, default all,
-    says which atoms may move: the others stay fixed and their forces do not count towards ``fmax``. Memory is bounded by the
-    chunk size (default :func:`default_chunk_size`); every chunk is padded to ``chunk_size`` so one
+    says which atoms may move: the others stay fixed and their forces do not count towards ``fmax``. Memory is
+    bounded by the chunk size (default :func:`default_chunk_size`); every chunk is padded to ``chunk_size`` so one
     compiled program serves all chunks.
     """
     c = crystals.to_numpy()
