@@ -148,12 +148,13 @@ def sample_summary_path(path) -> Path:
     return path.with_name(path.name + ".summary.json")
 
 
-def write_sample_summary(path, n_requested: int, failed_ids, reason: str) -> Path:
+def write_sample_summary(path, n_requested: int, failed_ids, reason: str, diagnostics: dict | None = None) -> Path:
     """Write the :class:`SampleSummary` of the generated file ``path`` (also the counts and % failed, for
-    people) to :func:`sample_summary_path`, atomically."""
+    people, and the sampler's JSON-able ``diagnostics``) to :func:`sample_summary_path`, atomically."""
     failed = sorted(int(i) for i in failed_ids)
     summary = {"n_requested": n_requested, "n_written": n_requested - len(failed), "n_failed": len(failed),
-               "percent_failed": 100.0 * len(failed) / n_requested, "failure": reason, "failed_ids": failed}
+               "percent_failed": 100.0 * len(failed) / n_requested, "failure": reason, "failed_ids": failed,
+               **(diagnostics or {})}
     target = sample_summary_path(path)
     atomic_write_text(target, json.dumps(summary, indent=1))
     return target

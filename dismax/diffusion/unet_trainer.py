@@ -27,12 +27,15 @@ selects the best checkpoint.
 structure ``sample.reference_index``; structures whose composition differs from the dataset's are failed.
 The valid ones are written to ``out`` (extxyz, each frame's ``id`` its index among the generated; an empty
 file when all failed) and ``<out>.summary.json`` (:func:`dismax.validation.write_sample_summary`) records
-which failed, so the bench pipeline counts them as ``failed_decode``.
+which failed, so the bench pipeline counts them as ``failed_decode``. Where every training structure has the same
+atom order (a-Si, the interface), the summary also has ``species_accuracy``: the fraction of generated atoms (all
+structures, failed ones included) decoded to the species of their index in that order, and its value per structure.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from functools import partial
 from pathlib import Path
@@ -344,13 +347,19 @@ def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, check
     reference = val_set[config.sample.reference_index]
     chunk = batch_size or config.sample.batch_size
     key = jax.random.PRNGKey(seed)
+    order = training_order(train_set.species)
+    out = Path(out)
+    n_chunks = math.ceil(n / chunk)
 
     def write_chunk(i, path):
         keep = min(chunk, n - i * chunk)
         frac, species, valid = generate(params, rep, cascade, jax.random.fold_in(key, i * chunk), chunk,
                                         config.sample.n_steps)
         valid = np.asarray(valid)[:keep]
-        frac, species = np.asarray(frac)[:keep][valid], np.asarray(species)[:keep][valid]
+        frac, species = np.asarray(frac)[:keep], np.asarray(species)[:keep]
+        accuracy = [] if order is None else species_accuracy(species, order).round(6).tolist()
+        atomic_write_text(_accuracy_path(out, i, n_chunks), json.dumps(accuracy))
+        frac, species = frac[valid], species[valid]
         ids = i * chunk + np.flatnonzero(valid)
         if len(frac):
             write_extxyz(Crystals(frac, np.repeat(reference.lattice, len(frac), 0), species), path,
@@ -358,16 +367,45 @@ def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, check
         else:
             atomic_write_text(path, "")  # every structure of this chunk failed
 
-    out = Path(out)
-    write_in_parts(out, math.ceil(n / chunk), write_chunk, desc=f"sampling {config.model.name}")
+    write_in_parts(out, n_chunks, write_chunk, desc=f"sampling {config.model.name}")
     written = written_ids(out)
     failed = sorted(set(range(n)) - set(written))
+    accuracy_paths = [_accuracy_path(out, i, n_chunks) for i in range(n_chunks)]
+    # parts written before the diagnostic existed have no accuracy file: then the summary has none
+    accuracy = [a for path in accuracy_paths for a in json.loads(path.read_text())] \
+        if all(path.is_file() for path in accuracy_paths) else []
+    diagnostics = {"species_accuracy": float(np.mean(accuracy)) if accuracy else None,
+                   "species_accuracy_per_structure": accuracy if accuracy else None}
     if is_primary():
-        write_sample_summary(out, n, failed, "decoded composition differs from the training data")
+        write_sample_summary(out, n, failed, "decoded composition differs from the training data", diagnostics)
     barrier(f"summary of {out}")
-    log.info("%s: %d of %d structures failed (wrong composition); %d written to %s", config.model.name, len(failed),
-             n, len(written), out)
+    if is_primary():
+        for path in accuracy_paths:
+            path.unlink(missing_ok=True)
+    log.info("%s: %d of %d structures failed (wrong composition); %d written to %s; species accuracy %s (fraction "
+             "of atoms decoded to the species of the training order)", config.model.name, len(failed), n,
+             len(written), out, diagnostics["species_accuracy"])
     return out
+
+
+def training_order(species: np.ndarray) -> np.ndarray | None:
+    """(N,) the species of each atom index shared by every training structure (species (B, N)), or None when
+    the atom order differs between structures (e.g. the alloys), where no per-atom species is fixed."""
+    species = np.asarray(species)
+    return species[0] if np.all(species == species[:1]) else None
+
+
+def species_accuracy(species: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(B,) fraction of the atoms of each decoded structure (species (B, N)) whose species equals that of the
+    same atom in the training order ``reference`` (N,; :func:`training_order`). A wrong composition fails a
+    structure, so % failed alone hides how close a model is to decoding."""
+    return np.mean(np.asarray(species) == np.asarray(reference)[None], axis=1)
+
+
+def _accuracy_path(out: Path, part: int, n_parts: int) -> Path:
+    """Where chunk ``part`` of the sampled file ``out`` keeps its structures' species accuracy until the
+    summary is written (beside the chunk's part file, so an interrupted sampling resumes with it)."""
+    return out.parent / f".{out.name}.species-accuracy{part:05d}-of-{n_parts:05d}.json"
 
 
 def written_ids(path: Path) -> list[int]:

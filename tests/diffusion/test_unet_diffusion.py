@@ -84,6 +84,10 @@ def test_shipped_configs_load_and_check(tmp_path):
             assert config.model.name == name
             assert config.model.objective == ("v" if family.endswith("small") else "noise")
             check(config)
+    for family in ("a_si_cpu", "interface_cpu"):  # the CPU-trained UniMat runs of the README
+        config = load_config(f"configs/unimat_{family}.yaml", files)
+        assert (config.model.name, config.model.objective, config.train.lr_schedule) == ("unimat", "v", "cosine")
+        check(config)
     assert load_config("configs/unimat_interface.yaml").augment.permute == "interface"
     assert load_config("configs/unimat_interface.yaml").model.layer_attns == (False, True, True)
     with pytest.raises(DismaxConfigError, match="one entry per level"):

@@ -36,21 +36,25 @@ def test_all_failed_sampling_writes_an_empty_file_and_its_summary(tiny_run, tmp_
     assert out.is_file() and out.read_text() == ""
     summary = json.loads((tmp_path / "gen.extxyz.summary.json").read_text())
     assert (summary["n_requested"], summary["n_failed"], summary["failed_ids"]) == (3, 3, [0, 1, 2])
+    assert len(summary["species_accuracy_per_structure"]) == 3 and summary["species_accuracy"] < 1
     accepted, rows, n = postprocess_file("interface", out)
     assert accepted is None and n == 3 and [r["status"] for r in rows] == ["failed_decode"] * 3
 
 
 def test_partly_failed_sampling_keeps_generation_ids(tiny_run, tmp_path, monkeypatch):
     """The sampler's bookkeeping with a stand-in generator whose samples 1 and 4 of 5 (chunks of 2) decode
-    to a wrong composition and whose others are training-like cells."""
+    to a wrong composition (one Li read as O; every Li read as O) and whose others are training-like cells."""
     cells = eight_atom_cells(6, seed=1)
+    species = np.array(cells.species)
+    species[1, 0] = 8
+    species[4, :4] = 8
     starts = []
 
     def generate_with_failures(params, rep, cascade, key, n_structures, n_steps):
         start = n_structures * len(starts)      # chunks are generated in order
         starts.append(start)
         ids = np.arange(start, start + n_structures)
-        return cells.frac[ids], cells.species[ids], ~np.isin(ids, [1, 4])
+        return cells.frac[ids], species[ids], ~np.isin(ids, [1, 4])
 
     monkeypatch.setattr(unet_trainer, "generate", generate_with_failures)
     out = tmp_path / "gen.extxyz"
@@ -60,6 +64,16 @@ def test_partly_failed_sampling_keeps_generation_ids(tiny_run, tmp_path, monkeyp
     np.testing.assert_allclose(structures.as_crystals().frac, cells.frac[[0, 2, 3]], atol=1e-6)
     summary = json.loads((tmp_path / "gen.extxyz.summary.json").read_text())
     assert (summary["n_written"], summary["failed_ids"], summary["percent_failed"]) == (3, [1, 4], 40.0)
+    assert summary["species_accuracy_per_structure"] == [1.0, 0.875, 1.0, 1.0, 0.5]
+    assert summary["species_accuracy"] == pytest.approx(0.875)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen.extxyz", "gen.extxyz.summary.json"]
     _, rows, n = postprocess_file("interface", out, min_dist=0.5)
     assert n == 5 and [r["id"] for r in rows] == [0, 1, 2, 3, 4]
     assert [r["status"] == "failed_decode" for r in rows] == [False, True, False, False, True]
+
+
+def test_species_accuracy_needs_one_training_order():
+    order = unet_trainer.training_order(np.array([[14, 8, 8], [14, 8, 8]]))
+    np.testing.assert_array_equal(order, [14, 8, 8])
+    np.testing.assert_allclose(unet_trainer.species_accuracy(np.array([[14, 8, 8], [8, 8, 14]]), order), [1, 1 / 3])
+    assert unet_trainer.training_order(np.array([[14, 8, 8], [8, 14, 8]])) is None
