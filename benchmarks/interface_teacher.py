@@ -407,8 +407,9 @@ def main(argv=None) -> int:
     export.add_argument("--out", required=True, type=Path)
     export.add_argument("--description", default="")
     args = parser.parse_args(argv)
-    {"relax": relax_command, "explore": explore_command, "displace": displace_command, "frames": frames_command, "evaluate": evaluate_command,
-     "compare": compare_command, "crosscheck": crosscheck_command, "export": export_command}[args.command](args)
+    {"relax": relax_command, "explore": explore_command, "displace": displace_command, "frames": frames_command,
+     "evaluate": evaluate_command, "compare": compare_command, "crosscheck": crosscheck_command,
+     "export": export_command}[args.command](args)
     return 0
 
 

@@ -479,8 +479,9 @@ def displaced_shell_oxygen(crystals: Crystals, copies: int, n_oxygen: int, dista
     for b in range(len(crystals)):
         interior, oxygen, bonds = _interior_cobalt_bonds(c.frac[b], c.lattice[b], c.species[b], recipe)
         lengths = np.linalg.norm(bonds, axis=-1)
+        start = c.frac[b] @ c.lattice[b]
         for copy in range(copies):
-            cart = c.frac[b] @ c.lattice[b]
+            cart = start.copy()
             moved, moved_by, moved_off = [], [], []
             for i in rng.permutation(len(interior)):
                 if len(moved) == n_oxygen:
