@@ -283,6 +283,21 @@ class SpeciesBlocks:
         return np.repeat(np.arange(len(self.elements)), self.counts)
 
 
+def leading_atoms(species: np.ndarray, counts: dict[int, int]) -> np.ndarray:
+    """(..., N) bool: the first ``counts[z]`` atoms of each element z along the last axis of ``species`` (..., N)
+    (e.g. the random interface region of interfaces in the published atom order, whose interface atoms come
+    first within each element block). Raises ``DismaxInputError`` where an element has fewer atoms."""
+    species = np.asarray(species)
+    chosen = np.zeros(species.shape, bool)
+    for z, count in counts.items():
+        present = (species == z).sum(-1)
+        if np.any(present < count):
+            raise DismaxInputError(f"asked for the first {count} atoms of element {z} but a structure has "
+                                   f"{int(present.min())}")
+        chosen |= (species == z) & (np.cumsum(species == z, axis=-1) <= count)
+    return chosen
+
+
 def species_blocks(crystals: Crystals, element_order: Sequence[int] | None = None) -> SpeciesBlocks:
     """The element order and counts shared by every structure of ``crystals``.
 

@@ -8,7 +8,8 @@ from ase import Atoms
 from pymatgen.core import Lattice, Structure
 
 from dismax.errors import DismaxInputError
-from dismax.structures import Crystals, SpeciesBlocks, sort_into_blocks, species_blocks, unsort_blocks
+from dismax.structures import (Crystals, SpeciesBlocks, leading_atoms, sort_into_blocks, species_blocks,
+                               unsort_blocks)
 
 
 def random_atoms(rng, symbols="Li3CoO2", outside: bool = False) -> Atoms:
@@ -158,6 +159,18 @@ def test_species_blocks_errors():
     changed = Crystals(crystals.frac, crystals.lattice, species)
     with pytest.raises(DismaxInputError, match="structure 2 has composition .*fixed composition is required"):
         species_blocks(changed)
+
+
+def test_leading_atoms_are_the_first_of_each_element_in_any_order():
+    species = np.array([[8, 3, 3, 8, 17, 3, 8],
+                        [3, 8, 8, 3, 3, 17, 8]])
+    chosen = leading_atoms(species, {3: 2, 8: 1})
+    assert chosen.tolist() == [[True, True, True, False, False, False, False],
+                               [True, True, False, True, False, False, False]]
+    assert leading_atoms(species[0], {17: 1}).tolist() == [False] * 4 + [True] + [False] * 2
+    assert not leading_atoms(species, {}).any()
+    with pytest.raises(DismaxInputError, match="first 2 atoms of element 17 but a structure has 1"):
+        leading_atoms(species, {17: 2})
 
 
 def test_sort_into_blocks_and_unsort_round_trip():

@@ -45,7 +45,7 @@ from dismax.io import read_structure_set, write_extxyz
 from dismax.potentials import SHIPPED, get_potential
 from dismax.potentials.fire import DEFAULT_FMAX, relax
 from dismax.runs import atomic_write_bytes, atomic_write_text, progress, write_in_parts
-from dismax.structures import Crystals
+from dismax.structures import Crystals, leading_atoms
 
 LI, O, CL, SC, CO = 3, 8, 17, 21, 27
 ELEMENT_ORDER = (LI, SC, CO, CL, O)
@@ -369,12 +369,7 @@ def random_interface(seed: int, index: int, recipe: InterfaceRecipe = InterfaceR
 def interface_region_mask(species: np.ndarray) -> np.ndarray:
     """Which atoms (B, N) bool of interfaces in the published order (species (B, N)) form the random interface
     region: the first 9 Li, 3 Sc and 18 Cl of their element blocks."""
-    species = np.asarray(species)
-    mask = np.zeros(species.shape, bool)
-    for z, count in REGION_COUNTS.items():
-        rank = np.cumsum(species == z, axis=-1)  # 1 for the block's first atom
-        mask |= (species == z) & (rank <= count)
-    return mask
+    return leading_atoms(species, REGION_COUNTS)
 
 
 def random_interfaces(seed: int, indices, recipe: InterfaceRecipe = InterfaceRecipe()) -> tuple[Crystals, list[dict]]:

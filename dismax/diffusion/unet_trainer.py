@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dismax.config import load_config
+from dismax.data.interface import REGION_COUNTS
 from dismax.data.loader import BatchLoader
 from dismax.diffusion.crystens import (crystens_ranges, from_crystens, from_model_space, merge_ranges, space_groups,
                                        to_crystens, to_model_space)
@@ -58,7 +59,7 @@ from dismax.errors import DismaxConfigError, DismaxInputError
 from dismax.io import read_structure_set, write_extxyz
 from dismax.devices import barrier, is_primary
 from dismax.runs import RunDir, atomic_write_text, log, write_in_parts
-from dismax.structures import Crystals
+from dismax.structures import Crystals, leading_atoms
 from dismax.validation import write_sample_summary
 from dismax.training import (LoopConfig, Panel, TrainingTask, check_data_source, check_loop_config,
                              check_lr_schedule, learning_rate_schedule, load_run_state, train_loop)
@@ -86,8 +87,8 @@ class ModelConfig:
 class AugmentConfig:
     permute: Literal["none", "interface", "all"] = "none"
     copies: int = 49
-    region_species: tuple[int, ...] = (3, 21, 17)
-    region_counts: tuple[int, ...] = (9, 3, 18)
+    region_species: tuple[int, ...] = tuple(REGION_COUNTS)
+    region_counts: tuple[int, ...] = tuple(REGION_COUNTS.values())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,14 +206,7 @@ def permutable_atoms(species: np.ndarray, config: AugmentConfig) -> np.ndarray:
     """(N,) bool: the atoms the augmentation may permute (within their element) for one species row."""
     if config.permute == "all":
         return np.ones(len(species), bool)
-    chosen = np.zeros(len(species), bool)
-    for z, count in zip(config.region_species, config.region_counts):
-        positions = np.flatnonzero(species == z)
-        if len(positions) < count:
-            raise DismaxInputError(f"augment.region_counts asks for {count} atoms of element {z} but the structures "
-                                   f"have {len(positions)}")
-        chosen[positions[:count]] = True
-    return chosen
+    return leading_atoms(species, dict(zip(config.region_species, config.region_counts)))
 
 
 def permutation_copies(data: Crystals, config: AugmentConfig, seed: int) -> tuple[Crystals, np.ndarray]:
