@@ -16,5 +16,8 @@ BUILDERS: dict[str, str] = {
     "interface": "dismax.data.interface:build",
     "disordered_demo": "dismax.vae.demo:build",
 }
+# "module:function" (directory, size) -> str | None: why a cached build differs from what the builder writes now
+# (e.g. other relaxation settings or potential weights), checked each time the cached build is used
+STALE_CHECKS: dict[str, str] = {"interface": "dismax.data.interface:stale_reason"}
 # datasets that are not extxyz train/val pairs: the files their builder must write
 BUILT_FILES: dict[str, tuple[str, ...]] = {"disordered_demo": ("params.json",)}

@@ -573,7 +573,7 @@ def build(size: str, seed: int, out_dir: Path, potential: str = DEFAULT_POTENTIA
         summary = {"relaxed": False}
     else:
         model = get_potential(potential)
-        version = hashlib.sha256(SHIPPED[potential].read_bytes()).hexdigest()[:12] if potential in SHIPPED else ""
+        version = _shipped_version(potential) if potential in SHIPPED else ""
         result = _relax_stage(work, crystals, model, settings)
         structures = Crystals(result["frac"], np.asarray(crystals.lattice), np.asarray(crystals.species))
         closest = minimum_pair_distances(structures)
@@ -614,6 +614,27 @@ def build(size: str, seed: int, out_dir: Path, potential: str = DEFAULT_POTENTIA
               "structures": records}
     atomic_write_text(out_dir / "params.json", json.dumps(params, indent=2, default=_plain) + "\n")
     shutil.rmtree(work)
+
+
+def stale_reason(out_dir: Path, size: str) -> str | None:
+    """Why the build in ``out_dir`` differs from what :func:`build` of ``size`` writes now (other build settings,
+    recipe or weights of its shipped potential), or None when it does not."""
+    params = json.loads((Path(out_dir) / "params.json").read_text())
+    current = json.loads(json.dumps({"settings": asdict(SIZES[size]), "recipe": asdict(InterfaceRecipe())},
+                                    default=_plain))
+    reasons = [f"{key} {params.get(key)} != {value}" for key, value in current.items() if params.get(key) != value]
+    potential = params.get("potential")
+    if potential in SHIPPED:
+        built = params.get("summary", {}).get("potential_sha256")
+        now = _shipped_version(potential)
+        if built != now:
+            reasons.append(f"weights of '{potential}' {built} != {now}")
+    return "; ".join(reasons) or None
+
+
+def _shipped_version(potential: str) -> str:
+    """First 12 hex digits of the SHA-256 of a shipped potential's weights file."""
+    return hashlib.sha256(SHIPPED[potential].read_bytes()).hexdigest()[:12]
 
 
 def _plain(value):

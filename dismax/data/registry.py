@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from dismax.data import BUILDERS, BUILT_FILES
+from dismax.data import BUILDERS, BUILT_FILES, STALE_CHECKS
 from dismax.devices import barrier, is_primary, on_all_processes
 from dismax.errors import DismaxInputError
 from dismax.runs import atomic_write_text, exclusive_lock, log, make_staging_dir
@@ -106,6 +106,7 @@ def ensure_dataset(name: str, size: str = "small", seed: int = 0) -> Path:
     """The directory of dataset ``name``, building (and caching) it first if needed."""
     directory = dataset_dir(name, size, seed)
     if on_all_processes(is_complete(directory, name)):  # every process of a run takes the same branch
+        _warn_if_stale(name, size, seed, directory)
         return directory
     if name in _registered():
         raise DismaxInputError(f"registered dataset '{name}' is missing its files in {directory}")
@@ -165,6 +166,18 @@ def _check_buildable(name: str, size: str) -> None:
         raise DismaxInputError(f"unknown dataset '{name}'; available: {', '.join(available()) or 'none'}")
     if size not in SIZES:
         raise DismaxInputError(f"unknown dataset size '{size}'; choose one of {', '.join(SIZES)}")
+
+
+def _warn_if_stale(name: str, size: str, seed: int, directory: Path) -> None:
+    """Warn when the cached build of ``name`` differs from what its builder writes now (:data:`STALE_CHECKS`)."""
+    if name not in STALE_CHECKS or name in _registered():
+        return
+    module_name, function_name = STALE_CHECKS[name].split(":")
+    reason = getattr(importlib.import_module(module_name), function_name)(directory, size)
+    if reason:
+        log.warning("dataset '%s' in %s was built differently from what the builder writes now (%s); it is used "
+                    "as it is; rebuild it with `python -m dismax.data build %s --size %s --seed %d`", name,
+                    directory, reason, name, size, seed)
 
 
 def _builder(name: str):

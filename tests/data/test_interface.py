@@ -318,3 +318,34 @@ def test_interface_region_mask_selects_the_random_region_atoms(interfaces):
         gap_high = gap_low + structure.thickness
         assert np.all((z[region] > gap_low - 1e-6) & (z[region] < gap_high + 1e-6))
         assert not np.any((z[~region] > gap_low + 1e-6) & (z[~region] < gap_high - 1e-6))
+
+
+def test_a_cached_build_made_differently_is_used_with_a_warning(tmp_path, monkeypatch, caplog):
+    """A cached interface set built with other settings or other weights of the shipped potential than the
+    builder uses now is still used, with a warning that says what differs and how to rebuild."""
+    from dataclasses import asdict
+
+    from dismax.data.registry import ensure_dataset
+    from dismax.runs import log
+
+    monkeypatch.setenv("DISMAX_CACHE", str(tmp_path))
+    monkeypatch.setattr(log, "propagate", True)
+    cached = tmp_path / "datasets" / "interface" / "small-seed3"
+    cached.mkdir(parents=True)
+    for name in ("train.extxyz", "val.extxyz"):
+        (cached / name).write_text("")
+    current = {"potential": I.DEFAULT_POTENTIAL, "settings": asdict(I.SIZES["small"]),
+               "recipe": json.loads(json.dumps(asdict(I.InterfaceRecipe()), default=I._plain)),
+               "summary": {"potential_sha256": I._shipped_version(I.DEFAULT_POTENTIAL)}}
+    older = {**current, "settings": {k: v for k, v in current["settings"].items() if k != "interface_first"},
+             "summary": {"potential_sha256": "0123456789ab"}}
+    for params, warned in ((current, False), (older, True)):
+        (cached / "params.json").write_text(json.dumps(params))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="dismax"):
+            assert ensure_dataset("interface", "small", 3) == cached
+        assert ("built differently" in caplog.text) == warned
+    assert I.stale_reason(cached, "small").startswith("settings {")
+    assert "weights of 'interface_chgnet' 0123456789ab != " in caplog.text
+    assert "python -m dismax.data build interface --size small --seed 3" in caplog.text
+    assert I.stale_reason(cached, "full").startswith("settings {")
