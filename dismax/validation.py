@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -130,16 +130,21 @@ SAMPLE_FAILURE = "failed_decode"
 class SampleSummary:
     """What a sampler that writes only the structures it could decode (the U-Net baselines) generated:
     ``n_requested`` structures with IDs 0..n_requested − 1, of which ``failed_ids`` produced no structure
-    (``reason``); the file holds the others, in increasing ID order."""
+    (``reason``); the file holds the others, in increasing ID order. ``diagnostics``: what else the sampler
+    recorded (e.g. the U-Net samplers' ``species_accuracy``)."""
 
     n_requested: int
     failed_ids: tuple[int, ...]
     reason: str
+    diagnostics: dict = field(default_factory=dict)
 
     @property
     def written_ids(self) -> list[int]:
         failed = set(self.failed_ids)
         return [i for i in range(self.n_requested) if i not in failed]
+
+
+SUMMARY_KEYS = ("n_requested", "n_written", "n_failed", "percent_failed", "failure", "failed_ids")
 
 
 def sample_summary_path(path) -> Path:
@@ -168,7 +173,8 @@ def read_sample_summary(path) -> SampleSummary | None:
     try:
         entry = json.loads(target.read_text())
         summary = SampleSummary(int(entry["n_requested"]), tuple(int(i) for i in entry["failed_ids"]),
-                                str(entry.get("failure", "")))
+                                str(entry.get("failure", "")),
+                                {k: v for k, v in entry.items() if k not in SUMMARY_KEYS})
     except (ValueError, KeyError, TypeError) as error:
         raise DismaxInputError(f"{target}: not a sample summary (needs n_requested and failed_ids): {error}")
     if summary.n_requested < 1 or len(set(summary.failed_ids)) != len(summary.failed_ids) or \

@@ -98,6 +98,9 @@ def test_sample_summary_round_trip_and_failed_decode_rows(tmp_path):
     assert (summary.n_requested, summary.failed_ids, summary.written_ids) == (5, (0, 3), [1, 2, 4])
     written = json.loads((tmp_path / "gen.extxyz.summary.json").read_text())
     assert (written["n_failed"], written["percent_failed"]) == (2, 40.0)
+    assert summary.diagnostics == {}
+    write_sample_summary(gen, 5, [3, 0], "wrong composition", {"species_accuracy": 0.75})
+    assert read_sample_summary(gen).diagnostics == {"species_accuracy": 0.75}
     frames = [{"id": 0, "status": "ok"}, {"id": 1, "status": "rejected_nan"}, {"id": 2, "status": "ok"}]
     rows = with_sample_failures(frames, summary, "gen.extxyz")
     assert [(r["id"], r["status"]) for r in rows] == [(0, "failed_decode"), (1, "ok"), (2, "rejected_nan"),

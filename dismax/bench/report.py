@@ -26,6 +26,7 @@ from dismax.cluster_expansion import SRO_LABELS
 from dismax.bench.published import RELAXATION, RELAXATION_SOURCES, SOURCES, published_table
 from dismax.io import read_extxyz, read_structure_set
 from dismax.runs import RunDir, atomic_write_text
+from dismax.validation import read_sample_summary
 
 if TYPE_CHECKING:  # the run module imports this one
     from dismax.bench.run import Bench
@@ -117,6 +118,18 @@ def _failure_causes(bench: "Bench", model: str, seeds) -> dict[str, int]:
     return dict(sorted(causes.items()))
 
 
+def _species_accuracy(bench: "Bench", model: str, seeds) -> dict[str, float]:
+    """Seed -> the fraction of sampled atoms decoded to the species of their index in the training order, where
+    the sampler recorded it (the U-Net samplers on data with one atom order; failed structures included)."""
+    values = {}
+    for seed in seeds:
+        summary = read_sample_summary(bench.stage_dir(model, seed, "sample") / "gen.extxyz")
+        value = None if summary is None else summary.diagnostics.get("species_accuracy")
+        if value is not None:
+            values[str(seed)] = float(value)
+    return values
+
+
 def _cell(summary: dict | None) -> str:
     if summary is None:
         return "–"
@@ -147,6 +160,13 @@ def tables(bench: "Bench", summaries: dict[str, dict]) -> str:
               for model, summary in summaries.items() if summary["failure_causes"]]
     if causes:
         lines += ["", "Failed structures by cause (all seeds):", ""] + [f"- {line}" for line in causes]
+    accuracy = [f"{model}: " + ", ".join(f"seed {seed} {value:.3f}"
+                                         for seed, value in summary["species_accuracy"].items())
+                for model, summary in summaries.items() if summary["species_accuracy"]]
+    if accuracy:
+        lines += ["", "Species accuracy of the sampler (fraction of generated atoms decoded to the species of their "
+                      "index in the training order, failed structures included):", ""]
+        lines += [f"- {line}" for line in accuracy]
     warnings = [f"{model} {name}: {entry['warning']}" for model, summary in summaries.items()
                 for name, entry in summary["metrics"].items() if entry and entry.get("warning")]
     if warnings:
@@ -341,7 +361,8 @@ def write(bench: "Bench") -> dict:
         per_seed[entry.name] = {str(seed): r["metrics"] for seed, r in results.items()}
         metrics = {name: summarise(results, name, bench.config.metrics.seed) for name in METRICS[family]}
         summaries[entry.name] = {"n_seeds": len(results), "metrics": metrics, "relaxation": _relax_summary(results),
-                                 "failure_causes": _failure_causes(bench, entry.name, results)}
+                                 "failure_causes": _failure_causes(bench, entry.name, results),
+                                 "species_accuracy": _species_accuracy(bench, entry.name, results)}
         plots = []
         if _training_plot(bench, entry.name, figures / f"{entry.name}_losses.png",
                           lambda header: [k for k in LOSS_KEYS if k in header], "loss", "training curves"):

@@ -96,7 +96,8 @@ def test_decode_failures_of_the_sampler_count_as_failed(tmp_path, alloy_files):
     cells = read_extxyz(train)
     gen = tmp_path / "partial.extxyz"
     write_extxyz(cells[np.array([0, 2])], gen)
-    write_sample_summary(gen, 4, [1, 3], "decoded composition differs from the training data")
+    write_sample_summary(gen, 4, [1, 3], "decoded composition differs from the training data",
+                         {"species_accuracy": 0.96875})
     out = tmp_path / "partial"
     assert main(["score", "--family", "alloy", "--train", str(train), "--gen", str(gen), "--replicates", "30",
                  "--out", str(out)]) == 0
@@ -110,6 +111,8 @@ def test_decode_failures_of_the_sampler_count_as_failed(tmp_path, alloy_files):
     assert (sample_record["n"], sample_record["n_failed_decode"]) == (2, 2)
     assert _metrics(out)["models"]["generated"]["failure_causes"] == {"failed_decode": 2}
     assert "- generated: failed_decode 2" in (out / "report.md").read_text()
+    assert _metrics(out)["models"]["generated"]["species_accuracy"] == {"0": 0.96875}
+    assert "- generated: seed 0 0.969" in (out / "report.md").read_text()
 
     empty = tmp_path / "none.extxyz"
     empty.write_text("")
@@ -120,6 +123,8 @@ def test_decode_failures_of_the_sampler_count_as_failed(tmp_path, alloy_files):
     metrics = _metrics(out)["models"]["generated"]["metrics"]
     assert metrics["pct_failed"]["mean"] == 100.0 and metrics["d_cluster"] is None
     assert _metrics(out)["models"]["generated"]["failure_causes"] == {"failed_decode": 3}
+    assert _metrics(out)["models"]["generated"]["species_accuracy"] == {}
+    assert "Species accuracy" not in (out / "report.md").read_text()
     assert "## Failures" not in (out / "report.md").read_text()
     assert not list(out.glob("generated/0/*/failed.json")) and (out / "generated/0/score/done.json").is_file()
 
