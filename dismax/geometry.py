@@ -242,6 +242,13 @@ def minimum_image(dfrac, lattice, n_images: ImageCounts = 1):
     return (centred.reshape(centred.shape[0], -1, 3) @ lattice).reshape(centred.shape)
 
 
+def coordinate_rms(frac_a, frac_b, lattice, n_images: ImageCounts = 1) -> jax.Array:
+    """(B,) RMS over atoms of the minimum-image distance (Å) between two positions of the same atoms, fractional
+    coordinates ``frac_a`` and ``frac_b`` (B, N, 3) in cells ``lattice`` (B, 3, 3)."""
+    vectors = minimum_image(jnp.asarray(frac_a) - jnp.asarray(frac_b), jnp.asarray(lattice), n_images)
+    return jnp.sqrt(jnp.mean(jnp.sum(vectors ** 2, -1), -1))
+
+
 def displacements(points_cart, atoms_cart, lattice, n_images: ImageCounts = 0):
     """Minimum-image vectors (M, N, 3) in Å from each point (M, 3) to each atom (N, 3) (Cartesian, one
     cell (3, 3)); NumPy in, NumPy out, see :func:`minimum_image` for ``n_images``."""

@@ -103,6 +103,17 @@ def test_minimum_image_vectors_are_lattice_translates_of_the_input(batch):
         np.testing.assert_allclose(np.linalg.norm(vectors[b], axis=-1), reference.T, atol=1e-4)
 
 
+def test_coordinate_rms_matches_pymatgen_distances_between_two_positions(batch):
+    frac, lattice, structures = batch
+    moved = np.asarray(frac) + np.random.default_rng(3).normal(0, 0.2, frac.shape) + 2.0  # images of other cells
+    rms = geometry.coordinate_rms(moved, frac, lattice)
+    for b, structure in enumerate(structures):
+        distances = [structure.lattice.get_all_distances(a[None], c[None])[0, 0]
+                     for a, c in zip(moved[b], structure.frac_coords)]
+        np.testing.assert_allclose(rms[b], np.sqrt(np.mean(np.square(distances))), rtol=1e-4)
+    assert np.all(np.asarray(geometry.coordinate_rms(frac + 1.0, frac, lattice)) < 1e-5)
+
+
 def test_minimum_image_exact_for_a_strongly_skewed_cell():
     """b is almost 3a: 27 images of the unreduced cell are not enough, minimum_image_range fixes it."""
     lattice = np.array([[4.0, 0.0, 0.0], [11.0, 1.3, 0.0], [0.5, 0.3, 4.0]])

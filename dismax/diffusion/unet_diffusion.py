@@ -29,6 +29,7 @@ from dismax.diffusion.trainer import TrainState
 
 COSINE_OFFSET = 0.008
 LOWRES_SAMPLE_NOISE = 0.2
+DENOISING_PROBE_TIME = 0.05  # the late-sampling noise level at which validation measures the one-step x̂_0
 
 
 def log_snr(t: jax.Array) -> jax.Array:
@@ -153,6 +154,26 @@ def eval_losses(params: dict, x0: jax.Array, key: jax.Array, cascade: Cascade) -
     """Stage losses with a fixed key (validation)."""
     losses = stage_losses(cascade, params, x0, key)
     return {"loss": sum(losses.values()), **losses}
+
+
+@partial(jax.jit, static_argnames=("cascade",))
+def denoised_estimate(params: dict, x0: jax.Array, key: jax.Array, cascade: Cascade,
+                      t: float = DENOISING_PROBE_TIME) -> jax.Array:
+    """x̂_0 (clipped to [−1, 1]) of clean data x0 (B, F, H, W, C) noised to time t, from the last stage (a
+    cascade's super-resolution stage conditioned, as in sampling, on x0's low-resolution image noise-augmented to
+    ``LOWRES_SAMPLE_NOISE``). How far it lies from x0 says how well the fine detail (e.g. the coordinates) is
+    learned, which the noise-regression loss mixes with every other pixel."""
+    noise_key, aug_key = jax.random.split(key)
+    times = jnp.full((x0.shape[0],), t)
+    x_t = noise_to(x0, times, jax.random.normal(noise_key, x0.shape, x0.dtype))
+    if cascade.sr is None:
+        output = cascade.base.apply(params["base"], x_t, log_snr(times))
+    else:
+        t_aug = jnp.full((x0.shape[0],), LOWRES_SAMPLE_NOISE)
+        low = resize(resize(x0, cascade.low_size, cascade.low_size), *x0.shape[2:4])
+        cond = noise_to(low, t_aug, jax.random.normal(aug_key, x0.shape, x0.dtype))
+        output = cascade.sr.apply(params["sr"], x_t, log_snr(times), cond=cond, cond_noise_level=log_snr(t_aug))
+    return jnp.clip(predicted_x0(cascade.objective, output, x_t, times), -1.0, 1.0)
 
 
 def ancestral_sample(network, params, key: jax.Array, shape: tuple, n_steps: int, cond=None, cond_time=None,

@@ -9,8 +9,8 @@ from pymatgen.core import Lattice
 from dismax.diffusion.crystens import (HEADER, crystens_ranges, from_crystens, from_model_space, space_groups,
                                        to_crystens, to_model_space)
 from dismax.diffusion.unimat import coordinate_ranges, from_unimat, to_unimat
-from dismax.geometry import pairwise_minimum_image_distances
-from tests.diffusion.unet_cells import a_si_cells, alloy_cells, cartesian_rms, interface_cells
+from dismax.geometry import coordinate_rms, pairwise_minimum_image_distances
+from tests.diffusion.unet_cells import a_si_cells, alloy_cells, interface_cells
 
 FAMILIES = {"alloy": alloy_cells, "a_si": a_si_cells, "interface": interface_cells}
 
@@ -27,7 +27,7 @@ def test_crystens_round_trip_is_exact(family):
     assert tensor.shape == (2, n + HEADER, n + HEADER, 4)
     frac, species = from_crystens(tensor, sorted(set(np.asarray(cells.species).ravel().tolist())))
     assert np.array_equal(np.asarray(species), np.asarray(cells.species))
-    assert cartesian_rms(frac, cells.frac, cells.lattice).max() < 1e-5
+    assert coordinate_rms(frac, cells.frac, cells.lattice).max() < 1e-5
     assert np.all((np.asarray(frac) >= 0) & (np.asarray(frac) < 1))
     # the min-max map puts every entry into [-1, 1] and inverts exactly
     ranges = crystens_ranges(tensor)
@@ -112,7 +112,7 @@ def test_unimat_round_trip_is_exact(family):
     frac, species, valid = from_unimat(video, order, composition, ranges)
     assert np.array_equal(np.asarray(species), np.asarray(cells.species))
     assert np.all(np.asarray(valid))
-    assert cartesian_rms(frac, cells.frac, cells.lattice).max() < 1e-5
+    assert coordinate_rms(frac, cells.frac, cells.lattice).max() < 1e-5
 
 
 def test_unimat_frame_layout_and_origin_atoms():

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 from dismax.config import load_config
-from dismax.diffusion.unet_diffusion import (OBJECTIVES, alpha_sigma, ancestral_sample, log_snr, noise_to,
-                                             predicted_x0, regression_target)
+from dismax.diffusion.unet_diffusion import (OBJECTIVES, Cascade, alpha_sigma, ancestral_sample, denoised_estimate,
+                                             log_snr, noise_to, predicted_x0, regression_target)
 from dismax.diffusion.unet_trainer import (AugmentConfig, Config, ModelConfig, check, permutable_atoms,
                                            permutation_copies, representation)
 from dismax.errors import DismaxConfigError, DismaxInputError
+from dismax.geometry import coordinate_rms
 from dismax.io import write_extxyz
-from tests.diffusion.unet_cells import alloy_cells, cartesian_rms, interface_cells
+from tests.diffusion.unet_cells import alloy_cells, interface_cells
 
 
 def test_cosine_log_snr_schedule():
@@ -65,7 +66,7 @@ def test_representation_round_trip_in_model_space(kind):
     assert x.shape == (2, *rep.shape) and float(jnp.max(jnp.abs(x))) <= 1.0 + 2e-6
     frac, species, valid = rep.decode(x)
     assert np.array_equal(np.asarray(species), np.asarray(cells.species)) and np.all(np.asarray(valid))
-    assert cartesian_rms(frac, cells.frac, cells.lattice).max() < 1e-5
+    assert coordinate_rms(frac, cells.frac, cells.lattice).max() < 1e-5
     # a swapped species changes the composition: failed
     broken = np.array(species)
     broken[0, 0] = 28 if broken[0, 0] != 28 else 26
@@ -127,6 +128,26 @@ def test_ancestral_sampler_lands_on_the_points_of_an_exact_denoiser(objective):
     distances = np.sqrt(np.mean((np.asarray(sample)[:, None] - np.asarray(points)[None]) ** 2, (2, 3, 4, 5)))
     assert np.all(distances.min(1) < 1e-3), distances.min(1)
     assert len(set(distances.argmin(1).tolist())) >= 3
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_denoised_estimate_is_the_last_stages_one_step_prediction(objective):
+    """An exact denoiser of one clean video returns it from any noised input, also from a cascade's
+    super-resolution stage, whatever the base stage knows; its x̂_0 is clipped to [−1, 1]."""
+    rng = np.random.default_rng(4)
+    point = jnp.asarray(rng.uniform(-0.9, 0.9, (1, 3, 8, 8, 2)), jnp.float32)
+    other = jnp.asarray(rng.uniform(-0.9, 0.9, (2, 3, 8, 8, 2)), jnp.float32)
+    single = Cascade(_OracleMixture(point, objective), objective=objective)
+    cascade = Cascade(_OracleMixture(point[..., :4, :4, :] * 0, objective), _OracleMixture(point, objective),
+                      low_size=4, objective=objective)
+    for model in (single, cascade):
+        for x0 in (jnp.repeat(point, 2, 0), other):
+            estimate = denoised_estimate({"base": None, "sr": None}, x0, jax.random.PRNGKey(1), model)
+            np.testing.assert_allclose(np.asarray(estimate), np.repeat(np.asarray(point), 2, 0), atol=2e-4)
+    loud = Cascade(_OracleMixture(point * 3, objective), objective=objective)
+    estimate = denoised_estimate({"base": None}, other, jax.random.PRNGKey(1), loud)
+    np.testing.assert_allclose(np.asarray(estimate), np.clip(np.repeat(np.asarray(point) * 3, 2, 0), -1, 1),
+                               atol=5e-4)
 
 
 def test_v_objective_round_trip():

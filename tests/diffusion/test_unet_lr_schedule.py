@@ -39,6 +39,9 @@ def test_cosine_schedule_with_warmup_is_followed_and_continued_on_resume(tmp_pat
     expected = [expected_rate(2 * epoch + 1, 2e-3, 8, 3) for epoch in range(4)]
     np.testing.assert_allclose([float(row["lr"]) for row in rows], expected, rtol=1e-5)  # float32
     assert expected[0] < expected[1] and expected[1] > expected[2] > expected[3] > 0
+    # the coordinate error of the one-step x̂_0 at t = 0.05 on the validation cells (Å; at most the 6 Å cube's
+    # half diagonal) is evaluated with the validation loss
+    assert rows[-1]["val_loss"] and 0.0 < float(rows[-1]["val_x0_rms"]) < 3 ** 0.5 * 3
 
 
 def test_constant_schedule_is_the_default_and_bad_keys_are_rejected(tmp_path):

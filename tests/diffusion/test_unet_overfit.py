@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
+from dismax.geometry import coordinate_rms
 from dismax.io import read_extxyz, write_extxyz
 from dismax.sample import main as sample_main
 from dismax.structures import Crystals
 from dismax.train import main as train_main
-from tests.diffusion.unet_cells import cartesian_rms
 
 SMALL = {
     "crystens": ["model.dim=16", "model.dim_mults=[1,2]", "model.num_resnet_blocks=1",
@@ -79,10 +79,10 @@ def test_small_unet_overfits_four_structures(kind, steps, displacement, nearer_t
     assert summary["n_failed"] <= 1
     samples = read_extxyz(out)
     assert np.array_equal(samples.species, cells.species[: len(samples)])
-    rms = np.stack([cartesian_rms(samples.frac, np.repeat(cells.frac[i:i + 1], len(samples), 0), samples.lattice)
+    rms = np.stack([coordinate_rms(samples.frac, np.repeat(cells.frac[i:i + 1], len(samples), 0), samples.lattice)
                     for i in range(4)])
     mean_cell = np.repeat(cells.frac.mean(0, keepdims=True), len(samples), 0)
-    to_mean = cartesian_rms(samples.frac, mean_cell, samples.lattice)
+    to_mean = coordinate_rms(samples.frac, mean_cell, samples.lattice)
     assert np.all(rms.min(0) < 0.3), rms.min(0)
     if nearer_than_mean:                                          # one of the cells, not their average
         assert np.all(rms.min(0) < to_mean), (rms.min(0), to_mean)

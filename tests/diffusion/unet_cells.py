@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 
-from dismax.geometry import minimum_image
 from dismax.structures import Crystals
 
 # Interface: 264 atoms, Li 72, Sc 12, Co 36, Cl 72, O 72 in element blocks (Dismai-Bench §1).
@@ -42,9 +40,3 @@ def interface_cells(n: int, seed: int = 0, blocks=INTERFACE_BLOCKS) -> Crystals:
     return Crystals(rng.random((n, len(species), 3)).astype(np.float32),
                     np.broadcast_to(lattice, (n, 3, 3)).astype(np.float32),
                     np.broadcast_to(species, (n, len(species))).astype(np.int32))
-
-
-def cartesian_rms(frac_a, frac_b, lattice) -> np.ndarray:
-    """(B,) RMS over atoms of the minimum-image Cartesian distance between two coordinate sets (Å)."""
-    cart = minimum_image(jnp.asarray(frac_a) - jnp.asarray(frac_b), jnp.asarray(lattice))
-    return np.sqrt(np.mean(np.sum(np.asarray(cart, np.float64) ** 2, -1), -1))
