@@ -619,7 +619,10 @@ def build(size: str, seed: int, out_dir: Path, potential: str = DEFAULT_POTENTIA
 def stale_reason(out_dir: Path, size: str) -> str | None:
     """Why the build in ``out_dir`` differs from what :func:`build` of ``size`` writes now (other build settings,
     recipe or weights of its shipped potential), or None when it does not."""
-    params = json.loads((Path(out_dir) / "params.json").read_text())
+    path = Path(out_dir) / "params.json"
+    if not path.is_file():
+        return "it has no params.json"
+    params = json.loads(path.read_text())
     current = json.loads(json.dumps({"settings": asdict(SIZES[size]), "recipe": asdict(InterfaceRecipe())},
                                     default=_plain))
     reasons = [f"{key} {params.get(key)} != {value}" for key, value in current.items() if params.get(key) != value]

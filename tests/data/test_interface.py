@@ -349,3 +349,5 @@ def test_a_cached_build_made_differently_is_used_with_a_warning(tmp_path, monkey
     assert "weights of 'interface_chgnet' 0123456789ab != " in caplog.text
     assert "python -m dismax.data build interface --size small --seed 3" in caplog.text
     assert I.stale_reason(cached, "full").startswith("settings {")
+    (cached / "params.json").unlink()
+    assert I.stale_reason(cached, "small") == "it has no params.json"
