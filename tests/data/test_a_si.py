@@ -38,6 +38,7 @@ def test_tiny_build_writes_a_dataset(tmp_path):
         assert record["relax_status"] in ("converged", "max_steps")
 
 
+@pytest.mark.slow  # ~60 s
 def test_melt_quench_traces_without_warnings():
     """jax-md's thermostat asks for a float64 sum; the MD is traced without that warning reaching the user
     (40 atoms: a cell size no other test compiles, so the MD is traced here)."""

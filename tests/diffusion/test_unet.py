@@ -64,6 +64,7 @@ def test_relative_position_bias_depends_only_on_the_frame_offset():
     assert np.ptp(bias[0, 4]) > 1e-3                                 # different offsets, different biases
 
 
+@pytest.mark.slow  # ~150 s; test_temporal_blocks_are_the_identity_at_initialisation covers the frame mixing by default
 def test_video_unet_mixes_frames_at_every_level_and_an_image_unet_has_none():
     x = _video(shape=(1, 5, 4, 4, 3))
     video = UNet(3, dim=16, dim_mults=(1, 2), num_resnet_blocks=1, layer_attns=(False, True), temporal=True,

@@ -185,6 +185,7 @@ class FailsWhenStretched:
         return jnp.where(shortest > 2.38, jnp.nan, self.sw.energy_from_displacements(dR, mask))
 
 
+@pytest.mark.slow  # ~45 s
 def test_non_finite_energy_freezes_and_fails_one_structure():
     # Structure 0 sits in an expanded cell (bonds relax towards 2.43 Å) and hits the NaN region on the
     # way; structure 1 (bonds -> 2.35 Å) never does.
@@ -202,6 +203,7 @@ def test_non_finite_energy_freezes_and_fails_one_structure():
     np.testing.assert_allclose(result.e_final[1], reference.e_final[0], atol=1e-6)
 
 
+@pytest.mark.slow  # ~60 s; test_small_skin_rebuilds_tables_and_gives_the_same_minimum covers rebuilding by default
 def test_neighbour_overflow_is_rebuilt_larger():
     crystals = Crystals.from_ase(perturbed_diamond(2, seed=5))
     normal = relax(crystals, original_sw(), chunk_size=CHUNK)
@@ -239,6 +241,7 @@ def test_small_skin_rebuilds_tables_and_gives_the_same_minimum():
     np.testing.assert_allclose(narrow.e_final, DIAMOND_SW, atol=2e-5)
 
 
+@pytest.mark.slow  # ~35 s
 def test_compiled_relaxation_and_step_cost_describe_the_relax_loop():
     """The profiled program is the loop relax() runs: same steps and final energies; XLA counts work."""
     crystals = Crystals.from_ase(perturbed_diamond(CHUNK))  # one chunk of the size the other tests compile
@@ -275,6 +278,7 @@ def test_table_forces_match_the_reference_until_the_skin_is_used_up():
         np.testing.assert_allclose(np.asarray(forces), np.asarray(reference), atol=2e-4)
 
 
+@pytest.mark.slow  # ~45 s
 def test_rebuilding_only_stale_tables_gives_the_trajectory_of_rebuilding_every_step():
     """A zero skin rebuilds every structure's table at every step; the default skin rebuilds rarely and
     per structure, with the same steps and minima."""

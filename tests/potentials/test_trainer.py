@@ -122,6 +122,7 @@ def tiny_shipped_potential(tmp_path, monkeypatch, species=(8, 14)):
     return get_potential("tiny_start")
 
 
+@pytest.mark.slow  # ~45 s; test_fine_tuning_needs_the_same_network checks the setup by default
 def test_fine_tuning_starts_from_the_initial_potential(tmp_path, monkeypatch):
     start = tiny_shipped_potential(tmp_path, monkeypatch)
     data = write_sw_frames(tmp_path / "sw.extxyz", 5)

@@ -4,6 +4,7 @@ permute consistently, and padding leaves the real atoms' outputs unchanged."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from scipy.spatial.transform import Rotation
 
 from dismax.ssl.backbone import N_EMBEDDINGS, Backbone
@@ -63,6 +64,7 @@ def test_soft_species_equal_integer_species_for_one_hot_input():
     np.testing.assert_allclose(soft_noise, noise, atol=1e-5)
 
 
+@pytest.mark.slow  # ~55 s
 def test_composition_context_sees_visible_atoms_beyond_the_receptive_field():
     from dataclasses import replace
 
