@@ -168,7 +168,7 @@ def representation(config: Config, data: Crystals, space_group: np.ndarray, chun
     species = np.asarray(data.species)
     order = check_species_order(dict.fromkeys(species[0].tolist()))
     composition = tuple(int(np.sum(species[0] == z)) for z in order)
-    if not np.all(species == species[:1]) and config.augment.permute == "none":
+    if training_order(species) is None and config.augment.permute == "none":
         log.warning("%s: the atom order of the species differs between structures; the U-Net baselines rely on "
                     "a fixed order", config.model.name)
     if config.model.name == "unimat":
