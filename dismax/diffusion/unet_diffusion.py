@@ -5,14 +5,23 @@ Cosine log-SNR schedule λ(t) = −log(max(cos((t + s)/(1 + s) · π/2)^−2 −
 ``get_condition``), not t. Training draws t ~ U(0, 1) per sample and regresses (MSE) the
 ``objective`` of x_t = α x_0 + σ ε: ``noise`` ε (imagen's default, Dismai-Bench's setting; x̂_0 = (x_t − σ ε̂)/α
 amplifies errors by σ/α, so near t = 1 it needs long training) or ``v`` = α ε − σ x_0 (imagen's
-``pred_objectives='v'``; x̂_0 = α x_t − σ v̂ stays well conditioned at every t). Sampling is ancestral over ``n_steps`` equal time steps from t = 1 to 0 with the
-posterior q(x_s | x_t, x̂_0): c = −expm1(λ_t − λ_s), mean α_s (x_t (1 − c)/α_t + c x̂_0), variance σ_s² c,
-and x̂_0 clipped to [−1, 1] (the data are scaled into that range).
+``pred_objectives='v'``; x̂_0 = α x_t − σ v̂ stays well conditioned at every t). With ``min_snr_gamma`` γ each
+sample's MSE is weighted as imagen-pytorch (1.26.2, the version of the published scripts) does by default
+(``min_snr_loss_weight=True``, γ = 5; Hang et al. 2023): min(SNR, γ)/SNR for ``noise``, min(SNR, γ)/(SNR + 1)
+for ``v``, SNR = exp λ, which keeps the many nearly clean, easy samples from dominating; None: plain MSE.
+Sampling is ancestral over ``n_steps`` equal time steps from t = 1 to 0 with the posterior q(x_s | x_t, x̂_0):
+c = −expm1(λ_t − λ_s), mean α_s (x_t (1 − c)/α_t + c x̂_0), variance σ_s² c, and x̂_0 kept in [−1, 1] (the data
+are scaled into that range) by ``threshold`` (below).
 
 A cascade (CrysTens) adds a super-resolution stage: it is conditioned on the low-resolution image resized to
-its size and noise-augmented to level ``t_aug`` (U(0, 1) in training, ``LOWRES_SAMPLE_NOISE`` in sampling,
-Imagen's defaults). Both stages are trained at every step on the same batch with one Adam over the joint
-parameters {"base", "sr"}; Adam is elementwise, so this equals training each U-Net on its own.
+its size (nearest neighbour, as imagen-pytorch's default ``resize_mode``) and noise-augmented to level ``t_aug`` on
+imagen's separate *linear* low-resolution schedule λ_aug(t) = −log(expm1(1e-4 + 10 t²)) (one ``t_aug`` ~ U(0, 1)
+per batch in training, ``LOWRES_SAMPLE_NOISE`` in sampling: Imagen's defaults). Both stages are trained at every
+step on the same batch with one Adam over the joint parameters {"base", "sr"}; Adam is elementwise, so this
+equals training each U-Net on its own.
+
+``threshold`` in sampling is imagen's dynamic thresholding (on by default there, percentile 0.95): each sample's
+x̂_0 is clipped to ±s and divided by s, s = max(1, the percentile of |x̂_0|); None clips to [−1, 1].
 """
 
 from __future__ import annotations
@@ -52,9 +61,25 @@ def noise_to(x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
     return _expand(alpha, x0) * x0 + _expand(sigma, x0) * noise
 
 
+def lowres_log_snr(t: jax.Array) -> jax.Array:
+    """Log-SNR of imagen's linear schedule, which noises the low-resolution conditioning image of a cascade."""
+    return -jnp.log(jnp.expm1(1e-4 + 10.0 * t ** 2))
+
+
+def augment_lowres(low: jax.Array, t_aug: jax.Array, noise: jax.Array) -> jax.Array:
+    """The conditioning image α x + σ ε at levels t_aug (B,) of the linear low-resolution schedule."""
+    alpha, sigma = alpha_sigma(lowres_log_snr(t_aug))
+    return _expand(alpha, low) * low + _expand(sigma, low) * noise
+
+
 def resize(x: jax.Array, height: int, width: int) -> jax.Array:
-    """Bilinear resize of videos (B, F, H, W, C) to (B, F, height, width, C) (antialiased when shrinking)."""
-    return jax.image.resize(x, (*x.shape[:2], height, width, x.shape[-1]), "linear")
+    """Nearest-neighbour resize of videos (B, F, H, W, C) to (B, F, height, width, C) as torch's
+    ``interpolate(mode='nearest')`` (imagen's default): output pixel i takes input pixel ⌊i · in/out⌋."""
+
+    def source(n_in, n_out):
+        return jnp.minimum(jnp.floor(jnp.arange(n_out) * (n_in / n_out)).astype(jnp.int32), n_in - 1)
+
+    return x[:, :, source(x.shape[2], height)][:, :, :, source(x.shape[3], width)]
 
 
 @dataclass(frozen=True)
@@ -66,6 +91,7 @@ class Cascade:
     sr: object | None = None
     low_size: int | None = None
     objective: str = "noise"
+    min_snr_gamma: float | None = None
 
 
 OBJECTIVES = ("noise", "v")
@@ -77,6 +103,15 @@ def regression_target(objective: str, x0: jax.Array, noise: jax.Array, t: jax.Ar
         return noise
     alpha, sigma = alpha_sigma(log_snr(t))
     return _expand(alpha, x0) * noise - _expand(sigma, x0) * x0
+
+
+def loss_weight(objective: str, min_snr_gamma: float | None, t: jax.Array) -> jax.Array:
+    """(B,) weight of each sample's MSE at times t (B,): imagen-pytorch's min-SNR weighting (module docstring),
+    or ones when ``min_snr_gamma`` is None."""
+    if min_snr_gamma is None:
+        return jnp.ones_like(t)
+    snr = jnp.exp(log_snr(t))
+    return jnp.minimum(snr, min_snr_gamma) / (snr if objective == "noise" else snr + 1)
 
 
 def predicted_x0(objective: str, output: jax.Array, x_t: jax.Array, t: jax.Array) -> jax.Array:
@@ -98,14 +133,16 @@ def stage_losses(cascade: Cascade, params: dict, x0: jax.Array, key: jax.Array) 
         t = jax.random.uniform(time_key, (batch,))
         noise = jax.random.normal(noise_key, clean.shape, clean.dtype)
         output = network.apply(stage_params, noise_to(clean, t, noise), log_snr(t), **cond)
-        return jnp.mean((output - regression_target(cascade.objective, clean, noise, t)) ** 2)
+        per_sample = jnp.mean((output - regression_target(cascade.objective, clean, noise, t)) ** 2,
+                              axis=tuple(range(1, clean.ndim)))
+        return jnp.mean(loss_weight(cascade.objective, cascade.min_snr_gamma, t) * per_sample)
 
     losses = {"base": mse(cascade.base, params["base"], low, keys[0], keys[1])}
     if cascade.sr is not None:
-        t_aug = jax.random.uniform(keys[2], (batch,))
-        cond = noise_to(resize(low, *x0.shape[2:4]), t_aug, jax.random.normal(keys[3], x0.shape, x0.dtype))
+        t_aug = jnp.full((batch,), jax.random.uniform(keys[2]))
+        cond = augment_lowres(resize(low, *x0.shape[2:4]), t_aug, jax.random.normal(keys[3], x0.shape, x0.dtype))
         losses["sr"] = mse(cascade.sr, params["sr"], x0, keys[4], jax.random.fold_in(keys[4], 1), cond=cond,
-                           cond_noise_level=log_snr(t_aug))
+                           cond_noise_level=lowres_log_snr(t_aug))
     return losses
 
 
@@ -171,19 +208,30 @@ def denoised_estimate(params: dict, x0: jax.Array, key: jax.Array, cascade: Casc
     else:
         t_aug = jnp.full((x0.shape[0],), LOWRES_SAMPLE_NOISE)
         low = resize(resize(x0, cascade.low_size, cascade.low_size), *x0.shape[2:4])
-        cond = noise_to(low, t_aug, jax.random.normal(aug_key, x0.shape, x0.dtype))
-        output = cascade.sr.apply(params["sr"], x_t, log_snr(times), cond=cond, cond_noise_level=log_snr(t_aug))
+        cond = augment_lowres(low, t_aug, jax.random.normal(aug_key, x0.shape, x0.dtype))
+        output = cascade.sr.apply(params["sr"], x_t, log_snr(times), cond=cond,
+                                  cond_noise_level=lowres_log_snr(t_aug))
     return jnp.clip(predicted_x0(cascade.objective, output, x_t, times), -1.0, 1.0)
 
 
+def threshold_x0(x0: jax.Array, threshold: float | None) -> jax.Array:
+    """x̂_0 (B, ...) limited to [−1, 1]: imagen's dynamic thresholding at percentile ``threshold`` (module
+    docstring), or a plain clip when None."""
+    if threshold is None:
+        return jnp.clip(x0, -1.0, 1.0)
+    s = jnp.maximum(jnp.quantile(jnp.abs(x0.reshape(x0.shape[0], -1)), threshold, axis=-1), 1.0)
+    s = _expand(s, x0)
+    return jnp.clip(x0, -s, s) / s
+
+
 def ancestral_sample(network, params, key: jax.Array, shape: tuple, n_steps: int, cond=None, cond_time=None,
-                     objective: str = "noise"):
+                     objective: str = "noise", threshold: float | None = None):
     """x_0 (shape) from pure noise by ``n_steps`` posterior steps of a network trained on ``objective``
-    (module docstring)."""
+    (module docstring); ``cond`` was noise-augmented to ``cond_time`` of the low-resolution schedule."""
     times = jnp.linspace(1.0, 0.0, n_steps + 1)
     init_key, loop_key = jax.random.split(key)
     batch = shape[0]
-    extra = {} if cond is None else {"cond": cond, "cond_noise_level": log_snr(cond_time)}
+    extra = {} if cond is None else {"cond": cond, "cond_noise_level": lowres_log_snr(cond_time)}
 
     def step(x, inputs):
         index, t, s = inputs
@@ -191,7 +239,7 @@ def ancestral_sample(network, params, key: jax.Array, shape: tuple, n_steps: int
         (alpha_t, _), (alpha_s, sigma_s) = alpha_sigma(lam_t), alpha_sigma(lam_s)
         times_t = jnp.full((batch,), t)
         output = network.apply(params, x, jnp.full((batch,), lam_t), **extra)
-        x0 = jnp.clip(predicted_x0(objective, output, x, times_t), -1.0, 1.0)
+        x0 = threshold_x0(predicted_x0(objective, output, x, times_t), threshold)
         c = -jnp.expm1(lam_t - lam_s)
         mean = alpha_s * (x * (1 - c) / alpha_t + c * x0)
         noise = jax.random.normal(jax.random.fold_in(loop_key, index), x.shape, x.dtype)
@@ -202,15 +250,16 @@ def ancestral_sample(network, params, key: jax.Array, shape: tuple, n_steps: int
     return x
 
 
-@partial(jax.jit, static_argnames=("cascade", "shape", "n_steps"))
-def sample_cascade(params: dict, key: jax.Array, cascade: Cascade, shape: tuple, n_steps: int) -> jax.Array:
+@partial(jax.jit, static_argnames=("cascade", "shape", "n_steps", "threshold"))
+def sample_cascade(params: dict, key: jax.Array, cascade: Cascade, shape: tuple, n_steps: int,
+                   threshold: float | None = None) -> jax.Array:
     """Samples (shape = (B, F, H, W, C)) in [−1, 1]: the base stage, then super-resolution if any."""
     base_key, sr_key, aug_key = jax.random.split(key, 3)
+    options = dict(objective=cascade.objective, threshold=threshold)
     if cascade.sr is None:
-        return ancestral_sample(cascade.base, params["base"], base_key, shape, n_steps, objective=cascade.objective)
+        return ancestral_sample(cascade.base, params["base"], base_key, shape, n_steps, **options)
     low_shape = (*shape[:2], cascade.low_size, cascade.low_size, shape[-1])
-    low = ancestral_sample(cascade.base, params["base"], base_key, low_shape, n_steps, objective=cascade.objective)
+    low = ancestral_sample(cascade.base, params["base"], base_key, low_shape, n_steps, **options)
     t_aug = jnp.full((shape[0],), LOWRES_SAMPLE_NOISE)
-    cond = noise_to(resize(low, *shape[2:4]), t_aug, jax.random.normal(aug_key, shape))
-    return ancestral_sample(cascade.sr, params["sr"], sr_key, shape, n_steps, cond=cond, cond_time=t_aug,
-                            objective=cascade.objective)
+    cond = augment_lowres(resize(low, *shape[2:4]), t_aug, jax.random.normal(aug_key, shape))
+    return ancestral_sample(cascade.sr, params["sr"], sr_key, shape, n_steps, cond=cond, cond_time=t_aug, **options)

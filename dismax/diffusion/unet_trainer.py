@@ -72,20 +72,24 @@ from dismax.training import (LoopConfig, Panel, TrainingTask, check_data_source,
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """U-Net settings (imagen-pytorch names). CrysTens: a base U-Net at ``low_size``² and a super-resolution
-    U-Net (``sr_layer_attns``) to the full size; UniMat: one video U-Net (``layer_attns``). ``objective``:
-    what the U-Nets regress, ``noise`` (the paper's) or ``v`` (:mod:`dismax.diffusion.unet_diffusion`)."""
+    """U-Net settings (imagen-pytorch names; the defaults are imagen-pytorch 1.26.2's, the version of the
+    published scripts, e.g. 8 attention heads of 64). CrysTens: a base U-Net at ``low_size``² and a
+    super-resolution U-Net (``sr_layer_attns``) to the full size; UniMat: one video U-Net (``layer_attns``).
+    ``objective``: what the U-Nets regress, ``noise`` (the paper's) or ``v``; ``min_snr_gamma``: imagen's
+    min-SNR loss weighting (5, on by default there) or null for the plain MSE
+    (:mod:`dismax.diffusion.unet_diffusion`)."""
 
     name: Literal["crystens", "unimat"] = "unimat"
     dim: int = 64
     dim_mults: tuple[int, ...] = (1, 2, 4)
     num_resnet_blocks: int = 3
     layer_attns: tuple[bool, ...] = (False, True, True)
-    heads: int = 4
-    head_dim: int = 32
+    heads: int = 8
+    head_dim: int = 64
     low_size: int = 64
     sr_layer_attns: tuple[bool, ...] = (False, False, False)
     objective: Literal["noise", "v"] = "noise"
+    min_snr_gamma: float | None = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +120,7 @@ class SampleConfig:
     n_steps: int = 100
     batch_size: int = 8
     use_ema: bool = True
+    dynamic_threshold: float | None = 0.95
     reference_index: int = 0
 
 
@@ -201,9 +206,10 @@ def build_cascade(model: ModelConfig, rep: Representation) -> Cascade:
     channels = rep.shape[-1]
     if model.name == "unimat":
         return Cascade(UNet(channels, layer_attns=model.layer_attns, temporal=True, **common),
-                       objective=model.objective)
+                       objective=model.objective, min_snr_gamma=model.min_snr_gamma)
     return Cascade(UNet(channels, layer_attns=model.layer_attns, **common),
-                   UNet(channels, layer_attns=model.sr_layer_attns, **common), model.low_size, model.objective)
+                   UNet(channels, layer_attns=model.sr_layer_attns, **common), model.low_size, model.objective,
+                   model.min_snr_gamma)
 
 
 # -------------------------------------------------------------------------------------- augmentation
@@ -254,6 +260,13 @@ def check(config: Config) -> None:
     for key, value in (("sample.n_steps", config.sample.n_steps), ("sample.batch_size", config.sample.batch_size)):
         if value < 1:
             raise DismaxConfigError(f"config key '{key}' is {value}; it must be at least 1")
+    threshold = config.sample.dynamic_threshold
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        raise DismaxConfigError(f"config key 'sample.dynamic_threshold' is {threshold}; it must be a percentile "
+                                f"in (0, 1] (imagen's 0.95) or null for a plain clip to [-1, 1]")
+    if m.min_snr_gamma is not None and m.min_snr_gamma <= 0:
+        raise DismaxConfigError(f"config key 'model.min_snr_gamma' is {m.min_snr_gamma}; it must be positive "
+                                f"(imagen's 5) or null for the unweighted MSE")
     if len(config.augment.region_species) != len(config.augment.region_counts):
         raise DismaxConfigError("config keys 'augment.region_species' and 'augment.region_counts' must have the "
                                 "same length")
@@ -312,7 +325,7 @@ def train(config: Config, run: RunDir) -> None:
         return state, {"val_loss": losses["loss"], "val_x0_rms": coordinate_rms(frac, val.frac, val.lattice).mean()}
 
     def sample_task(state, member, n, key):
-        frac, species, valid = generate(state.ema_params, rep, cascade, key, n, config.sample.n_steps)
+        frac, species, valid = generate(state.ema_params, rep, cascade, key, n, config.sample)
         return Crystals(frac, jnp.broadcast_to(jnp.asarray(val.lattice[:1]), (n, 3, 3)), species)
 
     columns = ("loss", *(("base", "sr") if cascade.sr is not None else ("base",)))
@@ -328,9 +341,10 @@ def train(config: Config, run: RunDir) -> None:
 
 
 # ------------------------------------------------------------------------------------------ sampling
-def generate(params, rep: Representation, cascade: Cascade, key, n_structures: int, n_steps: int):
+def generate(params, rep: Representation, cascade: Cascade, key, n_structures: int, sampling: SampleConfig):
     """(frac (n, N, 3), species (n, N), valid (n,)) of ``n_structures`` samples."""
-    x = sample_cascade(params, key, cascade, (n_structures, *rep.shape), n_steps)
+    x = sample_cascade(params, key, cascade, (n_structures, *rep.shape), sampling.n_steps,
+                       sampling.dynamic_threshold)
     return _decode(rep, x)
 
 
@@ -358,7 +372,7 @@ def sample(run: RunDir, n: int, out: Path, seed: int = 0, member: int = 0, check
     def write_chunk(i, path):
         keep = min(chunk, n - i * chunk)
         frac, species, valid = generate(params, rep, cascade, jax.random.fold_in(key, i * chunk), chunk,
-                                        config.sample.n_steps)
+                                        config.sample)
         valid = np.asarray(valid)[:keep]
         frac, species = np.asarray(frac)[:keep], np.asarray(species)[:keep]
         accuracy = [] if order is None else species_accuracy(species, order).round(6).tolist()

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from dismax.config import load_config
-from dismax.diffusion.unet_diffusion import (OBJECTIVES, Cascade, alpha_sigma, ancestral_sample, denoised_estimate,
-                                             log_snr, noise_to, predicted_x0, regression_target)
+from dismax.diffusion.unet_diffusion import (OBJECTIVES, Cascade, alpha_sigma, ancestral_sample, augment_lowres,
+                                             denoised_estimate, log_snr, loss_weight, lowres_log_snr, noise_to,
+                                             predicted_x0, regression_target, resize, stage_losses, threshold_x0)
 from dismax.diffusion.unet_trainer import (AugmentConfig, Config, ModelConfig, check, permutable_atoms,
                                            permutation_copies, representation)
 from dismax.errors import DismaxConfigError, DismaxInputError
@@ -83,11 +84,17 @@ def test_shipped_configs_load_and_check(tmp_path):
         for family in ("alloy", "a_si", "interface", "alloy_small", "a_si_small"):
             config = load_config(f"configs/{name}_{family}.yaml", files)
             assert config.model.name == name
-            assert config.model.objective == ("v" if family.endswith("small") else "noise")
+            small = family.endswith("small")
+            assert config.model.objective == ("v" if small else "noise")
+            # the paper configs keep imagen-pytorch 1.26.2's defaults (the published scripts' version)
+            assert config.model.min_snr_gamma == (None if small else 5.0)
+            assert (config.model.heads, config.model.head_dim) == ((2, 16) if small else (8, 64))
+            assert config.sample.dynamic_threshold == 0.95
             check(config)
     for family in ("a_si_cpu", "interface_cpu"):  # the CPU-trained UniMat runs of the README
         config = load_config(f"configs/unimat_{family}.yaml", files)
         assert (config.model.name, config.model.objective, config.train.lr_schedule) == ("unimat", "v", "cosine")
+        assert config.model.min_snr_gamma is None
         check(config)
     assert load_config("configs/unimat_interface.yaml").augment.permute == "interface"
     assert load_config("configs/unimat_interface.yaml").model.layer_attns == (False, True, True)
@@ -95,6 +102,10 @@ def test_shipped_configs_load_and_check(tmp_path):
         check(load_config("configs/unimat_alloy.yaml", ["model.layer_attns=[true]"]))
     with pytest.raises(DismaxConfigError, match="low_size"):
         check(load_config("configs/crystens_alloy.yaml", ["model.low_size=30"]))
+    with pytest.raises(DismaxConfigError, match="dynamic_threshold"):
+        check(load_config("configs/unimat_alloy.yaml", ["sample.dynamic_threshold=1.5"]))
+    with pytest.raises(DismaxConfigError, match="min_snr_gamma"):
+        check(load_config("configs/unimat_alloy.yaml", ["model.min_snr_gamma=0"]))
 
 
 class _OracleMixture:
@@ -163,3 +174,70 @@ def test_v_objective_round_trip():
                                    atol=2e-4)
     v_error = predicted_x0("v", regression_target("v", x0, noise, t) + 0.01, x_t, t) - x0
     assert float(jnp.max(jnp.abs(v_error))) <= 0.0101
+
+
+def test_min_snr_loss_weight_is_imagens():
+    """imagen-pytorch 1.26.2's default weighting: min(SNR, 5)/SNR (noise) and min(SNR, 5)/(SNR + 1) (v), SNR =
+    α²/σ² of the cosine schedule; the weighted loss is the mean of each sample's MSE times its weight."""
+    t = jnp.array([0.02, 0.3, 0.5, 0.9])
+    s = 0.008
+    alpha = np.cos((np.asarray(t, np.float64) + s) / (1 + s) * np.pi / 2)
+    snr = alpha ** 2 / (1 - alpha ** 2)
+    assert snr[0] > 5 > snr[-1]
+    np.testing.assert_allclose(np.asarray(loss_weight("noise", 5.0, t)), np.minimum(snr, 5) / snr, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(loss_weight("v", 5.0, t)), np.minimum(snr, 5) / (snr + 1), rtol=1e-4)
+    np.testing.assert_array_equal(np.asarray(loss_weight("v", None, t)), np.ones(4))
+
+    class Zero:
+        def apply(self, params, x, noise_level, **cond):
+            return jnp.zeros_like(x)
+
+    x0 = jnp.asarray(np.random.default_rng(5).uniform(-1, 1, (6, 2, 4, 4, 3)), jnp.float32)
+    key = jax.random.PRNGKey(7)
+    for objective in OBJECTIVES:
+        plain = stage_losses(Cascade(Zero(), objective=objective), {"base": None}, x0, key)["base"]
+        weighted = stage_losses(Cascade(Zero(), objective=objective, min_snr_gamma=5.0), {"base": None}, x0,
+                                key)["base"]
+        keys = jax.random.split(key, 5)
+        times = jax.random.uniform(keys[0], (6,))
+        noise = jax.random.normal(keys[1], x0.shape)
+        per_sample = np.mean(np.asarray(regression_target(objective, x0, noise, times)) ** 2, (1, 2, 3, 4))
+        np.testing.assert_allclose(float(plain), per_sample.mean(), rtol=1e-5)
+        np.testing.assert_allclose(float(weighted),
+                                   np.mean(per_sample * np.asarray(loss_weight(objective, 5.0, times))), rtol=1e-5)
+
+
+def test_low_resolution_conditioning_follows_imagens_linear_schedule_and_nearest_resize():
+    """α² = exp(−(1e-4 + 10 t²)) on the linear schedule (λ = −log expm1(1e-4 + 10 t²)), and the resize picks
+    the pixels torch's interpolate(mode='nearest') picks, shrinking and growing."""
+    torch = pytest.importorskip("torch")
+    t = jnp.array([0.0, 0.2, 0.5, 1.0])
+    alpha, sigma = alpha_sigma(lowres_log_snr(t))
+    np.testing.assert_allclose(np.asarray(alpha) ** 2, np.exp(-(1e-4 + 10 * np.asarray(t) ** 2)), rtol=1e-5)
+    low = jnp.asarray(np.random.default_rng(6).uniform(-1, 1, (4, 1, 3, 3, 2)), jnp.float32)
+    augmented = augment_lowres(low, t, jnp.ones_like(low))
+    np.testing.assert_allclose(np.asarray(augmented), np.asarray(alpha)[:, None, None, None, None] * np.asarray(low)
+                               + np.asarray(sigma)[:, None, None, None, None], rtol=1e-5, atol=1e-6)
+    image = np.random.default_rng(7).normal(size=(2, 1, 20, 20, 4)).astype(np.float32)
+    for size in (8, 64, 276):
+        for source in (image, np.asarray(resize(jnp.asarray(image), 8, 8))):
+            expected = torch.nn.functional.interpolate(torch.from_numpy(np.array(source[:, 0])).permute(0, 3, 1, 2), (size, size),
+                                                       mode="nearest").permute(0, 2, 3, 1).numpy()
+            np.testing.assert_array_equal(np.asarray(resize(jnp.asarray(source), size, size))[:, 0], expected)
+
+
+def test_dynamic_thresholding_is_imagens():
+    """s = max(1, the 0.95 quantile of |x̂_0|) per sample (torch.quantile's linear interpolation), x̂_0 clipped
+    to ±s and divided by s; a sample inside [−1, 1] is unchanged; None clips."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(8)
+    x0 = np.stack([rng.uniform(-0.9, 0.9, (3, 4, 4, 3)), 3 * rng.normal(size=(3, 4, 4, 3)),
+                   rng.normal(size=(3, 4, 4, 3))]).astype(np.float32)
+    flat = torch.from_numpy(x0).reshape(3, -1)
+    s = torch.quantile(flat.abs(), 0.95, dim=-1).clamp(min=1.0)[:, None]
+    expected = (torch.maximum(torch.minimum(flat, s), -s) / s).reshape(x0.shape).numpy()
+    thresholded = np.asarray(threshold_x0(jnp.asarray(x0), 0.95))
+    np.testing.assert_allclose(thresholded, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(thresholded[0], x0[0])
+    assert np.abs(thresholded).max() <= 1.0
+    np.testing.assert_array_equal(np.asarray(threshold_x0(jnp.asarray(x0), None)), np.clip(x0, -1, 1))

@@ -15,10 +15,10 @@ from dismax.train import main as train_main
 SMALL = {
     "crystens": ["model.dim=16", "model.dim_mults=[1,2]", "model.num_resnet_blocks=1",
                  "model.layer_attns=[false,true]", "model.sr_layer_attns=[false,false]", "model.low_size=8",
-                 "model.heads=2", "model.head_dim=16"],
+                 "model.heads=2", "model.head_dim=16", "model.min_snr_gamma=null"],
     "unimat": ["model.dim=16", "model.dim_mults=[1,2]", "model.num_resnet_blocks=1",
                "model.layer_attns=[false,true]", "model.sr_layer_attns=[false,false]", "model.heads=2",
-               "model.head_dim=16"],
+               "model.head_dim=16", "model.min_snr_gamma=null"],
 }
 
 
