@@ -56,6 +56,8 @@ def eight_atom_cells(n: int, seed: int = 0, displacement: float = 0.06) -> Cryst
 # batch 16 of repeated cells costs 1.8× the step time for about 2× the progress per step; the x_0 objective
 # learns only the mean.) So 20,000 steps at lr 3e-3 with the cosine decay; the test: 1,624 s at load 5–6
 # (12 steps/s, 1,187 s user time); on an otherwise idle machine 858 s (load 1.0–1.8, 1,218 s user time).
+# All with the plain MSE (model.min_snr_gamma=null); imagen's default min-SNR weighting learns the t = 0.05
+# coordinates of these cells slower with this U-Net (benchmarks/unimat_reference.py, README).
 
 
 @pytest.mark.slow
