@@ -39,6 +39,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from dismax.data.interface_layout import CATIONS, CL, CO, ELEMENT_ORDER, LI, O, REGION_COUNTS, REGION_ORDER, SC
 from dismax.errors import DismaxError
 from dismax.geometry import displacements, pairwise_minimum_image_distances
 from dismax.io import read_structure_set, write_extxyz
@@ -46,14 +47,6 @@ from dismax.potentials import SHIPPED, get_potential
 from dismax.potentials.fire import DEFAULT_FMAX, relax
 from dismax.runs import atomic_write_bytes, atomic_write_text, progress, write_in_parts
 from dismax.structures import Crystals, leading_atoms
-
-LI, O, CL, SC, CO = 3, 8, 17, 21, 27
-ELEMENT_ORDER = (LI, SC, CO, CL, O)
-CATIONS = (LI, SC, CO)
-REGION_ORDER = (SC, CL, LI)  # placement order of the interface atoms
-REGION_COUNTS = {LI: 9, SC: 3, CL: 18}
-COMPOSITION = {LI: 72, SC: 12, CO: 36, CL: 72, O: 72}
-N_ATOMS = 264
 
 LCO_A, LCO_C, LCO_Z_O = 2.829651, 14.133136, 0.2604  # Å, Å, fractional (Co 3a / Li 3b setting)
 LSC_LATTICE = (6.398, 11.040, 6.391, 109.89)  # a, b, c (Å), beta (deg): Bohnsack et al. (1997)

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dismax.config import load_config
-from dismax.data.interface import REGION_COUNTS
+from dismax.data.interface_layout import REGION_COUNTS
 from dismax.data.loader import BatchLoader
 from dismax.diffusion.crystens import (crystens_ranges, from_crystens, from_model_space, merge_ranges, space_groups,
                                        to_crystens, to_model_space)

@@ -7,6 +7,7 @@ import pytest
 
 from dismax.data import BUILDERS
 from dismax.data import interface as I
+from dismax.data.interface_layout import COMPOSITION, N_ATOMS
 from dismax.errors import DismaxError
 from dismax.geometry import displacements, pairwise_minimum_image_distances
 from dismax.io import read_extxyz
@@ -119,7 +120,7 @@ def test_slab_plane_compositions_and_heights(slabs):
 def test_random_interface_composition_distances_and_order(interfaces):
     for structure in interfaces:
         counts = {int(z): int(np.sum(structure.species == z)) for z in np.unique(structure.species)}
-        assert counts == I.COMPOSITION and len(structure.species) == I.N_ATOMS
+        assert counts == COMPOSITION and len(structure.species) == N_ATOMS
         lattice = structure.lattice
         np.testing.assert_allclose(I.in_plane_cell(lattice[:2])[:3], PAPER_CELL, atol=1e-4)
         assert 4.0 <= structure.thickness <= 6.0
