@@ -55,21 +55,16 @@ def _expand(values: jax.Array, like: jax.Array) -> jax.Array:
     return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
 
 
-def noise_to(x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
-    """x_t = α(t) x_0 + σ(t) ε for per-sample times t (B,)."""
-    alpha, sigma = alpha_sigma(log_snr(t))
+def noise_to(x0: jax.Array, t: jax.Array, noise: jax.Array, schedule=log_snr) -> jax.Array:
+    """x_t = α(t) x_0 + σ(t) ε for per-sample times t (B,) of ``schedule`` (a log-SNR function of t: the
+    cosine one, or :func:`lowres_log_snr` for a cascade's conditioning image)."""
+    alpha, sigma = alpha_sigma(schedule(t))
     return _expand(alpha, x0) * x0 + _expand(sigma, x0) * noise
 
 
 def lowres_log_snr(t: jax.Array) -> jax.Array:
     """Log-SNR of imagen's linear schedule, which noises the low-resolution conditioning image of a cascade."""
     return -jnp.log(jnp.expm1(1e-4 + 10.0 * t ** 2))
-
-
-def augment_lowres(low: jax.Array, t_aug: jax.Array, noise: jax.Array) -> jax.Array:
-    """The conditioning image α x + σ ε at levels t_aug (B,) of the linear low-resolution schedule."""
-    alpha, sigma = alpha_sigma(lowres_log_snr(t_aug))
-    return _expand(alpha, low) * low + _expand(sigma, low) * noise
 
 
 def resize(x: jax.Array, height: int, width: int) -> jax.Array:
@@ -140,7 +135,8 @@ def stage_losses(cascade: Cascade, params: dict, x0: jax.Array, key: jax.Array) 
     losses = {"base": mse(cascade.base, params["base"], low, keys[0], keys[1])}
     if cascade.sr is not None:
         t_aug = jnp.full((batch,), jax.random.uniform(keys[2]))
-        cond = augment_lowres(resize(low, *x0.shape[2:4]), t_aug, jax.random.normal(keys[3], x0.shape, x0.dtype))
+        cond = noise_to(resize(low, *x0.shape[2:4]), t_aug, jax.random.normal(keys[3], x0.shape, x0.dtype),
+                        lowres_log_snr)
         losses["sr"] = mse(cascade.sr, params["sr"], x0, keys[4], jax.random.fold_in(keys[4], 1), cond=cond,
                            cond_noise_level=lowres_log_snr(t_aug))
     return losses
@@ -208,7 +204,7 @@ def denoised_estimate(params: dict, x0: jax.Array, key: jax.Array, cascade: Casc
     else:
         t_aug = jnp.full((x0.shape[0],), LOWRES_SAMPLE_NOISE)
         low = resize(resize(x0, cascade.low_size, cascade.low_size), *x0.shape[2:4])
-        cond = augment_lowres(low, t_aug, jax.random.normal(aug_key, x0.shape, x0.dtype))
+        cond = noise_to(low, t_aug, jax.random.normal(aug_key, x0.shape, x0.dtype), lowres_log_snr)
         output = cascade.sr.apply(params["sr"], x_t, log_snr(times), cond=cond,
                                   cond_noise_level=lowres_log_snr(t_aug))
     return jnp.clip(predicted_x0(cascade.objective, output, x_t, times), -1.0, 1.0)
@@ -261,5 +257,5 @@ def sample_cascade(params: dict, key: jax.Array, cascade: Cascade, shape: tuple,
     low_shape = (*shape[:2], cascade.low_size, cascade.low_size, shape[-1])
     low = ancestral_sample(cascade.base, params["base"], base_key, low_shape, n_steps, **options)
     t_aug = jnp.full((shape[0],), LOWRES_SAMPLE_NOISE)
-    cond = augment_lowres(resize(low, *shape[2:4]), t_aug, jax.random.normal(aug_key, shape))
+    cond = noise_to(resize(low, *shape[2:4]), t_aug, jax.random.normal(aug_key, shape), lowres_log_snr)
     return ancestral_sample(cascade.sr, params["sr"], sr_key, shape, n_steps, cond=cond, cond_time=t_aug, **options)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dismax.config import load_config
-from dismax.diffusion.unet_diffusion import (OBJECTIVES, Cascade, alpha_sigma, ancestral_sample, augment_lowres,
+from dismax.diffusion.unet_diffusion import (OBJECTIVES, Cascade, alpha_sigma, ancestral_sample,
                                              denoised_estimate, log_snr, loss_weight, lowres_log_snr, noise_to,
                                              predicted_x0, regression_target, resize, stage_losses, threshold_x0)
 from dismax.diffusion.unet_trainer import (AugmentConfig, Config, ModelConfig, check, permutable_atoms,
@@ -215,7 +215,7 @@ def test_low_resolution_conditioning_follows_imagens_linear_schedule_and_nearest
     alpha, sigma = alpha_sigma(lowres_log_snr(t))
     np.testing.assert_allclose(np.asarray(alpha) ** 2, np.exp(-(1e-4 + 10 * np.asarray(t) ** 2)), rtol=1e-5)
     low = jnp.asarray(np.random.default_rng(6).uniform(-1, 1, (4, 1, 3, 3, 2)), jnp.float32)
-    augmented = augment_lowres(low, t, jnp.ones_like(low))
+    augmented = noise_to(low, t, jnp.ones_like(low), lowres_log_snr)
     np.testing.assert_allclose(np.asarray(augmented), np.asarray(alpha)[:, None, None, None, None] * np.asarray(low)
                                + np.asarray(sigma)[:, None, None, None, None], rtol=1e-5, atol=1e-6)
     image = np.random.default_rng(7).normal(size=(2, 1, 20, 20, 4)).astype(np.float32)
