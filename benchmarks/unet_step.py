@@ -33,7 +33,7 @@ def measure(name: str, n_atoms: int, batch: int, time_batch: int, repeats: int) 
     cascade = build_cascade(model, rep)
     t = Config().train
     optimizer = make_optimizer(t.lr, t.beta1, t.beta2)
-    state = jax.jit(lambda: init_state(cascade, optimizer, jnp.zeros((1, *rep.shape)), jax.random.PRNGKey(0)))()
+    state = init_state(jnp.zeros((1, *rep.shape)), jax.random.PRNGKey(0), cascade=cascade, optimizer=optimizer)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     started = time.perf_counter()
     compiled = train_step.lower(state, jnp.zeros((batch, *rep.shape)), cascade, optimizer, t.ema_decay).compile()

@@ -159,7 +159,10 @@ def make_optimizer(lr, b1: float, b2: float) -> optax.GradientTransformation:
     return optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=b1, b2=b2)
 
 
-def init_state(cascade: Cascade, optimizer, example: jax.Array, key: jax.Array) -> TrainState:
+@partial(jax.jit, static_argnames=("cascade", "optimizer"))
+def init_state(example: jax.Array, key: jax.Array, cascade: Cascade, optimizer) -> TrainState:
+    """The first training state for data shaped like ``example`` (B, F, H, W, C). Jitted with the cascade and
+    optimizer static, so runs with equal settings (a bench run's seeds) compile it once per process."""
     init_key, state_key = jax.random.split(key)
     params = init_params(cascade, example, init_key)
     return TrainState(params=params, ema_params=jax.tree.map(jnp.copy, params), opt_state=optimizer.init(params),

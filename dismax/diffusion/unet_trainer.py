@@ -40,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Literal
 
@@ -288,11 +288,17 @@ def build(config: Config, data: Crystals, groups: np.ndarray, abstract: bool = F
     rep = representation(config, data, groups)
     cascade = build_cascade(config.model, rep)
     t = config.train
-    schedule = learning_rate_schedule(t.lr, t.lr_schedule, total_steps, t.warmup_steps)
-    optimizer = make_optimizer(schedule, t.beta1, t.beta2)
-    example = jnp.zeros((1, *rep.shape), jnp.float32)
-    init = partial(init_state, cascade, optimizer, example, jax.random.PRNGKey(config.seed))
-    return rep, cascade, optimizer, (jax.eval_shape(init) if abstract else jax.jit(init)())
+    optimizer = scheduled_optimizer(t.lr, t.lr_schedule, total_steps, t.warmup_steps, t.beta1, t.beta2)
+    init = partial(init_state, jnp.zeros((1, *rep.shape), jnp.float32), jax.random.PRNGKey(config.seed),
+                   cascade=cascade, optimizer=optimizer)
+    return rep, cascade, optimizer, (jax.eval_shape(init) if abstract else init())
+
+
+@lru_cache(maxsize=None)
+def scheduled_optimizer(lr: float, schedule: str, total_steps: int, warmup_steps: int, beta1: float, beta2: float):
+    """Imagen's Adam on the ``train.lr_schedule`` rate. Cached: equal settings give the same (static) object, so
+    the compiled initialisation and train step are reused by the next run with those settings in this process."""
+    return make_optimizer(learning_rate_schedule(lr, schedule, total_steps, warmup_steps), beta1, beta2)
 
 
 def _arrays(data: Crystals, groups: np.ndarray) -> dict:

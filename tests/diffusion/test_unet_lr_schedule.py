@@ -2,12 +2,14 @@
 stopped by its time budget continues the schedule when resumed (a tiny UniMat on four cells)."""
 
 import csv
+import dataclasses
 
 import numpy as np
 import pytest
 
 from dismax.config import load_config
-from dismax.diffusion.unet_trainer import Config, check
+from dismax.diffusion.unet_diffusion import init_state
+from dismax.diffusion.unet_trainer import Config, build, check, dataset_space_groups
 from dismax.errors import DismaxConfigError
 from dismax.io import write_extxyz
 from dismax.train import main as train_main
@@ -51,3 +53,21 @@ def test_constant_schedule_is_the_default_and_bad_keys_are_rejected(tmp_path):
         check(load_config("configs/unimat_alloy.yaml", ["train.warmup_steps=-1"]))
     with pytest.raises(DismaxConfigError, match="lr_schedule"):
         check(load_config("configs/unimat_alloy.yaml", ["train.lr_schedule=linear"]))
+
+
+def test_a_second_seed_with_the_same_settings_reuses_the_optimiser_and_the_compiled_initialisation(tmp_path):
+    """A bench run trains its seeds in one process: equal model and schedule settings give the same optimiser
+    object, so the jitted initialisation (and train step) are not compiled again; another schedule is another
+    optimiser. The two seeds' parameters differ."""
+    (tmp_path / "config.yaml").write_text("model:\n  name: unimat\n")
+    config = load_config(tmp_path / "config.yaml", [*TINY, "train.lr_schedule=cosine"])
+    cells = eight_atom_cells(4)
+    groups = dataset_space_groups(config, cells)
+    _, cascade, optimizer, first = build(config, cells, groups, total_steps=8)
+    compiled = init_state._cache_size()
+    _, cascade_again, optimizer_again, second = build(dataclasses.replace(config, seed=1), cells, groups, total_steps=8)
+    assert cascade_again == cascade and optimizer_again is optimizer
+    assert init_state._cache_size() == compiled
+    assert not np.array_equal(first.params["base"]["params"]["Dense_0"]["kernel"],
+                              second.params["base"]["params"]["Dense_0"]["kernel"])
+    assert build(config, cells, groups, abstract=True, total_steps=9)[2] is not optimizer
