@@ -60,7 +60,9 @@ def test_a_second_seed_with_the_same_settings_reuses_the_optimiser_and_the_compi
     object, so the jitted initialisation (and train step) are not compiled again; another schedule is another
     optimiser. The two seeds' parameters differ."""
     (tmp_path / "config.yaml").write_text("model:\n  name: unimat\n")
-    config = load_config(tmp_path / "config.yaml", [*TINY, "train.lr_schedule=cosine"])
+    # the settings of the resume test above, whose compiled programs this process may already hold
+    config = load_config(tmp_path / "config.yaml", [*TINY, "train.lr=2e-3", "train.lr_schedule=cosine",
+                                                    "train.warmup_steps=3"])
     cells = eight_atom_cells(4)
     groups = dataset_space_groups(config, cells)
     _, cascade, optimizer, first = build(config, cells, groups, total_steps=8)
