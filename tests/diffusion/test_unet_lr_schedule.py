@@ -1,5 +1,6 @@
 """The U-Net trainer's learning-rate schedule: the rate of every step follows ``train.lr_schedule`` and a run
-stopped by its time budget continues the schedule when resumed (a tiny UniMat on four cells)."""
+stopped by its time budget continues the schedule when resumed, and equal settings share one optimiser and its
+compiled programs (a tiny UniMat on four cells)."""
 
 import csv
 import dataclasses
